@@ -1,0 +1,181 @@
+//! The insert path: one statement-level AFTER INSERT trigger on `engage.events` that decides,
+//! in the inserting transaction, which triggers fire for the statement's new events.
+//!
+//! Per statement: read the transition table once; match events against the cached rules;
+//! fetch profiles once if a rule needs them; lock and count for capped candidates once; apply the
+//! policy; write all decisions and outbox rows with one statement.
+
+mod lock;
+pub mod rules;
+mod store;
+mod transition;
+
+use crate::policy::{self, Candidate, Outcome};
+use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
+use crate::rule::Facts;
+use pgrx::prelude::*;
+use std::collections::HashMap;
+
+/// An event that some rule may fire for, copied out of the transition table.
+struct Pending {
+    id: i64,
+    customer: usize,
+    occurred_at: i64,
+    properties: serde_json::Value,
+}
+
+/// The trigger function behind `evaluate_events` on engage.events.
+#[pg_trigger]
+fn evaluate_events<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    let rules = rules::current();
+    if !rules.is_empty() {
+        // SAFETY: this function is only attached by schema.sql as AFTER INSERT FOR EACH STATEMENT
+        // REFERENCING NEW TABLE on engage.events.
+        unsafe { evaluate(trigger.trigger_data(), &rules) };
+    }
+    Ok(None)
+}
+
+/// Tells every backend (this one at once, others at commit) that trigger definitions changed.
+#[pg_trigger]
+fn rules_changed<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    rules::mark_stale();
+    // SAFETY: tg_relation is the relation the trigger fired on (engage.triggers).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid((*trigger.trigger_data().tg_relation).rd_id) };
+    Ok(None)
+}
+
+unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
+    let null = serde_json::Value::Null;
+    let mut customers: Vec<String> = Vec::new();
+    let mut customer_index: HashMap<String, usize> = HashMap::new();
+    let mut events: Vec<Pending> = Vec::new();
+    // (event index, rule index) pairs that matched, and ones waiting for the profile.
+    let mut matched: Vec<(usize, usize)> = Vec::new();
+    let mut needs_profile: Vec<(usize, usize)> = Vec::new();
+
+    transition::for_each_event(data, |row| {
+        let candidates = rules.for_event(row.name);
+        if candidates.is_empty() {
+            return;
+        }
+        let properties = if candidates.iter().any(|&r| rules.rules[r].uses_properties) { row.properties() } else { null.clone() };
+        let customer = match customer_index.get(row.customer_id) {
+            Some(&i) => i,
+            None => {
+                customers.push(row.customer_id.to_string());
+                customer_index.insert(row.customer_id.to_string(), customers.len() - 1);
+                customers.len() - 1
+            }
+        };
+        let event = events.len();
+        events.push(Pending { id: row.id, customer, occurred_at: row.occurred_at, properties });
+        let facts = Facts { properties: &events[event].properties, profile: &null, occurred_at: row.occurred_at + PG_EPOCH_OFFSET_MICROS };
+        for &r in candidates {
+            let rule = &rules.rules[r];
+            if rule.uses_profile {
+                needs_profile.push((event, r));
+            } else if rule.definition.matches(&facts) {
+                matched.push((event, r));
+            }
+        }
+    });
+
+    if !needs_profile.is_empty() {
+        let mut wanted: Vec<&str> = needs_profile.iter().map(|&(e, _)| customers[events[e].customer].as_str()).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let profiles: HashMap<String, serde_json::Value> = store::profiles(wanted).into_iter().collect();
+        for (e, r) in needs_profile {
+            let event = &events[e];
+            let profile = profiles.get(&customers[event.customer]).unwrap_or(&null);
+            let facts = Facts { properties: &event.properties, profile, occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS };
+            if rules.rules[r].definition.matches(&facts) {
+                matched.push((e, r));
+            }
+        }
+    }
+    if matched.is_empty() {
+        return;
+    }
+
+    let mut candidates: Vec<Candidate> = matched
+        .iter()
+        .map(|&(e, r)| {
+            let rule = &rules.rules[r];
+            Candidate {
+                customer: events[e].customer,
+                trigger_id: rule.id,
+                priority: rule.definition.priority,
+                event_id: events[e].id,
+                occurred_at: events[e].occurred_at,
+                cap: rule.definition.cap.map(|c| (c.max, c.per_micros)),
+                prior_fired: 0,
+            }
+        })
+        .collect();
+    count_prior_fired(&mut candidates, &customers);
+    let outcomes = policy::decide(&candidates);
+
+    let mut decisions = store::Decisions::default();
+    let mut outbox = store::Outbox::default();
+    for ((&(e, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes) {
+        let rule = &rules.rules[r];
+        let customer_id = customers[candidate.customer].as_str();
+        let occurred_at = store::timestamptz(events[e].occurred_at);
+        decisions.event_id.push(candidate.event_id);
+        decisions.trigger_id.push(rule.id);
+        decisions.trigger_version.push(rule.version);
+        decisions.customer_id.push(customer_id);
+        decisions.occurred_at.push(occurred_at);
+        match outcome {
+            Outcome::Fired => {
+                decisions.outcome.push("fired");
+                decisions.reason.push(None);
+                let action = &rule.definition.action;
+                outbox.event_id.push(candidate.event_id);
+                outbox.trigger_id.push(rule.id);
+                outbox.customer_id.push(customer_id);
+                outbox.channel.push(action.channel.as_str());
+                outbox.template.push(action.template.as_deref());
+                outbox.payload.push(&action.payload);
+                outbox.due_at.push(occurred_at);
+            }
+            Outcome::Suppressed(reason) => {
+                decisions.outcome.push("suppressed");
+                decisions.reason.push(Some(reason.as_str()));
+            }
+        }
+    }
+    store::write(decisions, outbox);
+}
+
+/// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements
+/// cannot both pass one cap), then counts stored fired decisions in each window with one query.
+fn count_prior_fired(candidates: &mut [Candidate], customers: &[String]) {
+    let capped: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].cap.is_some()).collect();
+    if capped.is_empty() {
+        return;
+    }
+    lock::lock_customers(capped.iter().map(|&i| customers[candidates[i].customer].as_str()));
+    let mut customer_ids = Vec::with_capacity(capped.len());
+    let mut trigger_ids = Vec::with_capacity(capped.len());
+    let mut since = Vec::with_capacity(capped.len());
+    let mut until = Vec::with_capacity(capped.len());
+    for &i in &capped {
+        let c = &candidates[i];
+        let (_, window) = c.cap.unwrap_or_default();
+        customer_ids.push(customers[c.customer].as_str());
+        trigger_ids.push(c.trigger_id);
+        since.push(store::timestamptz(c.occurred_at.saturating_sub(window)));
+        until.push(store::timestamptz(c.occurred_at));
+    }
+    let counts = store::cap_counts(customer_ids, trigger_ids, since, until);
+    for (&i, count) in capped.iter().zip(counts) {
+        candidates[i].prior_fired = count;
+    }
+}

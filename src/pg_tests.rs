@@ -1,0 +1,130 @@
+//! In-database tests (`cargo pgrx test`): each runs inside one transaction that is rolled back,
+//! so they cover what happens within a transaction; tests/ covers commits and other sessions.
+
+/// `cargo pgrx test` calls these in a schema named `tests`.
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or(0)
+    }
+
+    fn text(sql: &str) -> Option<String> {
+        Spi::get_one::<String>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    #[pg_test]
+    fn a_matching_event_is_decided_and_queued_in_its_own_statement() {
+        run(r#"SELECT engage.create_trigger('big_cart', '{"event": "cart_updated",
+                "where": {"property": "cart.value", "gt": 100},
+                "action": {"channel": "email", "template": "cart", "payload": {"coupon": "X"}}}')"#);
+        run(r#"INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES
+                ('c1', 'cart_updated', '{"cart": {"value": 150}}', '2026-01-01 10:00+00'),
+                ('c2', 'cart_updated', '{"cart": {"value": 50}}',  '2026-01-01 10:00+00'),
+                ('c3', 'page_viewed',  '{"cart": {"value": 500}}', '2026-01-01 10:00+00')"#);
+        assert_eq!(count("SELECT count(*) FROM engage.decisions"), 1);
+        assert_eq!(text("SELECT customer_id || ':' || outcome FROM engage.decisions").as_deref(), Some("c1:fired"));
+        assert_eq!(
+            text("SELECT concat_ws('|', customer_id, channel, template, payload::text, status, due_at = '2026-01-01 10:00+00') FROM engage.outbox")
+                .as_deref(),
+            Some(r#"c1|email|cart|{"coupon": "X"}|pending|t"#)
+        );
+    }
+
+    #[pg_test]
+    fn the_cap_counts_earlier_statements_and_earlier_rows_of_the_same_statement() {
+        run(r#"SELECT engage.create_trigger('capped', '{"event": "ping",
+                "action": {"channel": "sms", "template": "t"}, "cap": {"max": 2, "per": "1h"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'ping', '2026-01-01 10:00+00')");
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+                ('c1', 'ping', '2026-01-01 10:40+00'), ('c1', 'ping', '2026-01-01 10:20+00'),
+                ('c1', 'ping', '2026-01-01 11:00+00')");
+        // 10:00 fired; 10:20 fired (1 before); 10:40 capped (2 in window); 11:00 window (10:00, 11:00] holds 10:20 only -> fired
+        assert_eq!(
+            text("SELECT string_agg(to_char(occurred_at AT TIME ZONE 'UTC', 'HH24:MI') || '=' || coalesce(reason, outcome), ',' ORDER BY occurred_at) FROM engage.decisions")
+                .as_deref(),
+            Some("10:00=fired,10:20=fired,10:40=cap,11:00=fired")
+        );
+        assert_eq!(count("SELECT count(*) FROM engage.outbox"), 3);
+    }
+
+    #[pg_test]
+    fn the_higher_priority_wins_and_the_other_is_a_conflict() {
+        run(r#"SELECT engage.create_trigger('low', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "a"}}')"#);
+        run(r#"SELECT engage.create_trigger('high', '{"event": "signed_up", "priority": 5, "action": {"channel": "sms", "template": "b"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'signed_up')");
+        assert_eq!(
+            text("SELECT string_agg(t.name || '=' || coalesce(d.reason, d.outcome), ',' ORDER BY t.name) FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id")
+                .as_deref(),
+            Some("high=fired,low=conflict")
+        );
+        assert_eq!(text("SELECT channel FROM engage.outbox").as_deref(), Some("sms"));
+    }
+
+    #[pg_test]
+    fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");
+        run(r#"SELECT engage.update_trigger('t', '{"event": "b", "action": {"channel": "push", "template": "x"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a'), ('c1', 'b')");
+        run("SELECT engage.disable_trigger('t')");
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'b')");
+        assert_eq!(
+            text("SELECT string_agg(e.name || ':v' || d.trigger_version, ',' ORDER BY e.id) FROM engage.decisions d JOIN engage.events e ON e.id = d.event_id")
+                .as_deref(),
+            Some("a:v1,b:v2")
+        );
+    }
+
+    #[pg_test]
+    fn a_repeated_idempotency_key_is_stored_and_decided_once() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "order", "action": {"channel": "webhook"}}')"#);
+        assert!(Spi::get_one::<i64>("SELECT engage.track('c1', 'order', '{}', now(), 'k1')").unwrap().is_some());
+        assert_eq!(Spi::get_one::<i64>("SELECT engage.track('c1', 'order', '{}', now(), 'k1')").unwrap(), None);
+        run("INSERT INTO engage.events (customer_id, name, idempotency_key) VALUES ('c1', 'order', 'k2'), ('c1', 'order', 'k2')");
+        assert_eq!(count("SELECT count(*) FROM engage.events"), 2);
+        assert_eq!(count("SELECT count(*) FROM engage.decisions"), 2);
+    }
+
+    #[pg_test]
+    fn identify_merges_traits_used_by_profile_predicates() {
+        run(r#"SELECT engage.create_trigger('vip', '{"event": "login",
+                "where": {"all": [{"profile": "tier", "eq": "gold"}, {"profile": "email", "exists": true}]},
+                "action": {"channel": "email", "template": "vip"}}')"#);
+        run(r#"SELECT engage.identify('c1', '{"email": "a@example.com", "tier": "silver"}')"#);
+        run(r#"SELECT engage.identify('c1', '{"tier": "gold"}')"#);
+        run(r#"SELECT engage.identify('c2', '{"tier": "gold"}')"#);
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'login'), ('c2', 'login'), ('c3', 'login')");
+        assert_eq!(text("SELECT string_agg(customer_id, ',') FROM engage.decisions").as_deref(), Some("c1"));
+        assert_eq!(text("SELECT email FROM engage.profiles WHERE customer_id = 'c1'").as_deref(), Some("a@example.com"));
+    }
+
+    #[pg_test(error = "trigger \"bad\": at $.cap.per: expected a duration like \"30m\", \"2h\" or \"7d\", got \"soon\"")]
+    fn a_bad_duration_is_an_error_naming_its_path() {
+        run(r#"SELECT engage.create_trigger('bad', '{"event": "x", "action": {"channel": "email", "template": "t"}, "cap": {"max": 1, "per": "soon"}}')"#);
+    }
+
+    #[pg_test(error = "invalid trigger definition: at $.where: unknown operator \"greater\"")]
+    fn a_direct_insert_of_a_bad_definition_is_rejected_by_the_domain() {
+        run(r#"INSERT INTO engage.triggers (name, definition) VALUES ('bad', '{"event": "x", "where": {"property": "a", "greater": 1}, "action": {"channel": "webhook"}}')"#);
+    }
+
+    #[pg_test(error = "trigger \"nope\" does not exist")]
+    fn dropping_an_unknown_trigger_is_an_error() {
+        run("SELECT engage.drop_trigger('nope')");
+    }
+
+    #[pg_test]
+    fn every_public_function_has_a_comment() {
+        let missing = text(
+            "SELECT string_agg(p.proname, ', ') FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'engage' AND obj_description(p.oid, 'pg_proc') IS NULL",
+        );
+        assert_eq!(missing, None);
+    }
+}

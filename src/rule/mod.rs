@@ -1,0 +1,240 @@
+//! The trigger-definition language: a JSON object in, a validated `Definition` out.
+//!
+//! Validation walks the JSON by hand (after serde_json has parsed it) so that every error names
+//! the exact JSON path and what was expected there; serde's derive would report Rust-shaped
+//! messages. Nothing here touches the database, so `cargo test` covers it directly.
+
+pub mod duration;
+pub mod error;
+pub mod predicate;
+
+pub use error::DefinitionError;
+pub use predicate::{Facts, Predicate, Source};
+
+use error::{show, type_name};
+use serde_json::{Map, Value};
+
+const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "description"];
+const ACTION_FIELDS: &[&str] = &["channel", "template", "payload"];
+const CAP_FIELDS: &[&str] = &["max", "per"];
+
+/// A delivery channel an action can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Sms,
+    Whatsapp,
+    Push,
+    Webhook,
+}
+
+impl Channel {
+    const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Whatsapp, Channel::Push, Channel::Webhook];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Whatsapp => "whatsapp",
+            Channel::Push => "push",
+            Channel::Webhook => "webhook",
+        }
+    }
+}
+
+/// What to queue when the trigger fires.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub channel: Channel,
+    pub template: Option<String>,
+    /// The payload object as JSON text, serialised once so the insert path does not redo it.
+    pub payload: String,
+}
+
+/// At most `max` fired decisions per customer per rolling window of `per_micros` of event time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub max: i64,
+    pub per_micros: i64,
+}
+
+/// A validated trigger definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub events: Vec<String>,
+    pub predicate: Option<Predicate>,
+    pub action: Action,
+    pub priority: i32,
+    pub cap: Option<Cap>,
+}
+
+impl Definition {
+    /// Whether matching needs the event's properties or the customer's profile.
+    pub fn uses(&self, source: Source) -> bool {
+        self.predicate.as_ref().is_some_and(|p| p.uses(source))
+    }
+
+    /// Whether the definition matches an event, given its facts.
+    pub fn matches(&self, facts: &Facts) -> bool {
+        self.predicate.as_ref().is_none_or(|p| p.holds(facts))
+    }
+}
+
+/// Validates a definition and returns its typed form, or the first problem found.
+pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
+    let map = object(value, "$")?;
+    reject_unknown(map, "$", FIELDS)?;
+    let events = parse_events(required(map, "$", "event")?)?;
+    let predicate = map.get("where").map(|w| predicate::parse(w, "$.where")).transpose()?;
+    let action = parse_action(required(map, "$", "action")?)?;
+    let priority = match map.get("priority") {
+        None => 0,
+        Some(v) => v
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| DefinitionError::new("$.priority", format!("expected an integer, got {}", show(v))))?,
+    };
+    let cap = map.get("cap").map(parse_cap).transpose()?;
+    if let Some(d) = map.get("description") {
+        if !d.is_string() {
+            return Err(DefinitionError::new("$.description", format!("expected a string, got {}", type_name(d))));
+        }
+    }
+    Ok(Definition { events, predicate, action, priority, cap })
+}
+
+fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Map<String, Value>, DefinitionError> {
+    value
+        .as_object()
+        .ok_or_else(|| DefinitionError::new(path, format!("expected a JSON object, got {}", type_name(value))))
+}
+
+fn required<'v>(map: &'v Map<String, Value>, path: &str, field: &str) -> Result<&'v Value, DefinitionError> {
+    map.get(field).ok_or_else(|| DefinitionError::new(path, format!("missing required field \"{field}\"")))
+}
+
+fn reject_unknown(map: &Map<String, Value>, path: &str, allowed: &[&str]) -> Result<(), DefinitionError> {
+    match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(DefinitionError::new(&format!("{path}.{unknown}"), "unknown field")
+            .with_hint(format!("fields are {}", allowed.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+fn parse_events(value: &Value) -> Result<Vec<String>, DefinitionError> {
+    let name = |v: &Value, path: &str| match v {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+        other => Err(DefinitionError::new(path, format!("expected a non-empty event name, got {}", show(other)))),
+    };
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().enumerate().map(|(i, v)| name(v, &format!("$.event[{i}]"))).collect()
+        }
+        Value::Array(_) => Err(DefinitionError::new("$.event", "expected at least one event name, got an empty array")),
+        other => Ok(vec![name(other, "$.event")?]),
+    }
+}
+
+fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
+    let map = object(value, "$.action")?;
+    reject_unknown(map, "$.action", ACTION_FIELDS)?;
+    let channel_value = required(map, "$.action", "channel")?;
+    let names: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+    let channel = Channel::ALL
+        .into_iter()
+        .find(|c| channel_value.as_str() == Some(c.as_str()))
+        .ok_or_else(|| {
+            DefinitionError::new("$.action.channel", format!("unknown channel {}", show(channel_value)))
+                .with_hint(format!("channels are {}", names.join(", ")))
+        })?;
+    let template = match map.get("template") {
+        None if channel == Channel::Webhook => None,
+        None => return Err(DefinitionError::new("$.action", "missing required field \"template\"")
+            .with_hint("every channel but webhook needs a template name")),
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+        Some(other) => return Err(DefinitionError::new("$.action.template", format!("expected a template name, got {}", show(other)))),
+    };
+    let payload = match map.get("payload") {
+        None => "{}".to_string(),
+        Some(p @ Value::Object(_)) => p.to_string(),
+        Some(other) => return Err(DefinitionError::new("$.action.payload", format!("expected an object, got {}", type_name(other)))),
+    };
+    Ok(Action { channel, template, payload })
+}
+
+fn parse_cap(value: &Value) -> Result<Cap, DefinitionError> {
+    let map = object(value, "$.cap")?;
+    reject_unknown(map, "$.cap", CAP_FIELDS)?;
+    let max_value = required(map, "$.cap", "max")?;
+    let max = max_value
+        .as_i64()
+        .filter(|m| *m >= 1)
+        .ok_or_else(|| DefinitionError::new("$.cap.max", format!("expected an integer of at least 1, got {}", show(max_value))))?;
+    let per_micros = duration::parse(required(map, "$.cap", "per")?, "$.cap.per")?;
+    Ok(Cap { max, per_micros })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_full_definition_parses() {
+        let d = parse(&json!({
+            "event": ["cart_updated", "cart_viewed"],
+            "where": {"property": "cart.value", "gt": 100},
+            "action": {"channel": "email", "template": "cart", "payload": {"coupon": "X"}},
+            "priority": 10,
+            "cap": {"max": 1, "per": "24h"},
+            "description": "big carts"
+        }))
+        .unwrap();
+        assert_eq!(d.events, vec!["cart_updated", "cart_viewed"]);
+        assert_eq!(d.priority, 10);
+        assert_eq!(d.cap, Some(Cap { max: 1, per_micros: 86_400_000_000 }));
+        assert_eq!(d.action.channel, Channel::Email);
+        assert_eq!(d.action.payload, r#"{"coupon":"X"}"#);
+        assert!(d.uses(Source::Property) && !d.uses(Source::Profile));
+    }
+
+    #[test]
+    fn webhook_needs_no_template() {
+        let d = parse(&json!({"event": "x", "action": {"channel": "webhook"}})).unwrap();
+        assert_eq!(d.action.template, None);
+        assert_eq!(d.action.payload, "{}");
+    }
+
+    #[test]
+    fn each_mistake_is_reported_at_its_path() {
+        let base = || json!({"event": "e", "action": {"channel": "email", "template": "t"}});
+        let with = |key: &str, v: Value| {
+            let mut d = base();
+            d[key] = v;
+            d
+        };
+        let cases = [
+            (json!([]), "$", "expected a JSON object"),
+            (with("colour", json!(1)), "$.colour", "unknown field"),
+            (json!({"action": {"channel": "email", "template": "t"}}), "$", "missing required field \"event\""),
+            (json!({"event": "e"}), "$", "missing required field \"action\""),
+            (with("event", json!([])), "$.event", "empty array"),
+            (with("event", json!(["a", 2])), "$.event[1]", "event name"),
+            (with("priority", json!("high")), "$.priority", "integer"),
+            (with("cap", json!({"max": 0, "per": "1h"})), "$.cap.max", "at least 1"),
+            (with("cap", json!({"max": 1, "per": "soon"})), "$.cap.per", "duration"),
+            (with("cap", json!({"max": 1, "per": "-2h"})), "$.cap.per", "duration"),
+            (with("cap", json!({"max": 1})), "$.cap", "missing required field \"per\""),
+            (with("action", json!({"channel": "fax", "template": "t"})), "$.action.channel", "unknown channel"),
+            (with("action", json!({"channel": "sms"})), "$.action", "\"template\""),
+            (with("action", json!({"channel": "sms", "template": "t", "payload": []})), "$.action.payload", "object"),
+            (with("where", json!({"property": "a", "gt": "lots"})), "$.where.gt", "expected a number"),
+            (with("description", json!(5)), "$.description", "string"),
+        ];
+        for (definition, path, text) in cases {
+            let err = parse(&definition, ).unwrap_err();
+            assert_eq!(err.path, path, "{definition}");
+            assert!(err.problem.contains(text), "{definition}: {err}");
+        }
+    }
+}

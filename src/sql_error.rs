@@ -1,0 +1,51 @@
+//! The PostgreSQL errors pg_engage raises: a real SQLSTATE, a message naming the thing, and a
+//! DETAIL or HINT where they help. Every user-facing failure goes through here, never a panic.
+
+use crate::rule::DefinitionError;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+
+fn raise(report: ErrorReport) -> ! {
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ereport(ERROR) returned")
+}
+
+/// `22023 invalid_parameter_value`: a trigger definition that does not validate.
+pub fn invalid_definition(trigger: Option<&str>, error: &DefinitionError) -> ! {
+    let message = match trigger {
+        Some(name) => format!("trigger \"{name}\": {error}"),
+        None => format!("invalid trigger definition: {error}"),
+    };
+    let mut report = ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, "pg_engage")
+        .set_detail(format!("The trigger definition is invalid at JSON path {}.", error.path));
+    if let Some(hint) = &error.hint {
+        report = report.set_hint(hint.clone());
+    }
+    raise(report)
+}
+
+/// `22023 invalid_parameter_value` for a bad argument other than a definition.
+pub fn invalid_argument(message: String, hint: &str) -> ! {
+    raise(ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, "pg_engage").set_hint(hint))
+}
+
+/// `42704 undefined_object`: no trigger of that name.
+pub fn undefined_trigger(name: &str) -> ! {
+    raise(
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("trigger \"{name}\" does not exist"), "pg_engage")
+            .set_hint("SELECT name FROM engage.triggers lists the defined triggers."),
+    )
+}
+
+/// `42710 duplicate_object`: a trigger of that name exists already.
+pub fn duplicate_trigger(name: &str) -> ! {
+    raise(
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("trigger \"{name}\" already exists"), "pg_engage")
+            .set_hint("Use engage.update_trigger to change its definition."),
+    )
+}
+
+/// `XX000 internal_error`: something pg_engage itself did not expect (a bug, or a damaged schema).
+pub fn internal(message: &str) -> ! {
+    raise(ErrorReport::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_engage: {message}"), "pg_engage"))
+}

@@ -1,0 +1,101 @@
+//! Managing trigger definitions: create, update, enable, disable, drop, validate.
+//!
+//! Each function validates first, so a bad definition is an ERROR naming the trigger and the JSON
+//! path, and nothing is stored. Writes to engage.triggers fire `rules_changed`, which makes every
+//! backend recompile its rules before its next evaluated statement.
+
+use crate::rule;
+use crate::sql_error;
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+fn checked_name(name: &str) -> &str {
+    let valid = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !valid {
+        sql_error::invalid_argument(
+            format!("invalid trigger name \"{name}\""),
+            "A trigger name is 1 to 100 characters: letters, digits, '_', '-' or '.'.",
+        );
+    }
+    name
+}
+
+fn checked_definition(name: Option<&str>, definition: &JsonB) {
+    if let Err(e) = rule::parse(&definition.0) {
+        sql_error::invalid_definition(name, &e);
+    }
+}
+
+/// Runs a statement returning at most one int4, raising `undefined_trigger` when it returns none.
+fn one_int(query: &str, args: &[DatumWithOid]) -> Option<i32> {
+    Spi::connect_mut(|client| {
+        let rows = client.update(query, None, args)?;
+        if rows.is_empty() {
+            Ok(None)
+        } else {
+            rows.first().get_one::<i32>()
+        }
+    })
+        .unwrap_or_else(|e| sql_error::internal(&format!("{e}")))
+}
+
+/// Validates a trigger definition: returns true, or raises an ERROR naming the JSON path and the
+/// problem. engage.trigger_definition uses it as its CHECK.
+#[pg_extern(immutable, parallel_safe)]
+fn validate_trigger(definition: JsonB) -> bool {
+    checked_definition(None, &definition);
+    true
+}
+
+/// Creates a trigger from a JSON definition and returns its id.
+#[pg_extern(volatile)]
+fn create_trigger(name: &str, definition: JsonB) -> i32 {
+    let name = checked_name(name);
+    checked_definition(Some(name), &definition);
+    one_int(
+        "INSERT INTO engage.triggers (name, definition) VALUES ($1, $2::jsonb) ON CONFLICT (name) DO NOTHING RETURNING id",
+        &[name.into(), definition.into()],
+    )
+    .unwrap_or_else(|| sql_error::duplicate_trigger(name))
+}
+
+/// Replaces a trigger's definition and returns its new version number.
+#[pg_extern(volatile)]
+fn update_trigger(name: &str, definition: JsonB) -> i32 {
+    checked_definition(Some(name), &definition);
+    one_int(
+        "UPDATE engage.triggers SET definition = $2::jsonb, version = version + 1, updated_at = now() WHERE name = $1 RETURNING version",
+        &[name.into(), definition.into()],
+    )
+    .unwrap_or_else(|| sql_error::undefined_trigger(name))
+}
+
+fn set_enabled(name: &str, enabled: bool) {
+    one_int(
+        "UPDATE engage.triggers SET enabled = $2, updated_at = now() WHERE name = $1 RETURNING id",
+        &[name.into(), enabled.into()],
+    )
+    .unwrap_or_else(|| sql_error::undefined_trigger(name));
+}
+
+/// Enables a trigger: from the next statement on, its events are evaluated again.
+#[pg_extern(volatile)]
+fn enable_trigger(name: &str) {
+    set_enabled(name, true)
+}
+
+/// Disables a trigger: it stays defined but fires nothing.
+#[pg_extern(volatile)]
+fn disable_trigger(name: &str) {
+    set_enabled(name, false)
+}
+
+/// Drops a trigger. Its past decisions and queued messages stay.
+#[pg_extern(volatile)]
+fn drop_trigger(name: &str) {
+    one_int("DELETE FROM engage.triggers WHERE name = $1 RETURNING id", &[name.into()])
+        .unwrap_or_else(|| sql_error::undefined_trigger(name));
+}
