@@ -9,6 +9,7 @@
 //!
 //! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql.
 
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 
 mod evaluate;
@@ -18,6 +19,25 @@ mod sql_error;
 mod triggers;
 
 ::pgrx::pg_module_magic!();
+
+/// `engage.conflict_window`: candidates of different triggers for one customer compete when their
+/// events are at most this far apart in event time (seconds; accepts units such as '10min').
+pub static CONFLICT_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(600);
+
+#[allow(non_snake_case)]
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    GucRegistry::define_int_guc(
+        c"engage.conflict_window",
+        c"Event-time distance within which different triggers compete for one customer.",
+        c"When several triggers fire for one customer in one statement with events at most this far apart, only the highest priority fires; the others are suppressed as conflicts.",
+        &CONFLICT_WINDOW,
+        0,
+        i32::MAX,
+        GucContext::Userset,
+        GucFlags::UNIT_S,
+    );
+}
 
 extension_sql_file!("../sql/schema.sql", name = "schema", finalize);
 

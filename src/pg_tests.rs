@@ -67,6 +67,22 @@ mod tests {
     }
 
     #[pg_test]
+    fn triggers_compete_only_within_the_conflict_window() {
+        run(r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "w"}}')"#);
+        run(r#"SELECT engage.create_trigger('cart', '{"event": "cart_updated", "priority": 9, "action": {"channel": "email", "template": "c"}}')"#);
+        let day = "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+                   ('CUST', 'signed_up', '2026-01-01 08:00+00'), ('CUST', 'cart_updated', '2026-01-01 09:00+00')";
+        run(&day.replace("CUST", "c1"));
+        run("SET LOCAL engage.conflict_window = '2h'");
+        run(&day.replace("CUST", "c2"));
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || coalesce(reason, outcome), ',' ORDER BY customer_id, occurred_at) FROM engage.decisions")
+                .as_deref(),
+            Some("c1:fired,c1:fired,c2:conflict,c2:fired")
+        );
+    }
+
+    #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");

@@ -119,7 +119,8 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         })
         .collect();
     count_prior_fired(&mut candidates, &customers);
-    let outcomes = policy::decide(&candidates);
+    let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
+    let outcomes = policy::decide(&candidates, conflict_window);
 
     let mut decisions = store::Decisions::default();
     let mut outbox = store::Outbox::default();

@@ -48,17 +48,46 @@ pub struct Candidate {
 ///
 /// 1. Caps, per (customer, trigger), in event-time order: a candidate fires only if the stored
 ///    fired decisions in its window plus the ones fired earlier in this statement stay below max.
-/// 2. Conflicts, per customer: of the triggers that still fire, only the highest priority keeps
-///    firing (ties: lower trigger id); the others are suppressed as conflicts.
-pub fn decide(candidates: &[Candidate]) -> Vec<Outcome> {
+/// 2. Conflicts, per customer, among the candidates that passed their caps: in priority order
+///    (ties: lower trigger id, then earlier event), a candidate fires unless a candidate of another
+///    trigger already chosen for the same customer lies within `conflict_window` of event time;
+///    then it is suppressed as a conflict. So the best message for a moment wins, and a lower one
+///    still goes out when nothing better competes with it.
+pub fn decide(candidates: &[Candidate], conflict_window: i64) -> Vec<Outcome> {
+    let mut outcomes = apply_caps(candidates);
+
+    let mut order: Vec<usize> = (0..candidates.len()).filter(|&i| outcomes[i] == Outcome::Fired).collect();
+    order.sort_by_key(|&i| {
+        let c = &candidates[i];
+        (c.customer, std::cmp::Reverse(c.priority), c.trigger_id, c.occurred_at, c.event_id)
+    });
+    let mut chosen: Vec<usize> = Vec::new(); // of the current customer
+    for (position, &i) in order.iter().enumerate() {
+        let c = &candidates[i];
+        if position > 0 && candidates[order[position - 1]].customer != c.customer {
+            chosen.clear();
+        }
+        let beaten = chosen.iter().any(|&j| {
+            let other = &candidates[j];
+            other.trigger_id != c.trigger_id && (other.occurred_at - c.occurred_at).abs() <= conflict_window
+        });
+        if beaten {
+            outcomes[i] = Outcome::Suppressed(Reason::Conflict);
+        } else {
+            chosen.push(i);
+        }
+    }
+    outcomes
+}
+
+fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| {
         let c = &candidates[i];
         (c.customer, c.trigger_id, c.occurred_at, c.event_id)
     });
-
     let mut outcomes = vec![Outcome::Fired; candidates.len()];
-    // Caps: within one (customer, trigger) run of `order`, remember the times that fired.
+    // Within one (customer, trigger) run of `order`, the event times that fired so far.
     let mut fired_times: Vec<i64> = Vec::new();
     let mut run_key = None;
     for &i in &order {
@@ -77,29 +106,6 @@ pub fn decide(candidates: &[Candidate]) -> Vec<Outcome> {
         }
         fired_times.push(c.occurred_at);
     }
-
-    // Conflicts: the winning trigger per customer among candidates that survived the caps.
-    let mut winner: Vec<Option<(i32, i32)>> = Vec::new(); // per customer: (priority, trigger id)
-    for (i, c) in candidates.iter().enumerate() {
-        if outcomes[i] != Outcome::Fired {
-            continue;
-        }
-        if winner.len() <= c.customer {
-            winner.resize(c.customer + 1, None);
-        }
-        let better = match winner[c.customer] {
-            None => true,
-            Some((p, id)) => c.priority > p || (c.priority == p && c.trigger_id < id),
-        };
-        if better {
-            winner[c.customer] = Some((c.priority, c.trigger_id));
-        }
-    }
-    for (i, c) in candidates.iter().enumerate() {
-        if outcomes[i] == Outcome::Fired && winner[c.customer].map(|(_, id)| id) != Some(c.trigger_id) {
-            outcomes[i] = Outcome::Suppressed(Reason::Conflict);
-        }
-    }
     outcomes
 }
 
@@ -109,6 +115,11 @@ mod tests {
 
     const HOUR: i64 = 3_600_000_000;
 
+    /// Decides with a ten-minute conflict window.
+    fn decide_now(candidates: &[Candidate]) -> Vec<Outcome> {
+        decide(candidates, 10 * 60_000_000)
+    }
+
     fn cand(customer: usize, trigger_id: i32, priority: i32, event_id: i64, at: i64) -> Candidate {
         Candidate { customer, trigger_id, priority, event_id, occurred_at: at, cap: None, prior_fired: 0 }
     }
@@ -117,7 +128,7 @@ mod tests {
     fn cap_counts_stored_and_earlier_in_statement_in_event_time_order() {
         let capped = |event_id, at, prior| Candidate { cap: Some((2, HOUR)), prior_fired: prior, ..cand(0, 1, 0, event_id, at) };
         // Given out of order: the later event (id 1) is decided after the two earlier ones.
-        let outcomes = decide(&[capped(1, 3 * HOUR / 2, 0), capped(2, 0, 1), capped(3, HOUR / 2, 1)]);
+        let outcomes = decide_now(&[capped(1, 3 * HOUR / 2, 0), capped(2, 0, 1), capped(3, HOUR / 2, 1)]);
         assert_eq!(outcomes[1], Outcome::Fired); // 1 stored + 0 earlier < 2
         assert_eq!(outcomes[2], Outcome::Suppressed(Reason::Cap)); // the same stored one + 1 earlier
         assert_eq!(outcomes[0], Outcome::Fired); // window (0.5h, 1.5h]: event at 0 no longer counts
@@ -126,15 +137,15 @@ mod tests {
     #[test]
     fn window_edge_is_exclusive_at_the_start() {
         let capped = |event_id, at| Candidate { cap: Some((1, HOUR)), ..cand(0, 1, 0, event_id, at) };
-        let outcomes = decide(&[capped(1, 0), capped(2, HOUR)]);
+        let outcomes = decide_now(&[capped(1, 0), capped(2, HOUR)]);
         assert_eq!(outcomes, vec![Outcome::Fired, Outcome::Fired]);
-        let outcomes = decide(&[capped(1, 0), capped(2, HOUR - 1)]);
+        let outcomes = decide_now(&[capped(1, 0), capped(2, HOUR - 1)]);
         assert_eq!(outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Cap)]);
     }
 
     #[test]
     fn highest_priority_wins_ties_go_to_the_older_trigger() {
-        let outcomes = decide(&[cand(0, 1, 5, 1, 0), cand(0, 2, 9, 1, 0), cand(1, 3, 1, 2, 0), cand(1, 4, 1, 2, 0)]);
+        let outcomes = decide_now(&[cand(0, 1, 5, 1, 0), cand(0, 2, 9, 1, 0), cand(1, 3, 1, 2, 0), cand(1, 4, 1, 2, 0)]);
         assert_eq!(
             outcomes,
             vec![Outcome::Suppressed(Reason::Conflict), Outcome::Fired, Outcome::Fired, Outcome::Suppressed(Reason::Conflict)]
@@ -144,12 +155,27 @@ mod tests {
     #[test]
     fn a_capped_high_priority_trigger_does_not_block_a_lower_one() {
         let high = Candidate { cap: Some((1, HOUR)), prior_fired: 1, ..cand(0, 1, 9, 1, 0) };
-        let outcomes = decide(&[high, cand(0, 2, 1, 1, 0)]);
+        let outcomes = decide_now(&[high, cand(0, 2, 1, 1, 0)]);
         assert_eq!(outcomes, vec![Outcome::Suppressed(Reason::Cap), Outcome::Fired]);
     }
 
     #[test]
     fn the_same_trigger_fires_for_each_event_of_a_customer() {
-        assert_eq!(decide(&[cand(0, 1, 0, 1, 0), cand(0, 1, 0, 2, 1)]), vec![Outcome::Fired, Outcome::Fired]);
+        assert_eq!(decide_now(&[cand(0, 1, 0, 1, 0), cand(0, 1, 0, 2, 1)]), vec![Outcome::Fired, Outcome::Fired]);
+    }
+
+    #[test]
+    fn conflicts_only_compete_within_the_window() {
+        // low (t=0) and high (t=5min) compete; low again at t=2h has nothing better near it.
+        let outcomes = decide_now(&[cand(0, 1, 1, 1, 0), cand(0, 2, 9, 2, 300_000_000), cand(0, 1, 1, 3, 2 * HOUR)]);
+        assert_eq!(outcomes, vec![Outcome::Suppressed(Reason::Conflict), Outcome::Fired, Outcome::Fired]);
+    }
+
+    #[test]
+    fn a_suppressed_candidate_does_not_suppress_others() {
+        // a (prio 9, t=0) beats b (prio 5, t=8min); b would have beaten c (prio 1, t=16min), but b
+        // is not sent, and a is 16 minutes from c: c goes out.
+        let outcomes = decide_now(&[cand(0, 1, 9, 1, 0), cand(0, 2, 5, 2, 480_000_000), cand(0, 3, 1, 3, 960_000_000)]);
+        assert_eq!(outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Conflict), Outcome::Fired]);
     }
 }
