@@ -38,7 +38,7 @@ else
     suite in-database cargo pgrx test pg15
     suite install cargo pgrx install --sudo --release --pg-config "$PG_CONFIG"
 fi
-suite integration cargo test -p pg_engage_it
+suite integration cargo test -p pg_engage_it --no-fail-fast
 
 echo
 echo "$passed passed, $((failed + broken)) failed"

@@ -1,5 +1,5 @@
 -- pg_engage schema: tables, indexes, the insert-path triggers and the Segment-style helpers.
--- Loaded after the Rust functions (finalize), so the CHECK and triggers below can use them.
+-- Loaded after the Rust functions it names (validate_trigger, validate_template, evaluate_events, rules_changed).
 
 -- A trigger definition: JSON on the outside, validated on the way in. engage.validate_trigger
 -- raises an ERROR naming the JSON path of the first problem (see README, "The trigger language").
@@ -35,11 +35,17 @@ CREATE TABLE engage.profiles (
     email       text,
     phone       text,
     timezone    text,
+    push_token  text,
+    locale      text,
+    preferred_channel text,
+    consent     jsonb       NOT NULL DEFAULT '{}',
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE engage.profiles IS
-    'One row per customer: attributes for "profile" predicates, addresses and time zone.';
+    'One row per customer: attributes for "profile" predicates, addresses, time zone, locale, preferred channel and consent.';
+COMMENT ON COLUMN engage.profiles.consent IS
+    'Per channel: {"sms": false} means opted out of that channel; a channel not named is allowed.';
 
 CREATE TABLE engage.triggers (
     id          integer     GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -84,13 +90,75 @@ CREATE TABLE engage.outbox (
     due_at      timestamptz NOT NULL,
     status      text        NOT NULL DEFAULT 'pending'
                             CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled')),
+    fallback    text[]      NOT NULL DEFAULT '{}',
     attempts    integer     NOT NULL DEFAULT 0,
+    lease_until timestamptz,
+    claimed_by  text,
+    claimed_at  timestamptz,
+    sent_at     timestamptz,
+    provider_message_id text,
+    last_error  text,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE engage.outbox IS
-    'Queued messages, one per fired decision, written in the transaction of the event.';
--- The deliverer's work queue: pending rows by due time.
-CREATE INDEX outbox_pending_due ON engage.outbox (due_at) WHERE status = 'pending';
+    'Queued messages, one per fired decision, written in the transaction of the event. id is the message id receivers de-duplicate on.';
+COMMENT ON COLUMN engage.outbox.fallback IS 'Channels still to try, in order, if this one has no address, no consent or fails permanently.';
+COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
+-- The deliverers' work queue: open rows by due time ...
+CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
+-- ... and per customer, so a customer's messages go out in due_at order, one at a time.
+CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, due_at, id) WHERE status IN ('pending', 'claimed');
+
+CREATE TABLE engage.messages (
+    outbox_id   bigint      PRIMARY KEY,
+    event_id    bigint      NOT NULL,
+    trigger_id  integer     NOT NULL,
+    customer_id text        NOT NULL,
+    channel     text        NOT NULL,
+    template    text,
+    queued_at   timestamptz NOT NULL,
+    claimed_at  timestamptz,
+    sent_at     timestamptz NOT NULL,
+    attempts    integer     NOT NULL,
+    provider_message_id text,
+    cost        numeric(12, 6) NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE engage.messages IS
+    'The sent log: one row per delivered message, with its timings, attempts, provider id and cost.';
+CREATE INDEX messages_by_customer ON engage.messages (customer_id, sent_at);
+
+CREATE TABLE engage.channels (
+    kind                  text    PRIMARY KEY CHECK (kind IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    config                jsonb   NOT NULL DEFAULT '{}',
+    enabled               boolean NOT NULL DEFAULT true,
+    rate_limit_per_second numeric CHECK (rate_limit_per_second > 0),
+    cost_per_message      numeric(12, 6) NOT NULL DEFAULT 0,
+    max_attempts          integer NOT NULL DEFAULT 8 CHECK (max_attempts >= 1),
+    backoff_base          interval NOT NULL DEFAULT '10 seconds',
+    backoff_max           interval NOT NULL DEFAULT '1 hour'
+);
+COMMENT ON TABLE engage.channels IS
+    'Delivery channels: provider settings (base URL, sender, SMTP host), rate limit, cost and retry policy. Secrets live in engage.channel_secrets.';
+
+CREATE TABLE engage.channel_secrets (
+    kind    text  PRIMARY KEY REFERENCES engage.channels ON DELETE CASCADE,
+    secrets jsonb NOT NULL DEFAULT '{}'
+);
+REVOKE ALL ON engage.channel_secrets FROM PUBLIC;
+COMMENT ON TABLE engage.channel_secrets IS
+    'Provider credentials and signing secrets. Readable only by its owner (the administrator who created the extension) and roles it grants.';
+
+CREATE TABLE engage.templates (
+    name     text NOT NULL,
+    channel  text NOT NULL CHECK (channel IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    locale   text NOT NULL DEFAULT 'en',
+    subject  text CHECK (engage.validate_template(subject)),
+    body     text NOT NULL CHECK (engage.validate_template(body)),
+    html     text CHECK (engage.validate_template(html)),
+    PRIMARY KEY (name, channel, locale)
+);
+COMMENT ON TABLE engage.templates IS
+    'Liquid templates per channel and locale, rendered with profile, event and payload; a template that does not parse is rejected.';
 
 -- pg_dump keeps the data of extension tables only when they are marked as configuration.
 SELECT pg_catalog.pg_extension_config_dump('engage.events', '');
@@ -101,6 +169,10 @@ SELECT pg_catalog.pg_extension_config_dump('engage.triggers_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.decisions', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.messages', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.channels', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.channel_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.templates', '');
 
 -- Idempotency: skip an event whose key is already stored. The advisory lock makes a concurrent
 -- insert of the same key wait for the first; READ COMMITTED then sees the committed row.
@@ -151,31 +223,22 @@ $$;
 
 CREATE FUNCTION engage.identify(customer_id text, traits jsonb DEFAULT '{}') RETURNS void
 LANGUAGE sql AS $$
-    INSERT INTO engage.profiles AS p (customer_id, attributes, email, phone, timezone)
+    INSERT INTO engage.profiles AS p (customer_id, attributes, email, phone, timezone, push_token, locale, preferred_channel)
     VALUES (identify.customer_id, coalesce(identify.traits, '{}'),
-            identify.traits ->> 'email', identify.traits ->> 'phone', identify.traits ->> 'timezone')
+            identify.traits ->> 'email', identify.traits ->> 'phone', identify.traits ->> 'timezone',
+            identify.traits ->> 'push_token', identify.traits ->> 'locale', identify.traits ->> 'preferred_channel')
     ON CONFLICT ON CONSTRAINT profiles_pkey DO UPDATE
        SET attributes = p.attributes || excluded.attributes,
            email      = coalesce(excluded.email, p.email),
            phone      = coalesce(excluded.phone, p.phone),
            timezone   = coalesce(excluded.timezone, p.timezone),
+           push_token = coalesce(excluded.push_token, p.push_token),
+           locale     = coalesce(excluded.locale, p.locale),
+           preferred_channel = coalesce(excluded.preferred_channel, p.preferred_channel),
            updated_at = now()
 $$;
 
 COMMENT ON FUNCTION engage.track(text, text, jsonb, timestamptz, text) IS
     'Records one event (Segment-style track) and returns its id, or NULL when its idempotency_key was seen before.';
 COMMENT ON FUNCTION engage.identify(text, jsonb) IS
-    'Upserts a customer profile (Segment-style identify): traits merge into attributes; email, phone and timezone traits also fill those columns.';
-COMMENT ON FUNCTION engage.validate_trigger(jsonb) IS
-    'Returns true for a valid trigger definition, or raises an ERROR naming the JSON path and the problem.';
-COMMENT ON FUNCTION engage.create_trigger(text, jsonb) IS
-    'Creates a trigger from a JSON definition (validated) and returns its id.';
-COMMENT ON FUNCTION engage.update_trigger(text, jsonb) IS
-    'Replaces a trigger''s definition (validated) and returns its new version.';
-COMMENT ON FUNCTION engage.enable_trigger(text) IS 'Enables a trigger.';
-COMMENT ON FUNCTION engage.disable_trigger(text) IS 'Disables a trigger: it stays defined but fires nothing.';
-COMMENT ON FUNCTION engage.drop_trigger(text) IS 'Drops a trigger; its past decisions and queued messages stay.';
-COMMENT ON FUNCTION engage.evaluate_events() IS
-    'Statement-level AFTER INSERT trigger on engage.events: decides which triggers fire and queues their messages.';
-COMMENT ON FUNCTION engage.rules_changed() IS
-    'Statement trigger on engage.triggers: makes every backend recompile its cached rules.';
+    'Upserts a customer profile (Segment-style identify): traits merge into attributes; email, phone, timezone, push_token, locale and preferred_channel traits also fill those columns.';

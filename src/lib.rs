@@ -5,13 +5,16 @@
 //! - `triggers`: SQL functions that manage trigger definitions;
 //! - `evaluate`: the statement-level AFTER INSERT trigger on engage.events (the hot path);
 //! - `policy`: caps and priority conflicts among the statement's candidates;
+//! - `deliver`: the background worker, channel adapters and templates that send queued messages;
 //! - `sql_error`: the PostgreSQL errors raised to users.
 //!
-//! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql.
+//! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql;
+//! the claim / complete / fail contract of the outbox is SQL too, in sql/outbox.sql.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 
+mod deliver;
 mod evaluate;
 mod policy;
 mod rule;
@@ -37,9 +40,21 @@ pub extern "C-unwind" fn _PG_init() {
         GucContext::Userset,
         GucFlags::UNIT_S,
     );
+    deliver::init();
 }
 
-extension_sql_file!("../sql/schema.sql", name = "schema", finalize);
+extension_sql_file!(
+    "../sql/schema.sql",
+    name = "schema",
+    requires = [
+        triggers::validate_trigger,
+        deliver::validate_template,
+        evaluate::evaluate_events,
+        evaluate::rules_changed
+    ]
+);
+extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
+extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

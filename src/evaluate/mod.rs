@@ -152,7 +152,11 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             }
         }
     }
+    let queued = !outbox.event_id.is_empty();
     store::write(decisions, outbox);
+    if queued {
+        crate::deliver::wake_after_commit();
+    }
 }
 
 /// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements

@@ -1,0 +1,18 @@
+-- Comments on the functions written in Rust (loaded last, once they all exist).
+COMMENT ON FUNCTION engage.validate_trigger(jsonb) IS
+    'Returns true for a valid trigger definition, or raises an ERROR naming the JSON path and the problem.';
+COMMENT ON FUNCTION engage.create_trigger(text, jsonb) IS
+    'Creates a trigger from a JSON definition (validated) and returns its id.';
+COMMENT ON FUNCTION engage.update_trigger(text, jsonb) IS
+    'Replaces a trigger''s definition (validated) and returns its new version.';
+COMMENT ON FUNCTION engage.enable_trigger(text) IS 'Enables a trigger.';
+COMMENT ON FUNCTION engage.disable_trigger(text) IS 'Disables a trigger: it stays defined but fires nothing.';
+COMMENT ON FUNCTION engage.drop_trigger(text) IS 'Drops a trigger; its past decisions and queued messages stay.';
+COMMENT ON FUNCTION engage.evaluate_events() IS
+    'Statement-level AFTER INSERT trigger on engage.events: decides which triggers fire and queues their messages.';
+COMMENT ON FUNCTION engage.rules_changed() IS
+    'Statement trigger on engage.triggers: makes every backend recompile its cached rules.';
+COMMENT ON FUNCTION engage.validate_template(text) IS
+    'Returns true for a Liquid template that parses and is bounded (NULL too), or raises an ERROR saying why not.';
+COMMENT ON FUNCTION engage.worker_status() IS
+    'The built-in deliverer: running, pid, messages sent and failed since the server started, last batch time.';
