@@ -16,3 +16,5 @@ COMMENT ON FUNCTION engage.validate_template(text) IS
     'Returns true for a Liquid template that parses and is bounded (NULL too), or raises an ERROR saying why not.';
 COMMENT ON FUNCTION engage.worker_status() IS
     'The built-in deliverer: running, pid, messages sent and failed since the server started, last batch time.';
+COMMENT ON FUNCTION engage.skip_duplicate_event() IS
+    'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';

@@ -10,12 +10,12 @@ COMMENT ON DOMAIN engage.trigger_definition IS
 
 CREATE TABLE engage.events (
     id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    customer_id     text        NOT NULL,
-    name            text        NOT NULL,
+    customer_id     text        COLLATE "C" NOT NULL,
+    name            text        COLLATE "C" NOT NULL,
     properties      jsonb       NOT NULL DEFAULT '{}',
     occurred_at     timestamptz NOT NULL DEFAULT now(),
     received_at     timestamptz NOT NULL DEFAULT now(),
-    idempotency_key text
+    idempotency_key text        COLLATE "C"
 );
 COMMENT ON TABLE engage.events IS
     'Customer events. INSERT or COPY into it: each statement is decided in the same transaction.';
@@ -30,7 +30,7 @@ CREATE UNIQUE INDEX events_idempotency_key ON engage.events (idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE engage.profiles (
-    customer_id text        PRIMARY KEY,
+    customer_id text        COLLATE "C" PRIMARY KEY,
     attributes  jsonb       NOT NULL DEFAULT '{}',
     email       text,
     phone       text,
@@ -65,25 +65,25 @@ CREATE TABLE engage.decisions (
     event_id        bigint      NOT NULL,
     trigger_id      integer     NOT NULL,
     trigger_version integer     NOT NULL,
-    customer_id     text        NOT NULL,
+    customer_id     text        COLLATE "C" NOT NULL,
     occurred_at     timestamptz NOT NULL,
     decided_at      timestamptz NOT NULL DEFAULT now(),
-    outcome         text        NOT NULL CHECK (outcome IN ('fired', 'suppressed')),
+    outcome         text        COLLATE "C" NOT NULL CHECK (outcome IN ('fired', 'suppressed')),
     reason          text        CHECK (reason IN ('cap', 'conflict')),
-    PRIMARY KEY (event_id, trigger_id),
+    -- One index serves both purposes: customer_id and occurred_at are those of the event, so the
+    -- key is unique per (event_id, trigger_id) (nothing is decided twice), and its order is the
+    -- cap look-up: fired decisions of one customer and trigger in an event-time window.
+    PRIMARY KEY (customer_id, trigger_id, outcome, occurred_at, event_id),
     CHECK ((outcome = 'fired') = (reason IS NULL))
 );
 COMMENT ON TABLE engage.decisions IS
     'One row per (event, matching trigger): fired, or suppressed and why. The primary key means nothing is decided twice.';
--- Cap look-ups: fired decisions of one customer and trigger in an event-time window.
-CREATE INDEX decisions_fired_by_customer ON engage.decisions (customer_id, trigger_id, occurred_at)
-    WHERE outcome = 'fired';
 
 CREATE TABLE engage.outbox (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
-    customer_id text        NOT NULL,
+    customer_id text        COLLATE "C" NOT NULL,
     channel     text        NOT NULL,
     template    text,
     payload     jsonb       NOT NULL DEFAULT '{}',
@@ -113,7 +113,7 @@ CREATE TABLE engage.messages (
     outbox_id   bigint      PRIMARY KEY,
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
-    customer_id text        NOT NULL,
+    customer_id text        COLLATE "C" NOT NULL,
     channel     text        NOT NULL,
     template    text,
     queued_at   timestamptz NOT NULL,
@@ -174,21 +174,7 @@ SELECT pg_catalog.pg_extension_config_dump('engage.channels', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.channel_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.templates', '');
 
--- Idempotency: skip an event whose key is already stored. The advisory lock makes a concurrent
--- insert of the same key wait for the first; READ COMMITTED then sees the committed row.
-CREATE FUNCTION engage.skip_duplicate_event() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_catalog.pg_advisory_xact_lock(1701273959, pg_catalog.hashtext(NEW.idempotency_key));
-    IF EXISTS (SELECT 1 FROM engage.events WHERE idempotency_key = NEW.idempotency_key) THEN
-        RETURN NULL;
-    END IF;
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION engage.skip_duplicate_event() IS
-    'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
-
+-- Idempotency: engage.skip_duplicate_event (Rust) skips an event whose key is already stored.
 CREATE TRIGGER skip_duplicate_event
     BEFORE INSERT ON engage.events
     FOR EACH ROW WHEN (NEW.idempotency_key IS NOT NULL)

@@ -50,7 +50,8 @@ extension_sql_file!(
         triggers::validate_trigger,
         deliver::validate_template,
         evaluate::evaluate_events,
-        evaluate::rules_changed
+        evaluate::rules_changed,
+        evaluate::skip_duplicate_event
     ]
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);

@@ -2,19 +2,20 @@
 //!
 //! A transaction-level advisory lock per customer, taken in sorted key order so two statements
 //! locking overlapping sets cannot deadlock each other. The lock tag uses a class number of its
-//! own (`objsubid` 0x6567 in `pg_locks`), so it never collides with an application's advisory
-//! locks, which use 1 and 2.
+//! own (`objsubid` 0x6567 in `pg_locks`; 0x6568 for idempotency keys), so it never collides with
+//! an application's advisory locks, which use 1 and 2.
 
 use pgrx::prelude::*;
 use std::hash::{DefaultHasher, Hasher};
 
-const ENGAGE_LOCK_CLASS: u16 = 0x6567;
+const CUSTOMER_LOCK_CLASS: u16 = 0x6567;
+const IDEMPOTENCY_LOCK_CLASS: u16 = 0x6568;
 
 /// A stable 64-bit key for a customer id. `DefaultHasher::new()` has fixed keys, and every backend
 /// runs the same library, so all sessions agree on the key.
-fn key(customer_id: &str) -> u64 {
+fn key(text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
-    hasher.write(customer_id.as_bytes());
+    hasher.write(text.as_bytes());
     hasher.finish()
 }
 
@@ -24,16 +25,25 @@ pub fn lock_customers<'a>(customer_ids: impl Iterator<Item = &'a str>) {
     keys.sort_unstable();
     keys.dedup();
     for k in keys {
-        let tag = pg_sys::LOCKTAG {
-            // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
-            locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-            locktag_field2: (k >> 32) as u32,
-            locktag_field3: k as u32,
-            locktag_field4: ENGAGE_LOCK_CLASS,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
-        // SAFETY: a valid advisory tag; a transaction (not session) lock, waiting if needed.
-        unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
+        lock(CUSTOMER_LOCK_CLASS, k);
     }
+}
+
+/// Blocks until this transaction holds the lock of an idempotency key.
+pub fn lock_idempotency_key(idempotency_key: &str) {
+    lock(IDEMPOTENCY_LOCK_CLASS, key(idempotency_key));
+}
+
+fn lock(class: u16, k: u64) {
+    let tag = pg_sys::LOCKTAG {
+        // SAFETY: MyDatabaseId is set for the life of a backend connected to a database.
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
+        locktag_field2: (k >> 32) as u32,
+        locktag_field3: k as u32,
+        locktag_field4: class,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    // SAFETY: a valid advisory tag; a transaction (not session) lock, waiting if needed.
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
 }

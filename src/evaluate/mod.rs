@@ -6,6 +6,7 @@
 //! policy; write all decisions and outbox rows with one statement.
 
 mod lock;
+mod probe;
 pub mod rules;
 mod store;
 mod transition;
@@ -160,27 +161,44 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
 }
 
 /// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements
-/// cannot both pass one cap), then counts stored fired decisions in each window with one query.
+/// cannot both pass one cap), then counts stored fired decisions in each window with a direct
+/// probe of the decisions primary key (customer_id, trigger_id, outcome, occurred_at, event_id).
 fn count_prior_fired(candidates: &mut [Candidate], customers: &[String]) {
     let capped: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].cap.is_some()).collect();
     if capped.is_empty() {
         return;
     }
     lock::lock_customers(capped.iter().map(|&i| customers[candidates[i].customer].as_str()));
-    let mut customer_ids = Vec::with_capacity(capped.len());
-    let mut trigger_ids = Vec::with_capacity(capped.len());
-    let mut since = Vec::with_capacity(capped.len());
-    let mut until = Vec::with_capacity(capped.len());
+    let mut probe = probe::Probe::open(c"decisions", c"decisions_pkey", 5);
     for &i in &capped {
         let c = &candidates[i];
         let (_, window) = c.cap.unwrap_or_default();
-        customer_ids.push(customers[c.customer].as_str());
-        trigger_ids.push(c.trigger_id);
-        since.push(store::timestamptz(c.occurred_at.saturating_sub(window)));
-        until.push(store::timestamptz(c.occurred_at));
+        let keys = [
+            probe::Key::text_eq(1, &customers[c.customer]),
+            probe::Key::int4_eq(2, c.trigger_id),
+            probe::Key::text_eq(3, "fired"),
+            probe::Key::timestamptz_gt(4, c.occurred_at.saturating_sub(window)),
+            probe::Key::timestamptz_le(4, c.occurred_at),
+        ];
+        candidates[i].prior_fired = probe.count(&keys);
     }
-    let counts = store::cap_counts(customer_ids, trigger_ids, since, until);
-    for (&i, count) in capped.iter().zip(counts) {
-        candidates[i].prior_fired = count;
-    }
+}
+
+/// BEFORE INSERT row trigger on engage.events (only for rows with an idempotency_key): skips the
+/// row when an event with the same key is already stored, by anyone, committed or earlier in
+/// this transaction or statement. The key's advisory lock makes a concurrent insert of the same
+/// key wait until the first one commits or aborts.
+#[pg_trigger]
+fn skip_duplicate_event<'a>(
+    trigger: &'a PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
+    let Some(new) = trigger.new() else { return Ok(None) };
+    let key: Option<String> = new
+        .get_by_name("idempotency_key")
+        .unwrap_or_else(|e| crate::sql_error::internal(&format!("engage.events.idempotency_key: {e}")));
+    let Some(key) = key else { return Ok(Some(new)) };
+    lock::lock_idempotency_key(&key);
+    let mut probe = probe::Probe::open(c"events", c"events_idempotency_key", 1);
+    let seen = probe.count(&[probe::Key::text_eq(1, &key)]) > 0;
+    Ok(if seen { None } else { Some(new) })
 }

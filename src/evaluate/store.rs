@@ -1,4 +1,4 @@
-//! The insert path's SQL: three statements, each prepared once per backend and run at most once
+//! The insert path's SQL: two statements, each prepared once per backend and run at most once
 //! per evaluated statement, with arrays as parameters (set-based, no per-row planning).
 
 use crate::sql_error;
@@ -9,15 +9,6 @@ use std::cell::OnceCell;
 
 const PROFILES: &str = "\
 SELECT customer_id, attributes::text FROM engage.profiles WHERE customer_id = ANY($1)";
-
-/// For each capped candidate, the fired decisions of its trigger and customer in its window.
-const CAP_COUNTS: &str = "\
-SELECT (SELECT count(*) FROM engage.decisions d
-         WHERE d.customer_id = c.customer_id AND d.trigger_id = c.trigger_id
-           AND d.outcome = 'fired' AND d.occurred_at > c.since AND d.occurred_at <= c.until)
-  FROM unnest($1::text[], $2::int4[], $3::timestamptz[], $4::timestamptz[])
-       WITH ORDINALITY AS c(customer_id, trigger_id, since, until, ord)
- ORDER BY c.ord";
 
 /// All decisions and all outbox rows of a statement, in one statement.
 const WRITE: &str = "\
@@ -32,8 +23,39 @@ SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, u.template, u.payload
 
 struct Plans {
     profiles: OwnedPreparedStatement,
-    cap_counts: OwnedPreparedStatement,
-    write: OwnedPreparedStatement,
+    write: GenericPlan,
+}
+
+/// A statement prepared once per backend with a forced generic plan. With array parameters the
+/// plan cache would otherwise keep choosing custom plans (the planner sizes `unnest` from the
+/// actual array, so a custom plan always looks cheaper) and plan the statement on every call.
+struct GenericPlan(pg_sys::SPIPlanPtr);
+
+impl GenericPlan {
+    /// Must be called inside an SPI connection.
+    fn prepare(sql: &str, types: &[pg_sys::PgBuiltInOids]) -> GenericPlan {
+        let sql = std::ffi::CString::new(sql).unwrap_or_else(|_| sql_error::internal("statement text contains a NUL byte"));
+        let mut oids: Vec<pg_sys::Oid> = types.iter().map(|t| t.value()).collect();
+        // SAFETY: valid statement text and argument types; the plan is kept past SPI_finish.
+        unsafe {
+            let plan = pg_sys::SPI_prepare_cursor(sql.as_ptr(), oids.len() as i32, oids.as_mut_ptr(), pg_sys::CURSOR_OPT_GENERIC_PLAN as i32);
+            if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+                sql_error::internal("could not prepare an insert-path statement");
+            }
+            GenericPlan(plan)
+        }
+    }
+
+    /// Runs the plan with `args` (None is SQL NULL). Must be called inside an SPI connection.
+    fn execute(&self, args: Vec<Option<pg_sys::Datum>>) {
+        let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
+        let nulls: Vec<std::ffi::c_char> = args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
+        // SAFETY: values and nulls match the prepared argument count and types.
+        let status = unsafe { pg_sys::SPI_execute_plan(self.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0) };
+        if status < 0 {
+            sql_error::internal(&format!("insert-path statement failed with SPI status {status}"));
+        }
+    }
 }
 
 thread_local! {
@@ -48,30 +70,25 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
             Spi::connect(|client| -> Result<Plans, pgrx::spi::Error> {
                 Ok(Plans {
                     profiles: client.prepare(PROFILES, &[oid(T::TEXTARRAYOID)])?.keep(),
-                    cap_counts: client
-                        .prepare(CAP_COUNTS, &[oid(T::TEXTARRAYOID), oid(T::INT4ARRAYOID), oid(T::TIMESTAMPTZARRAYOID), oid(T::TIMESTAMPTZARRAYOID)])?
-                        .keep(),
-                    write: client
-                        .prepare_mut(
-                            WRITE,
-                            &[
-                                oid(T::INT8ARRAYOID),
-                                oid(T::INT4ARRAYOID),
-                                oid(T::INT4ARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TIMESTAMPTZARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::INT8ARRAYOID),
-                                oid(T::INT4ARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TEXTARRAYOID),
-                                oid(T::TIMESTAMPTZARRAYOID),
-                            ],
-                        )?
-                        .keep(),
+                    write: GenericPlan::prepare(
+                        WRITE,
+                        &[
+                            T::INT8ARRAYOID,
+                            T::INT4ARRAYOID,
+                            T::INT4ARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TIMESTAMPTZARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::INT8ARRAYOID,
+                            T::INT4ARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TIMESTAMPTZARRAYOID,
+                        ],
+                    ),
                 })
             })
             .unwrap_or_else(|e| sql_error::internal(&format!("could not prepare the insert-path statements: {e}")))
@@ -103,20 +120,6 @@ pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, serde_json::Value)> {
     .unwrap_or_else(|e| sql_error::internal(&format!("could not read profiles: {e}")))
 }
 
-/// Fired-decision counts for `(customer_id, trigger_id, since, until)` windows, in order.
-pub fn cap_counts(customer_ids: Vec<&str>, trigger_ids: Vec<i32>, since: Vec<TimestampWithTimeZone>, until: Vec<TimestampWithTimeZone>) -> Vec<i64> {
-    with_plans(|plans| {
-        Spi::connect(|client| {
-            let args: [DatumWithOid; 4] = [customer_ids.into(), trigger_ids.into(), since.into(), until.into()];
-            client
-                .select(&plans.cap_counts, None, &args)?
-                .map(|row| Ok(row.get::<i64>(1)?.unwrap_or(0)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-    })
-    .unwrap_or_else(|e| sql_error::internal(&format!("could not count capped decisions: {e}")))
-}
-
 /// Column arrays for `engage.decisions`.
 #[derive(Default)]
 pub struct Decisions<'a> {
@@ -144,25 +147,23 @@ pub struct Outbox<'a> {
 /// Writes the statement's decisions and outbox rows.
 pub fn write(d: Decisions, o: Outbox) {
     with_plans(|plans| {
-        Spi::connect_mut(|client| {
-            let args: [DatumWithOid; 14] = [
-                d.event_id.into(),
-                d.trigger_id.into(),
-                d.trigger_version.into(),
-                d.customer_id.into(),
-                d.occurred_at.into(),
-                d.outcome.into(),
-                d.reason.into(),
-                o.event_id.into(),
-                o.trigger_id.into(),
-                o.customer_id.into(),
-                o.channel.into(),
-                o.template.into(),
-                o.payload.into(),
-                o.due_at.into(),
-            ];
-            client.update(&plans.write, None, &args).map(|_| ())
+        Spi::connect_mut(|_client| {
+            plans.write.execute(vec![
+                d.event_id.into_datum(),
+                d.trigger_id.into_datum(),
+                d.trigger_version.into_datum(),
+                d.customer_id.into_datum(),
+                d.occurred_at.into_datum(),
+                d.outcome.into_datum(),
+                d.reason.into_datum(),
+                o.event_id.into_datum(),
+                o.trigger_id.into_datum(),
+                o.customer_id.into_datum(),
+                o.channel.into_datum(),
+                o.template.into_datum(),
+                o.payload.into_datum(),
+                o.due_at.into_datum(),
+            ])
         })
     })
-    .unwrap_or_else(|e| sql_error::internal(&format!("could not write decisions: {e}")))
 }

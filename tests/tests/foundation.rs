@@ -100,22 +100,23 @@ fn extension_creates_the_documented_functions() {
     }
 }
 
+/// Nothing is decided twice: a second decision for the same (event, trigger) is rejected by the
+/// primary key, whose columns other than event_id and trigger_id all follow from the event.
 #[test]
-fn decisions_primary_key_is_event_and_trigger() {
+fn a_second_decision_for_the_same_event_and_trigger_is_rejected() {
     let mut c = shared().create_db("found_pk");
-    let cols: Vec<String> = c
-        .query(
-            "SELECT a.attname::text FROM pg_index i \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey) \
-             WHERE i.indrelid = 'engage.decisions'::regclass AND i.indisprimary \
-             ORDER BY array_position(i.indkey::int2[], a.attnum)",
-            &[],
+    c.batch_execute(
+        "SELECT engage.create_trigger('t', '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}');
+         INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'e');",
+    )
+    .unwrap();
+    let err = c
+        .batch_execute(
+            "INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome)
+             SELECT event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome FROM engage.decisions",
         )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(cols, vec!["event_id".to_string(), "trigger_id".to_string()]);
+        .unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("23505"), "{err}");
 }
 
 #[test]

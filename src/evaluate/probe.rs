@@ -1,0 +1,109 @@
+//! Direct btree probes for the insert path's look-ups: no SQL, no planning, no executor; one
+//! index scan reused for every key of a statement.
+//!
+//! Probes read with a "dirty" snapshot: rows committed by anyone (even after this transaction's
+//! snapshot was taken, so REPEATABLE READ transactions see them too) plus this transaction's own
+//! rows, including those of the current statement. Every probe runs under the advisory lock of
+//! its key (customer or idempotency key), so no other transaction can have a matching row in
+//! flight: "dirty" here means exactly "latest".
+
+use crate::sql_error;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+/// An open index scan over one of pg_engage's own indexes.
+pub struct Probe {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    slot: *mut pg_sys::TupleTableSlot,
+    // Boxed so its address stays valid while the scan uses it.
+    _snapshot: Box<pg_sys::SnapshotData>,
+    nkeys: i32,
+}
+
+/// One scan key: column number (1-based), strategy, comparison function, value.
+pub struct Key {
+    pub column: i16,
+    pub strategy: u32,
+    pub function: u32,
+    pub value: pg_sys::Datum,
+}
+
+impl Key {
+    pub fn text_eq(column: i16, value: &str) -> Key {
+        Key { column, strategy: pg_sys::BTEqualStrategyNumber, function: pg_sys::F_TEXTEQ, value: text_datum(value) }
+    }
+    pub fn int4_eq(column: i16, value: i32) -> Key {
+        Key { column, strategy: pg_sys::BTEqualStrategyNumber, function: pg_sys::F_INT4EQ, value: pg_sys::Datum::from(value) }
+    }
+    pub fn timestamptz_gt(column: i16, micros: i64) -> Key {
+        Key { column, strategy: pg_sys::BTGreaterStrategyNumber, function: pg_sys::F_TIMESTAMPTZ_GT, value: pg_sys::Datum::from(micros) }
+    }
+    pub fn timestamptz_le(column: i16, micros: i64) -> Key {
+        Key { column, strategy: pg_sys::BTLessEqualStrategyNumber, function: pg_sys::F_TIMESTAMPTZ_LE, value: pg_sys::Datum::from(micros) }
+    }
+}
+
+fn text_datum(value: &str) -> pg_sys::Datum {
+    value.into_datum().unwrap_or_else(|| sql_error::internal("could not build a text datum"))
+}
+
+impl Probe {
+    /// Opens a scan on `engage.<index>` of `engage.<table>` taking `nkeys` keys.
+    pub fn open(table: &CStr, index: &CStr, nkeys: i32) -> Probe {
+        // SAFETY: catalog look-ups and relation opens with locks held to the end of the
+        // transaction; the snapshot outlives the scan (it is dropped after index_endscan).
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"engage".as_ptr(), false);
+            let table_oid = pg_sys::get_relname_relid(table.as_ptr(), namespace);
+            let index_oid = pg_sys::get_relname_relid(index.as_ptr(), namespace);
+            if table_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
+                sql_error::internal(&format!("missing relation engage.{} or index engage.{}", table.to_string_lossy(), index.to_string_lossy()));
+            }
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let heap = pg_sys::table_open(table_oid, lock);
+            let index = pg_sys::index_open(index_oid, lock);
+            let mut snapshot: Box<pg_sys::SnapshotData> = Box::new(std::mem::zeroed());
+            snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+            let scan = pg_sys::index_beginscan(heap, index, &mut *snapshot, nkeys, 0);
+            let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
+            Probe { heap, index, scan, slot, _snapshot: snapshot, nkeys }
+        }
+    }
+
+    /// How many rows match all `keys`.
+    pub fn count(&mut self, keys: &[Key]) -> i64 {
+        assert_eq!(keys.len() as i32, self.nkeys, "probe opened for a different number of keys");
+        // SAFETY: `entries` lives through the rescan and the fetches that read it.
+        unsafe {
+            let mut entries: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
+            for key in keys {
+                let mut entry: pg_sys::ScanKeyData = std::mem::zeroed();
+                pg_sys::ScanKeyInit(&mut entry, key.column, key.strategy as u16, pg_sys::Oid::from(key.function), key.value);
+                entries.push(entry);
+            }
+            pg_sys::index_rescan(self.scan, entries.as_mut_ptr(), self.nkeys, std::ptr::null_mut(), 0);
+            let mut found = 0;
+            while pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, self.slot) {
+                found += 1;
+            }
+            found
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // an ERROR is unwinding: the transaction abort releases scan and relations.
+        }
+        // SAFETY: closes what `open` opened, in reverse order; locks stay until transaction end.
+        unsafe {
+            pg_sys::index_endscan(self.scan);
+            pg_sys::ExecDropSingleTupleTableSlot(self.slot);
+            pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
