@@ -83,6 +83,17 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_preferred_channel_action_queues_on_the_customers_choice_with_the_rest_as_fallback() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "x"}}')"#);
+        run(r#"SELECT engage.identify('c1', '{"preferred_channel": "sms"}')"#);
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'e'), ('c2', 'e')");
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || channel || ':' || fallback::text, ',' ORDER BY customer_id) FROM engage.outbox").as_deref(),
+            Some("c1:sms:{email},c2:email:{sms}")
+        );
+    }
+
+    #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");

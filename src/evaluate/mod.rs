@@ -13,7 +13,7 @@ mod transition;
 
 use crate::policy::{self, Candidate, Outcome};
 use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
-use crate::rule::Facts;
+use crate::rule::{Action, Channel, ChannelChoice, Facts};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
@@ -86,14 +86,15 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         }
     });
 
+    let mut profiles: HashMap<String, store::Profile> = HashMap::new();
     if !needs_profile.is_empty() {
         let mut wanted: Vec<&str> = needs_profile.iter().map(|&(e, _)| customers[events[e].customer].as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let profiles: HashMap<String, serde_json::Value> = store::profiles(wanted).into_iter().collect();
+        profiles = store::profiles(wanted).into_iter().collect();
         for (e, r) in needs_profile {
             let event = &events[e];
-            let profile = profiles.get(&customers[event.customer]).unwrap_or(&null);
+            let profile = profiles.get(&customers[event.customer]).map_or(&null, |p| &p.attributes);
             let facts = Facts { properties: &event.properties, profile, occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS };
             if rules.rules[r].definition.matches(&facts) {
                 matched.push((e, r));
@@ -139,10 +140,13 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
                 decisions.outcome.push("fired");
                 decisions.reason.push(None);
                 let action = &rule.definition.action;
+                let preferred = profiles.get(customer_id).and_then(|p| p.preferred_channel.as_deref());
+                let (channel, fallback) = choose_channel(action, preferred);
                 outbox.event_id.push(candidate.event_id);
                 outbox.trigger_id.push(rule.id);
                 outbox.customer_id.push(customer_id);
-                outbox.channel.push(action.channel.as_str());
+                outbox.channel.push(channel);
+                outbox.fallback.push(fallback);
                 outbox.template.push(action.template.as_deref());
                 outbox.payload.push(&action.payload);
                 outbox.due_at.push(occurred_at);
@@ -158,6 +162,17 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     if queued {
         crate::deliver::wake_after_commit();
     }
+}
+
+/// The channel to queue on and the comma-separated fallbacks left after it: a `preferred` action
+/// takes the customer's preferred channel when it is a known one, else its first fallback.
+fn choose_channel(action: &Action, preferred: Option<&str>) -> (&'static str, String) {
+    let first = match action.channel {
+        ChannelChoice::Fixed(c) => c,
+        ChannelChoice::Preferred => preferred.and_then(Channel::parse).unwrap_or(action.fallback[0]),
+    };
+    let rest: Vec<&str> = action.fallback.iter().filter(|c| **c != first).map(|c| c.as_str()).collect();
+    (first.as_str(), rest.join(","))
 }
 
 /// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements

@@ -8,7 +8,7 @@ use pgrx::spi::OwnedPreparedStatement;
 use std::cell::OnceCell;
 
 const PROFILES: &str = "\
-SELECT customer_id, attributes::text FROM engage.profiles WHERE customer_id = ANY($1)";
+SELECT customer_id, attributes::text, preferred_channel FROM engage.profiles WHERE customer_id = ANY($1)";
 
 /// All decisions and all outbox rows of a statement, in one statement.
 const WRITE: &str = "\
@@ -16,10 +16,11 @@ WITH decided AS (
   INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason)
   SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
 )
-INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, template, payload, due_at)
-SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, u.template, u.payload::jsonb, u.due_at
-  FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[])
-       AS u(event_id, trigger_id, customer_id, channel, template, payload, due_at)";
+INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at)
+SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
+       u.template, u.payload::jsonb, u.due_at
+  FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at)";
 
 struct Plans {
     profiles: OwnedPreparedStatement,
@@ -86,6 +87,7 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
                             T::TIMESTAMPTZARRAYOID,
                         ],
                     ),
@@ -102,8 +104,14 @@ pub fn timestamptz(micros: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
 }
 
-/// Profile attributes of the given customers, as `(customer_id, attributes)`.
-pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, serde_json::Value)> {
+/// What the insert path reads of a customer's profile.
+pub struct Profile {
+    pub attributes: serde_json::Value,
+    pub preferred_channel: Option<String>,
+}
+
+/// Profiles of the given customers, by customer id.
+pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, Profile)> {
     with_plans(|plans| {
         Spi::connect(|client| {
             let args: [DatumWithOid; 1] = [customer_ids.into()];
@@ -112,7 +120,8 @@ pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, serde_json::Value)> {
                 .map(|row| {
                     let id: String = row.get(1)?.unwrap_or_default();
                     let text: String = row.get(2)?.unwrap_or_default();
-                    Ok((id, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null)))
+                    let attributes = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+                    Ok((id, Profile { attributes, preferred_channel: row.get(3)? }))
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
@@ -138,7 +147,9 @@ pub struct Outbox<'a> {
     pub event_id: Vec<i64>,
     pub trigger_id: Vec<i32>,
     pub customer_id: Vec<&'a str>,
-    pub channel: Vec<&'static str>,
+    pub channel: Vec<&'a str>,
+    /// Remaining fallback channels, comma-separated.
+    pub fallback: Vec<String>,
     pub template: Vec<Option<&'a str>>,
     pub payload: Vec<&'a str>,
     pub due_at: Vec<TimestampWithTimeZone>,
@@ -160,6 +171,7 @@ pub fn write(d: Decisions, o: Outbox) {
                 o.trigger_id.into_datum(),
                 o.customer_id.into_datum(),
                 o.channel.into_datum(),
+                o.fallback.into_datum(),
                 o.template.into_datum(),
                 o.payload.into_datum(),
                 o.due_at.into_datum(),

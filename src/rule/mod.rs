@@ -15,7 +15,7 @@ use error::{show, type_name};
 use serde_json::{Map, Value};
 
 const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "description"];
-const ACTION_FIELDS: &[&str] = &["channel", "template", "payload"];
+const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
 const CAP_FIELDS: &[&str] = &["max", "per"];
 
 /// A delivery channel an action can use.
@@ -31,6 +31,10 @@ pub enum Channel {
 impl Channel {
     const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Whatsapp, Channel::Push, Channel::Webhook];
 
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Channel::Email => "email",
@@ -42,10 +46,21 @@ impl Channel {
     }
 }
 
+/// Which channel an action uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelChoice {
+    Fixed(Channel),
+    /// The customer's `preferred_channel`, else the first fallback.
+    Preferred,
+}
+
 /// What to queue when the trigger fires.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Action {
-    pub channel: Channel,
+    pub channel: ChannelChoice,
+    /// Channels to try next, in order, when the chosen one has no address or consent or fails
+    /// permanently.
+    pub fallback: Vec<Channel>,
     pub template: Option<String>,
     /// The payload object as JSON text, serialised once so the insert path does not redo it.
     pub payload: String,
@@ -71,7 +86,8 @@ pub struct Definition {
 impl Definition {
     /// Whether matching needs the event's properties or the customer's profile.
     pub fn uses(&self, source: Source) -> bool {
-        self.predicate.as_ref().is_some_and(|p| p.uses(source))
+        let preferred = source == Source::Profile && self.action.channel == ChannelChoice::Preferred;
+        preferred || self.predicate.as_ref().is_some_and(|p| p.uses(source))
     }
 
     /// Whether the definition matches an event, given its facts.
@@ -140,17 +156,41 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
     reject_unknown(map, "$.action", ACTION_FIELDS)?;
     let channel_value = required(map, "$.action", "channel")?;
     let names: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
-    let channel = Channel::ALL
-        .into_iter()
-        .find(|c| channel_value.as_str() == Some(c.as_str()))
-        .ok_or_else(|| {
-            DefinitionError::new("$.action.channel", format!("unknown channel {}", show(channel_value)))
-                .with_hint(format!("channels are {}", names.join(", ")))
-        })?;
+    let unknown = |path: &str, value: &Value| {
+        DefinitionError::new(path, format!("unknown channel {}", show(value)))
+            .with_hint(format!("channels are {}, or \"preferred\" for the customer's preferred channel", names.join(", ")))
+    };
+    let channel = match channel_value.as_str() {
+        Some("preferred") => ChannelChoice::Preferred,
+        Some(name) => ChannelChoice::Fixed(Channel::parse(name).ok_or_else(|| unknown("$.action.channel", channel_value))?),
+        None => return Err(unknown("$.action.channel", channel_value)),
+    };
+    let fallback = match map.get("fallback") {
+        None => Vec::new(),
+        Some(Value::Array(items)) => {
+            let mut channels = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                let path = format!("$.action.fallback[{i}]");
+                let c = item.as_str().and_then(Channel::parse).ok_or_else(|| unknown(&path, item))?;
+                if channels.contains(&c) || channel == ChannelChoice::Fixed(c) {
+                    return Err(DefinitionError::new(&path, format!("channel \"{}\" is listed twice", c.as_str())));
+                }
+                channels.push(c);
+            }
+            channels
+        }
+        Some(other) => {
+            return Err(DefinitionError::new("$.action.fallback", format!("expected an array of channels, got {}", type_name(other))))
+        }
+    };
+    if channel == ChannelChoice::Preferred && fallback.is_empty() {
+        return Err(DefinitionError::new("$.action", "channel \"preferred\" needs a non-empty \"fallback\" list")
+            .with_hint("the first fallback is used for customers without a preferred channel"));
+    }
     let template = match map.get("template") {
-        None if channel == Channel::Webhook => None,
+        None if channel == ChannelChoice::Fixed(Channel::Webhook) && fallback.is_empty() => None,
         None => return Err(DefinitionError::new("$.action", "missing required field \"template\"")
-            .with_hint("every channel but webhook needs a template name")),
+            .with_hint("every channel but webhook needs a template name (templates are per channel, looked up by this name)")),
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
         Some(other) => return Err(DefinitionError::new("$.action.template", format!("expected a template name, got {}", show(other)))),
     };
@@ -159,7 +199,7 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
         Some(p @ Value::Object(_)) => p.to_string(),
         Some(other) => return Err(DefinitionError::new("$.action.payload", format!("expected an object, got {}", type_name(other)))),
     };
-    Ok(Action { channel, template, payload })
+    Ok(Action { channel, fallback, template, payload })
 }
 
 fn parse_cap(value: &Value) -> Result<Cap, DefinitionError> {
@@ -193,9 +233,17 @@ mod tests {
         assert_eq!(d.events, vec!["cart_updated", "cart_viewed"]);
         assert_eq!(d.priority, 10);
         assert_eq!(d.cap, Some(Cap { max: 1, per_micros: 86_400_000_000 }));
-        assert_eq!(d.action.channel, Channel::Email);
+        assert_eq!(d.action.channel, ChannelChoice::Fixed(Channel::Email));
         assert_eq!(d.action.payload, r#"{"coupon":"X"}"#);
         assert!(d.uses(Source::Property) && !d.uses(Source::Profile));
+    }
+
+    #[test]
+    fn preferred_channel_with_fallback_reads_the_profile() {
+        let d = parse(&json!({"event": "x", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "t"}})).unwrap();
+        assert_eq!(d.action.channel, ChannelChoice::Preferred);
+        assert_eq!(d.action.fallback, vec![Channel::Email, Channel::Sms]);
+        assert!(d.uses(Source::Profile));
     }
 
     #[test]
@@ -228,6 +276,9 @@ mod tests {
             (with("action", json!({"channel": "fax", "template": "t"})), "$.action.channel", "unknown channel"),
             (with("action", json!({"channel": "sms"})), "$.action", "\"template\""),
             (with("action", json!({"channel": "sms", "template": "t", "payload": []})), "$.action.payload", "object"),
+            (with("action", json!({"channel": "preferred", "template": "t"})), "$.action", "fallback"),
+            (with("action", json!({"channel": "email", "fallback": ["sms", "fax"], "template": "t"})), "$.action.fallback[1]", "unknown channel"),
+            (with("action", json!({"channel": "email", "fallback": ["email"], "template": "t"})), "$.action.fallback[0]", "twice"),
             (with("where", json!({"property": "a", "gt": "lots"})), "$.where.gt", "expected a number"),
             (with("description", json!(5)), "$.description", "string"),
         ];
