@@ -20,8 +20,9 @@ CREATE FUNCTION engage.claim(
     due_at      timestamptz
 )
 LANGUAGE sql AS $$
-    -- Only the head of each customer's queue is claimable, and not while another deliverer holds
-    -- it: a customer's messages go out one at a time, in due_at order.
+    -- Only the head of each customer's queue (by scheduled_at, kept across retries) is claimable,
+    -- and not while another deliverer holds it or it waits for a retry: a customer's messages go
+    -- out one at a time, in order. Messages of a disabled channel are held, not failed.
     WITH heads AS (
         SELECT o.id
           FROM engage.outbox o
@@ -32,7 +33,9 @@ LANGUAGE sql AS $$
                  SELECT 1 FROM engage.outbox earlier
                   WHERE earlier.customer_id = o.customer_id
                     AND earlier.status IN ('pending', 'claimed')
-                    AND (earlier.due_at, earlier.id) < (o.due_at, o.id))
+                    AND (earlier.scheduled_at, earlier.id) < (o.scheduled_at, o.id))
+           AND NOT EXISTS (
+                 SELECT 1 FROM engage.channels c WHERE c.kind = o.channel AND NOT c.enabled)
          ORDER BY o.due_at, o.id
          LIMIT claim.batch_size
            FOR UPDATE SKIP LOCKED
@@ -111,10 +114,13 @@ $$;
 
 CREATE FUNCTION engage.redrive(message_id bigint) RETURNS boolean
 LANGUAGE sql AS $$
-    UPDATE engage.outbox o
-       SET status = 'pending', due_at = now(), attempts = 0, lease_until = NULL
-     WHERE o.id = redrive.message_id AND o.status = 'dead'
-    RETURNING true
+    WITH redriven AS (
+        UPDATE engage.outbox o
+           SET status = 'pending', due_at = now(), attempts = 0, lease_until = NULL
+         WHERE o.id = redrive.message_id AND o.status = 'dead'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM redriven)
 $$;
 
 CREATE VIEW engage.dead_letters AS
@@ -128,5 +134,5 @@ COMMENT ON FUNCTION engage.complete(bigint, text) IS
     'Marks a claimed message sent and logs it in engage.messages; false if it was not claimed (e.g. already completed).';
 COMMENT ON FUNCTION engage.fail(bigint, text, boolean) IS
     'Records a failed attempt: retryable failures back off exponentially with jitter; permanent or exhausted ones move to the next fallback channel or to dead. Returns the new status.';
-COMMENT ON FUNCTION engage.redrive(bigint) IS 'Puts a dead message back in the queue, due now, with its attempts reset.';
+COMMENT ON FUNCTION engage.redrive(bigint) IS 'Puts a dead message back in the queue, due now, with its attempts reset; false if it was not dead.';
 COMMENT ON VIEW engage.dead_letters IS 'Messages that could not be delivered, with the last error; engage.redrive(id) retries one.';

@@ -88,6 +88,7 @@ CREATE TABLE engage.outbox (
     template    text,
     payload     jsonb       NOT NULL DEFAULT '{}',
     due_at      timestamptz NOT NULL,
+    scheduled_at timestamptz NOT NULL,
     status      text        NOT NULL DEFAULT 'pending'
                             CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled')),
     fallback    text[]      NOT NULL DEFAULT '{}',
@@ -103,11 +104,13 @@ CREATE TABLE engage.outbox (
 COMMENT ON TABLE engage.outbox IS
     'Queued messages, one per fired decision, written in the transaction of the event. id is the message id receivers de-duplicate on.';
 COMMENT ON COLUMN engage.outbox.fallback IS 'Channels still to try, in order, if this one has no address, no consent or fails permanently.';
+COMMENT ON COLUMN engage.outbox.due_at IS 'When the next attempt may start (a retry moves it later).';
+COMMENT ON COLUMN engage.outbox.scheduled_at IS 'When the message was first due: the order of the customer''s queue, kept across retries.';
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
--- ... and per customer, so a customer's messages go out in due_at order, one at a time.
-CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, due_at, id) WHERE status IN ('pending', 'claimed');
+-- ... and per customer, so a customer's messages go out in scheduled order, one at a time.
+CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, scheduled_at, id) WHERE status IN ('pending', 'claimed');
 
 CREATE TABLE engage.messages (
     outbox_id   bigint      PRIMARY KEY,

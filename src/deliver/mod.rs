@@ -83,8 +83,17 @@ pub mod status {
     use super::*;
 
     pub fn worker_started() {
-        // SAFETY: MyProcPid is set for the life of the process.
-        PID.get().store(unsafe { pg_sys::MyProcPid }, Ordering::Release);
+        // SAFETY: MyProcPid is set for the life of the process; the callback runs while shared
+        // memory is still attached, however the process exits (including on ERROR).
+        unsafe {
+            PID.get().store(pg_sys::MyProcPid, Ordering::Release);
+            pg_sys::before_shmem_exit(Some(clear_pid), pg_sys::Datum::from(0));
+        }
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn clear_pid(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+        worker_stopped();
     }
 
     pub fn worker_stopped() {

@@ -27,6 +27,8 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     status::worker_started();
     log!("pg_engage deliverer started on database \"{database}\"");
 
+    // Pacing state lives as long as the worker, so rate limits hold across batches.
+    let pacing = RateLimits::default();
     let mut idle = false;
     loop {
         let wait = if idle { settings::poll_interval() } else { Duration::ZERO };
@@ -41,19 +43,19 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
             idle = true;
             continue;
         }
-        idle = deliver_one_batch() == 0;
+        idle = deliver_one_batch(&pacing) == 0;
     }
     status::worker_stopped();
     log!("pg_engage deliverer stopped");
 }
 
 /// Claims, sends and records one batch; returns how many messages it handled.
-fn deliver_one_batch() -> usize {
+fn deliver_one_batch(pacing: &RateLimits) -> usize {
     let batch = BackgroundWorker::transaction(|| claim_and_prepare(settings::batch_size(), settings::lease_seconds()));
     if batch.is_empty() {
         return 0;
     }
-    let results = send_all(&batch);
+    let results = send_all(&batch, pacing);
     let handled = results.len();
     BackgroundWorker::transaction(|| record(&results));
     status::batch_done(&results);
@@ -63,12 +65,11 @@ fn deliver_one_batch() -> usize {
 /// The outcome of one message, to record.
 pub type Outcome = (i64, Result<Option<String>, SendError>);
 
-fn send_all(batch: &[Prepared]) -> Vec<Outcome> {
+fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
     let timeout = settings::http_timeout();
     let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
     let queue: Mutex<std::slice::Iter<Prepared>> = Mutex::new(batch.iter());
     let results: Mutex<Vec<Outcome>> = Mutex::new(Vec::with_capacity(batch.len()));
-    let pacing = RateLimits::default();
     let threads = settings::concurrency().min(batch.len()).max(1);
     std::thread::scope(|scope| {
         for _ in 0..threads {

@@ -16,9 +16,9 @@ WITH decided AS (
   INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason)
   SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
 )
-INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at)
+INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at)
 SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
-       u.template, u.payload::jsonb, u.due_at
+       u.template, u.payload::jsonb, u.due_at, u.due_at
   FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
        AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at)";
 

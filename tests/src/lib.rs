@@ -36,6 +36,8 @@ pub use postgres::types::ToSql;
 pub use postgres::{Client, NoTls};
 pub use serde_json::{json, Value};
 
+pub mod delivery;
+
 /// Where all clusters live.
 pub const ROOT: &str = "/tmp/pg_engage_it";
 
@@ -163,6 +165,58 @@ impl Cluster {
         self.port
     }
 
+    /// One connection attempt to database `db` as the superuser `postgres`, without retries
+    /// (e.g. to wait for a server that is restarting after a crash).
+    pub fn try_connect(&self, db: &str) -> Result<Client, postgres::Error> {
+        postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .dbname(db)
+            .application_name("pg_engage_it")
+            .connect_timeout(Duration::from_secs(10))
+            .connect(NoTls)
+    }
+
+    /// Restarts the server (`pg_ctl restart -m fast`, waiting until it accepts connections);
+    /// existing connections are closed. Settings changed with ALTER SYSTEM take effect.
+    pub fn restart(&self) {
+        let dir = self.dir.to_str().expect("utf-8 path").to_string();
+        let log = format!("{dir}/server.log");
+        let mut out = self
+            .pg_command("pg_ctl")
+            .args(["-D", &dir, "-l", &log, "-m", "fast", "-w", "-t", "120", "restart"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run pg_ctl restart");
+        // A preloaded library that is being reinstalled at this moment cannot be loaded: the
+        // server stopped and did not come back. Start it again a few times.
+        let mut attempt = 0;
+        while !out.status.success() && attempt < 10 {
+            let tail = self.log_tail(20);
+            if !(tail.contains("could not load library") || tail.contains("could not access file")) {
+                break;
+            }
+            attempt += 1;
+            std::thread::sleep(Duration::from_secs(1));
+            out = self
+                .pg_command("pg_ctl")
+                .args(["-D", &dir, "-l", &log, "-w", "-t", "120", "start"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run pg_ctl start");
+        }
+        if !out.status.success() {
+            panic!(
+                "pg_ctl restart failed ({}):\n{}{}\nserver.log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(40)
+            );
+        }
+    }
+
     /// Connects to database `db` as the superuser `postgres`.
     pub fn connect(&self, db: &str) -> Client {
         let mut last_error = None;
@@ -208,9 +262,27 @@ impl Cluster {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {}", error_text(&e)));
         let mut client = self.connect(name);
-        client
-            .batch_execute("CREATE EXTENSION pg_engage")
-            .unwrap_or_else(|e| panic!("CREATE EXTENSION pg_engage in {name}: {}", error_text(&e)));
+        // The extension's files may be being reinstalled at this moment: retry briefly when they
+        // cannot be read (any other error fails at once).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match client.batch_execute("CREATE EXTENSION pg_engage") {
+                Ok(()) => break,
+                Err(e) => {
+                    let text = error_text(&e);
+                    let transient = text.contains("could not load library")
+                        || text.contains("could not access file")
+                        || text.contains("could not open extension control file")
+                        || text.contains("could not stat file");
+                    if !transient || attempt >= 20 {
+                        panic!("CREATE EXTENSION pg_engage in {name}: {text}");
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                    client = self.connect(name);
+                }
+            }
+        }
         client
     }
 

@@ -1,0 +1,1081 @@
+//! Delivery, end to end: the built-in deliverer (a background worker, so every test but the
+//! SQL-only ones starts its own cluster with `shared_preload_libraries = 'pg_engage'`) sends
+//! queued messages to real receivers on 127.0.0.1 started by the test:
+//!
+//! * an HTTP receiver (`tiny_http`, see `pg_engage_it::delivery::HttpReceiver`) that records each
+//!   request and answers with a scripted status, optionally after a delay;
+//! * an SMTP receiver: the `mailin-embedded` crate, a real SMTP server (no STARTTLS).
+//!
+//! Covered: a signed, rendered webhook and its sent log; email over SMTP with Message-ID and
+//! List-Unsubscribe; retries with exponential backoff for 5xx and timeouts; a 4xx going dead,
+//! visible in engage.dead_letters, and redriven; no address / no consent falling through to the
+//! fallback channel or going dead; SIGKILL of the worker mid-batch (at-least-once, same
+//! webhook-id on duplicates); a server restart with pending rows; a rolled-back event sending
+//! nothing; the external-deliverer SQL API (claim / complete / fail / redrive); and the commit
+//! waking the worker well before its poll interval. Also: a retrying message keeps the
+//! customer's later messages waiting, rate_limit_per_second within and across batches, and
+//! engage.worker_status() after the worker exits on an error.
+
+use pg_engage_it::delivery::*;
+use pg_engage_it::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Configures the webhook channel: its URL, a signing secret, and the retry policy columns.
+fn webhook_channel(c: &mut Client, url: &str, secret: &str, max_attempts: i32, backoff_base: &str) {
+    c.execute(
+        "INSERT INTO engage.channels (kind, config, max_attempts, backoff_base, cost_per_message) \
+         VALUES ('webhook', jsonb_build_object('url', $1::text), $2, $3::text::interval, 0.25)",
+        &[&url, &max_attempts, &backoff_base],
+    )
+    .unwrap_or_else(|e| panic!("configure webhook: {}", error_text(&e)));
+    c.execute(
+        "INSERT INTO engage.channel_secrets (kind, secrets) \
+         VALUES ('webhook', jsonb_build_object('signing_secret', $1::text))",
+        &[&secret],
+    )
+    .unwrap_or_else(|e| panic!("webhook secret: {}", error_text(&e)));
+}
+
+fn template(c: &mut Client, name: &str, channel: &str, subject: Option<&str>, body: &str, html: Option<&str>) {
+    c.execute(
+        "INSERT INTO engage.templates (name, channel, subject, body, html) VALUES ($1, $2, $3, $4, $5)",
+        &[&name, &channel, &subject, &body, &html],
+    )
+    .unwrap_or_else(|e| panic!("template {name}/{channel}: {}", error_text(&e)));
+}
+
+/// The outbox id of the (single) message queued for event `event_id`.
+fn outbox_id_of(c: &mut Client, event_id: i64) -> i64 {
+    c.query_one("SELECT id FROM engage.outbox WHERE event_id = $1", &[&event_id])
+        .unwrap_or_else(|e| panic!("outbox row of event {event_id}: {}", error_text(&e)))
+        .get(0)
+}
+
+/// (running, pid, sent, failed, last_batch_at is set) from engage.worker_status().
+fn worker_status(c: &mut Client) -> (bool, Option<i32>, i64, i64, bool) {
+    let r = c
+        .query_one("SELECT running, pid, sent, failed, last_batch_at IS NOT NULL FROM engage.worker_status()", &[])
+        .unwrap_or_else(|e| panic!("worker_status(): {}", error_text(&e)));
+    (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. webhook
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn webhook_is_signed_rendered_and_logged() {
+    let (cluster, mut c) = start_deliverer("dlv_webhook", &[]);
+    let receiver = HttpReceiver::new();
+    let secret = signing_secret(b"pg_engage integration test key!!");
+    webhook_channel(&mut c, &receiver.url("/hooks/engage"), &secret, 8, "10 seconds");
+    template(
+        &mut c,
+        "purchase_note",
+        "webhook",
+        Some("Thanks {{ profile.first_name }}"),
+        "{{ profile.first_name }} ({{ profile.customer_id }}) bought {{ event.properties.item }} via {{ event.name }}, code {{ payload.coupon }}, ref {{ message.id }}",
+        None,
+    );
+    create_trigger(
+        &mut c,
+        "purchase_hook",
+        json!({"event": "purchase", "action": {"channel": "webhook", "template": "purchase_note", "payload": {"coupon": "SAVE10"}}}),
+    );
+    identify(&mut c, "c1", json!({"first_name": "Ada", "plan": "pro"}));
+    let event = insert_event(&mut c, "c1", "purchase", json!({"item": "lamp", "price": 30}));
+    let id = outbox_id_of(&mut c, event);
+    let msg = format!("msg_{id}");
+
+    let requests = receiver.wait_for_requests(1, WAIT, &cluster);
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let r = &requests[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.path, "/hooks/engage");
+    assert!(
+        r.header("content-type").unwrap_or("").starts_with("application/json"),
+        "content-type: {:?}",
+        r.header("content-type")
+    );
+    assert_eq!(r.header("webhook-id"), Some(msg.as_str()), "webhook-id is msg_<outbox id>");
+    let ts: i64 = r
+        .header("webhook-timestamp")
+        .expect("webhook-timestamp")
+        .parse()
+        .expect("webhook-timestamp is integer seconds");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!((now - ts).abs() < 120, "webhook-timestamp {ts} is not now ({now})");
+    verify_standard_webhook(&secret, r).unwrap_or_else(|e| panic!("signature does not verify: {e}\nrequest: {r:#?}"));
+    // The verifier is not a rubber stamp: a changed body or another secret fails.
+    let mut tampered = r.clone();
+    tampered.body = tampered.body.replace("lamp", "lamb");
+    assert!(verify_standard_webhook(&secret, &tampered).is_err(), "a tampered body must not verify");
+    assert!(
+        verify_standard_webhook(&signing_secret(b"another key"), r).is_err(),
+        "another secret must not verify"
+    );
+
+    let doc = r.json();
+    assert_eq!(doc["id"], json!(msg));
+    assert_eq!(doc["type"], json!("purchase_hook"), "type is the trigger name");
+    assert_eq!(doc["customer_id"], json!("c1"));
+    assert_eq!(doc["event"]["name"], json!("purchase"));
+    assert_eq!(doc["event"]["properties"], json!({"item": "lamp", "price": 30}));
+    assert!(
+        doc["event"]["occurred_at"].as_str().is_some_and(|s| !s.is_empty()),
+        "event.occurred_at: {doc}"
+    );
+    assert_eq!(doc["payload"], json!({"coupon": "SAVE10"}));
+    assert_eq!(
+        doc["rendered"],
+        json!({
+            "subject": "Thanks Ada",
+            "body": format!("Ada (c1) bought lamp via purchase, code SAVE10, ref {msg}")
+        })
+    );
+
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(
+        (row.status.as_str(), row.attempts, row.sent, row.last_error.as_deref()),
+        ("sent", 1, true, None),
+        "{row:?}"
+    );
+    assert_eq!(row.provider_message_id.as_deref(), Some(msg.as_str()));
+    let logged = c
+        .query(
+            "SELECT event_id, customer_id, channel, template, attempts, provider_message_id, cost::float8, \
+                    sent_at >= queued_at AND claimed_at >= queued_at \
+               FROM engage.messages WHERE outbox_id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(logged.len(), 1, "one row in engage.messages");
+    let l = &logged[0];
+    assert_eq!(l.get::<_, i64>(0), event);
+    assert_eq!(l.get::<_, String>(1), "c1");
+    assert_eq!(l.get::<_, String>(2), "webhook");
+    assert_eq!(l.get::<_, Option<String>>(3).as_deref(), Some("purchase_note"));
+    assert_eq!(l.get::<_, i32>(4), 1);
+    assert_eq!(l.get::<_, Option<String>>(5).as_deref(), Some(msg.as_str()));
+    assert_eq!(l.get::<_, f64>(6), 0.25, "cost_per_message of the channel");
+    assert!(l.get::<_, bool>(7), "timings are ordered");
+
+    let (running, pid, sent, failed, last_batch) = worker_status(&mut c);
+    assert!(running, "worker_status().running");
+    let backend: String = c
+        .query_one("SELECT backend_type FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .expect("worker_status().pid is a live backend")
+        .get(0);
+    assert_eq!(backend, "pg_engage deliverer");
+    assert_eq!((sent, failed, last_batch), (1, 0, true), "worker_status counts the send");
+    // Exactly one request: nothing is sent twice.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(receiver.requests().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. email over SMTP
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
+    let (cluster, mut c) = start_deliverer("dlv_email", &[]);
+    let smtp = SmtpReceiver::new();
+    c.execute(
+        "INSERT INTO engage.channels (kind, config) VALUES ('email', $1)",
+        &[&json!({
+            "host": "127.0.0.1",
+            "port": smtp.port(),
+            "from": "Shop <news@shop.example>",
+            "unsubscribe_url": "https://shop.example/unsubscribe/{message_id}"
+        })],
+    )
+    .unwrap();
+    template(
+        &mut c,
+        "receipt",
+        "email",
+        Some("Order {{ event.properties.order }} for {{ profile.first_name }}"),
+        "Hello {{ profile.first_name }}, your {{ event.properties.item }} ships.\nCode {{ payload.coupon }}.",
+        Some("<p>Hi {{ profile.first_name }}, code <b>{{ payload.coupon }}</b></p>"),
+    );
+    create_trigger(
+        &mut c,
+        "receipt",
+        json!({"event": "order", "action": {"channel": "email", "template": "receipt", "payload": {"coupon": "WELCOME5"}}}),
+    );
+    identify(&mut c, "c1", json!({"email": "ada@example.com", "first_name": "Ada"}));
+    let event = insert_event(&mut c, "c1", "order", json!({"order": "A-17", "item": "lamp"}));
+    let id = outbox_id_of(&mut c, event);
+
+    let mails = smtp.wait_for_mails(1, WAIT, &cluster);
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let m = &mails[0];
+    assert_eq!(m.from, "news@shop.example", "envelope sender");
+    assert_eq!(m.to, vec!["ada@example.com".to_string()], "envelope recipient");
+    assert_eq!(m.header("Subject").as_deref(), Some("Order A-17 for Ada"), "{}", m.data);
+    assert_eq!(
+        m.header("Message-ID").as_deref(),
+        Some(format!("<msg_{id}@shop.example>").as_str()),
+        "Message-ID derives from the outbox id and the sender's domain\n{}",
+        m.data
+    );
+    assert_eq!(
+        m.header("List-Unsubscribe").as_deref(),
+        Some(format!("<https://shop.example/unsubscribe/msg_{id}>").as_str()),
+        "{}",
+        m.data
+    );
+    assert!(m.header("To").is_some_and(|t| t.contains("ada@example.com")), "{}", m.data);
+    assert!(m.header("From").is_some_and(|t| t.contains("news@shop.example")), "{}", m.data);
+    // Both parts, rendered from profile, event and payload.
+    assert!(m.data.contains("Hello Ada, your lamp ships."), "text part:\n{}", m.data);
+    assert!(m.data.contains("Code WELCOME5."), "text part:\n{}", m.data);
+    assert!(m.data.contains("<p>Hi Ada, code <b>WELCOME5</b></p>"), "html part:\n{}", m.data);
+    assert!(!m.data.contains("{{"), "no unrendered Liquid:\n{}", m.data);
+
+    let row = &rows[0];
+    assert_eq!((row.status.as_str(), row.attempts, row.channel.as_str()), ("sent", 1, "email"), "{row:?}");
+    assert_eq!(
+        count(&mut c, &format!("SELECT count(*) FROM engage.messages WHERE outbox_id = {id} AND channel = 'email'")),
+        1
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(smtp.mails().len(), 1, "sent once");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. retries with backoff
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
+    // http_timeout 1 s; the fourth answer comes after 3 s, so that attempt times out.
+    let (cluster, mut c) = start_deliverer("dlv_retry", &[("engage.http_timeout", "'1000ms'")]);
+    let answer_delay = Duration::from_millis(300);
+    let receiver = HttpReceiver::scripted(
+        vec![
+            Reply::status(500).with_body("boom").after(answer_delay),
+            Reply::status(503).with_body("busy").after(answer_delay),
+            Reply::status(500).with_body("boom").after(answer_delay),
+            Reply::status(200).after(Duration::from_secs(3)),
+            Reply::status(200).after(answer_delay),
+        ],
+        Reply::status(200),
+    );
+    let secret = signing_secret(b"retry key");
+    // Backoff after attempt n: 400 ms * 2^(n-1), times a random factor in [0.5, 1].
+    webhook_channel(&mut c, &receiver.url("/retry"), &secret, 8, "400 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    let event = insert_event(&mut c, "c1", "e", json!({}));
+    let id = outbox_id_of(&mut c, event);
+
+    // While the second attempt is in flight, the first failure is recorded.
+    receiver.wait_for_requests(2, WAIT, &cluster);
+    let during: (String, i32, Option<String>) = {
+        let r = c
+            .query_one("SELECT status, attempts, last_error FROM engage.outbox WHERE id = $1", &[&id])
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((during.0.as_str(), during.1), ("claimed", 2), "{during:?}");
+    assert!(
+        during.2.as_deref().is_some_and(|e| e.contains("500") && e.contains("boom")),
+        "last_error of the first attempt: {:?}",
+        during.2
+    );
+    // While the fifth attempt is in flight, the timeout of the fourth is recorded.
+    receiver.wait_for_requests(5, Duration::from_secs(40), &cluster);
+    let timeout_error: Option<String> = c
+        .query_one("SELECT last_error FROM engage.outbox WHERE id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert!(
+        timeout_error.as_deref().is_some_and(|e| {
+            let e = e.to_ascii_lowercase();
+            e.contains("timeout") || e.contains("timed out")
+        }),
+        "last_error after the timed-out attempt: {timeout_error:?}"
+    );
+
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let row = &rows[0];
+    assert_eq!((row.status.as_str(), row.attempts, row.last_error.as_deref()), ("sent", 5, None), "{row:?}");
+    let logged_attempts: i32 = c
+        .query_one("SELECT attempts FROM engage.messages WHERE outbox_id = $1", &[&id])
+        .unwrap()
+        .get(0);
+    assert_eq!(logged_attempts, 5, "engage.messages counts the attempts");
+
+    std::thread::sleep(Duration::from_millis(600));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 5, "four failures then one success, nothing after: {requests:#?}");
+    for r in &requests {
+        assert_eq!(r.header("webhook-id"), Some(format!("msg_{id}").as_str()), "same id on every attempt");
+        verify_standard_webhook(&secret, r).unwrap();
+    }
+    let gaps: Vec<Duration> = requests.windows(2).map(|w| w[1].arrived - w[0].arrived).collect();
+    let g: Vec<u128> = gaps.iter().map(|d| ms(*d)).collect();
+    // The gap after attempt n is at least the answer time plus the minimal backoff
+    // 400 ms * 2^(n-1) * 0.5; the timed-out attempt takes the 1 s timeout instead.
+    let tolerance = 30;
+    let minimum = [300 + 200, 300 + 400, 300 + 800, 1000 + 1600];
+    // … and at most the answer time plus the full backoff plus a poll interval and slack.
+    let maximum = [300 + 400, 300 + 800, 300 + 1600, 1000 + 3200].map(|m| m + 200 + 1500);
+    for n in 0..4 {
+        assert!(
+            g[n] + tolerance >= minimum[n] && g[n] <= maximum[n],
+            "gap after attempt {} is {} ms, expected {}..{} ms (all gaps: {g:?})",
+            n + 1,
+            g[n],
+            minimum[n],
+            maximum[n]
+        );
+    }
+    assert!(g[2] > g[0] && g[3] > g[1] && g[3] > g[2], "gaps must grow: {g:?}");
+
+    let (_, _, sent, failed, _) = worker_status(&mut c);
+    assert_eq!((sent, failed), (1, 4), "worker_status counts one send and four failures");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. permanent failure → dead letter → redrive
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
+    let (cluster, mut c) = start_deliverer("dlv_dead", &[]);
+    let receiver = HttpReceiver::scripted(
+        vec![Reply::status(400).with_body("{\"error\":\"bad payload\"}")],
+        Reply::status(200),
+    );
+    let secret = signing_secret(b"dead key");
+    webhook_channel(&mut c, &receiver.url("/dead"), &secret, 8, "200 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook", "payload": {"k": 1}}}));
+    let event = insert_event(&mut c, "c1", "e", json!({}));
+    let id = outbox_id_of(&mut c, event);
+
+    receiver.wait_for_requests(1, WAIT, &cluster);
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let row = &rows[0];
+    assert_eq!((row.status.as_str(), row.attempts, row.sent), ("dead", 1, false), "a 400 is not retried: {row:?}");
+    let error = row.last_error.clone().unwrap_or_default();
+    assert!(error.contains("400") && error.contains("bad payload"), "last_error: {error:?}");
+    let dead = c
+        .query("SELECT id, customer_id, channel, attempts, last_error FROM engage.dead_letters", &[])
+        .unwrap();
+    assert_eq!(dead.len(), 1, "one dead letter");
+    assert_eq!(dead[0].get::<_, i64>(0), id);
+    assert_eq!(dead[0].get::<_, String>(1), "c1");
+    assert_eq!(dead[0].get::<_, String>(2), "webhook");
+    assert_eq!(dead[0].get::<_, i32>(3), 1);
+    assert_eq!(dead[0].get::<_, Option<String>>(4), Some(error.clone()));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 0, "nothing logged as sent");
+    // Not retried: still one request a few poll intervals later.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(receiver.requests().len(), 1, "a permanent failure is not retried");
+
+    let redriven: Option<bool> = c.query_one("SELECT engage.redrive($1)", &[&id]).unwrap().get(0);
+    assert_eq!(redriven, Some(true), "redrive of a dead message");
+    let requests = receiver.wait_for_requests(2, WAIT, &cluster);
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let row = &rows[0];
+    assert_eq!((row.status.as_str(), row.attempts, row.last_error.as_deref()), ("sent", 1, None), "{row:?}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.dead_letters"), 0);
+    assert_eq!(count(&mut c, &format!("SELECT count(*) FROM engage.messages WHERE outbox_id = {id}")), 1);
+    assert_eq!(requests[0].header("webhook-id"), requests[1].header("webhook-id"), "same message id after redrive");
+    assert_eq!(requests[0].json(), requests[1].json(), "same document after redrive");
+    verify_standard_webhook(&secret, &requests[1]).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. no address / no consent: fallback or dead
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn missing_address_or_consent_falls_back_or_goes_dead() {
+    let (cluster, mut c) = start_deliverer("dlv_fallback", &[]);
+    let smtp = SmtpReceiver::new();
+    let receiver = HttpReceiver::new();
+    let secret = signing_secret(b"fallback key");
+    webhook_channel(&mut c, &receiver.url("/fallback"), &secret, 8, "200 milliseconds");
+    c.execute(
+        "INSERT INTO engage.channels (kind, config) VALUES ('email', $1)",
+        &[&json!({"host": "127.0.0.1", "port": smtp.port(), "from": "news@shop.example"})],
+    )
+    .unwrap();
+    template(&mut c, "hello", "email", Some("Hi {{ profile.name }}"), "Hello {{ profile.name }}", None);
+    template(&mut c, "hello", "webhook", Some("hook for {{ profile.name }}"), "Hook {{ profile.name }}", None);
+    create_trigger(&mut c, "hello", json!({"event": "signup", "action": {"channel": "email", "template": "hello"}}));
+
+    identify(&mut c, "ok", json!({"name": "Ok", "email": "ok@example.com"}));
+    identify(&mut c, "noaddr", json!({"name": "NoAddr"}));
+    identify(&mut c, "optout", json!({"name": "OptOut", "email": "optout@example.com"}));
+    identify(&mut c, "chain", json!({"name": "Chain"}));
+    identify(&mut c, "dead_noaddr", json!({"name": "DeadNoAddr"}));
+    identify(&mut c, "dead_optout", json!({"name": "DeadOptOut", "email": "deadoptout@example.com"}));
+    c.batch_execute(
+        "UPDATE engage.profiles SET consent = '{\"email\": false}' WHERE customer_id IN ('optout', 'dead_optout')",
+    )
+    .unwrap();
+
+    // Each event and its fallback list commit together, before the worker can claim the row.
+    // "chain" first tries sms, which has no engage.channels row, then webhook.
+    let cases: [(&str, &[&str]); 6] = [
+        ("ok", &[]),
+        ("noaddr", &["webhook"]),
+        ("optout", &["webhook"]),
+        ("chain", &["sms", "webhook"]),
+        ("dead_noaddr", &[]),
+        ("dead_optout", &[]),
+    ];
+    for (customer, fallback) in cases {
+        let mut tx = c.transaction().unwrap();
+        let event: i64 = tx
+            .query_one(
+                "INSERT INTO engage.events (customer_id, name) VALUES ($1, 'signup') RETURNING id",
+                &[&customer],
+            )
+            .unwrap()
+            .get(0);
+        let fallback: Vec<String> = fallback.iter().map(|s| s.to_string()).collect();
+        let n = tx
+            .execute("UPDATE engage.outbox SET fallback = $2 WHERE event_id = $1", &[&event, &fallback])
+            .unwrap();
+        assert_eq!(n, 1);
+        tx.commit().unwrap();
+    }
+
+    let rows = wait_settled(&cluster, &mut c, 6, WAIT);
+    let by_customer: BTreeMap<String, Outbox> = rows.into_iter().map(|o| (o.customer_id.clone(), o)).collect();
+    let summary = |o: &Outbox| (o.status.clone(), o.channel.clone(), o.fallback.clone());
+    assert_eq!(summary(&by_customer["ok"]), ("sent".into(), "email".into(), vec![]));
+    for customer in ["noaddr", "optout", "chain"] {
+        let o = &by_customer[customer];
+        assert_eq!(
+            summary(o),
+            ("sent".into(), "webhook".into(), vec![]),
+            "{customer} falls through to the webhook: {o:?}"
+        );
+    }
+    let dead_noaddr = &by_customer["dead_noaddr"];
+    assert_eq!((dead_noaddr.status.as_str(), dead_noaddr.channel.as_str()), ("dead", "email"), "{dead_noaddr:?}");
+    let e = dead_noaddr.last_error.clone().unwrap_or_default();
+    assert!(e.contains("no email address") && e.contains("dead_noaddr"), "last_error: {e:?}");
+    let dead_optout = &by_customer["dead_optout"];
+    assert_eq!((dead_optout.status.as_str(), dead_optout.channel.as_str()), ("dead", "email"), "{dead_optout:?}");
+    let e = dead_optout.last_error.clone().unwrap_or_default();
+    assert!(e.contains("opted out") && e.contains("email"), "last_error: {e:?}");
+    let dead: BTreeSet<String> = c
+        .query("SELECT customer_id FROM engage.dead_letters WHERE last_error IS NOT NULL", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(dead, BTreeSet::from(["dead_noaddr".to_string(), "dead_optout".to_string()]));
+
+    // Let any stray send arrive, then count what each receiver got.
+    std::thread::sleep(Duration::from_millis(800));
+    let mails = smtp.mails();
+    assert_eq!(mails.len(), 1, "only the customer with an address and consent gets an email: {mails:#?}");
+    assert_eq!(mails[0].to, vec!["ok@example.com".to_string()]);
+    let requests = receiver.requests();
+    let hooked: BTreeMap<String, Value> = requests
+        .iter()
+        .map(|r| {
+            verify_standard_webhook(&secret, r).unwrap();
+            let doc = r.json();
+            (doc["customer_id"].as_str().unwrap_or("").to_string(), doc["rendered"].clone())
+        })
+        .collect();
+    assert_eq!(requests.len(), 3, "{requests:#?}");
+    assert_eq!(
+        hooked,
+        BTreeMap::from([
+            ("chain".to_string(), json!({"subject": "hook for Chain", "body": "Hook Chain"})),
+            ("noaddr".to_string(), json!({"subject": "hook for NoAddr", "body": "Hook NoAddr"})),
+            ("optout".to_string(), json!({"subject": "hook for OptOut", "body": "Hook OptOut"})),
+        ]),
+        "the fallback renders the webhook template of the same name"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. SIGKILL mid-batch
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
+    let db = "dlv_kill";
+    let (cluster, mut c) = start_deliverer(
+        db,
+        &[("engage.lease", "'2s'"), ("engage.concurrency", "4"), ("synchronous_commit", "on")],
+    );
+    // Slow receiver: a batch of 12 takes three rounds of 1.5 s at concurrency 4.
+    let receiver = HttpReceiver::scripted(vec![], Reply::status(200).after(Duration::from_millis(1500)));
+    let secret = signing_secret(b"kill key");
+    webhook_channel(&mut c, &receiver.url("/kill"), &secret, 8, "200 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    let customers: Vec<String> = (1..=12).map(|i| format!("k{i:02}")).collect();
+    // One statement, one transaction: all twelve are queued (and claimable) at once.
+    let values: Vec<String> = customers.iter().map(|cu| format!("('{cu}', 'e')")).collect();
+    c.batch_execute(&format!("INSERT INTO engage.events (customer_id, name) VALUES {}", values.join(", ")))
+        .unwrap();
+    let ids: BTreeSet<i64> = c.query("SELECT id FROM engage.outbox", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids.len(), 12);
+
+    receiver.wait_for_requests(2, WAIT, &cluster);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'sent'"),
+        0,
+        "the batch is still in flight"
+    );
+    let (running, pid, ..) = worker_status(&mut c);
+    let pid = pid.filter(|_| running).expect("the worker runs");
+    // SAFETY: sending a signal to a process id has no memory-safety preconditions.
+    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_eq!(killed, 0, "kill -9 {pid}: {}", std::io::Error::last_os_error());
+    let killed_at = Instant::now();
+    let in_flight = receiver.requests().len();
+    drop(c);
+
+    // The postmaster restarts every backend after a crash: reconnect, wait for a new worker.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = reconnect(&cluster, db, Duration::from_secs(30));
+    let new_pid = wait_for_worker(&cluster, &mut c, Some(pid));
+    assert_ne!(new_pid, pid);
+
+    let rows = wait_settled(&cluster, &mut c, 12, Duration::from_secs(45));
+    assert!(rows.iter().all(|o| o.status == "sent"), "every message is sent: {rows:#?}");
+    assert_eq!(
+        count(&mut c, "SELECT count(DISTINCT outbox_id) FROM engage.messages"),
+        12,
+        "one engage.messages row per message"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let requests = receiver.requests();
+    let mut by_id: BTreeMap<String, Vec<&Request>> = BTreeMap::new();
+    for r in &requests {
+        verify_standard_webhook(&secret, r).unwrap_or_else(|e| panic!("{e}: {r:#?}"));
+        let header = r.header("webhook-id").expect("webhook-id").to_string();
+        assert_eq!(r.json()["id"], json!(header), "webhook-id header equals the document id");
+        by_id.entry(header).or_default().push(r);
+    }
+    let expected: BTreeSet<String> = ids.iter().map(|i| format!("msg_{i}")).collect();
+    assert_eq!(
+        by_id.keys().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "every queued message arrived at least once"
+    );
+    let duplicated: Vec<&String> = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect();
+    assert!(
+        !duplicated.is_empty() && requests.len() > 12,
+        "the {in_flight} requests in flight at the kill are sent again after the lease: {} requests in all",
+        requests.len()
+    );
+    for (id, copies) in &by_id {
+        let first = copies[0].json();
+        for other in &copies[1..] {
+            assert_eq!(other.json(), first, "a duplicate of {id} carries the same document");
+        }
+    }
+    // A message is sent again only once its 2 s lease (taken just before the first send) has
+    // expired, and the copies after the kill come from the new worker.
+    for (id, copies) in by_id.iter().filter(|(_, v)| v.len() > 1) {
+        let again = copies[1].arrived - copies[0].arrived;
+        assert!(
+            again >= Duration::from_millis(1800),
+            "{id} was sent again {} ms after the first send, before its 2 s lease expired",
+            ms(again)
+        );
+        assert!(copies[1].arrived > killed_at, "{id}: the copy comes after the kill");
+    }
+    let (running, _, _, _, _) = worker_status(&mut c);
+    assert!(running);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. restart with pending rows
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn pending_rows_are_delivered_after_a_server_restart() {
+    let db = "dlv_restart";
+    let (cluster, mut c) = start_deliverer(db, &[]);
+    let receiver = HttpReceiver::new();
+    let secret = signing_secret(b"restart key");
+    webhook_channel(&mut c, &receiver.url("/restart"), &secret, 8, "200 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+
+    // Pause the deliverer (engage.worker_enabled is reloadable), so the rows stay pending.
+    c.batch_execute("ALTER SYSTEM SET engage.worker_enabled = off").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    wait_for(
+        "engage.worker_enabled = off after reload",
+        WAIT,
+        || {
+            let v: String = c.query_one("SHOW engage.worker_enabled", &[]).unwrap().get(0);
+            if v == "off" {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        },
+        String::new,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for (customer, n) in [("a", 1), ("b", 1), ("a", 2), ("c", 1)] {
+        insert_event(&mut c, customer, "e", json!({"n": n}));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(receiver.requests().len(), 0, "engage.worker_enabled = off sends nothing");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 4);
+
+    // Undo the pause in the configuration only; the restart applies it.
+    c.batch_execute("ALTER SYSTEM RESET engage.worker_enabled").unwrap();
+    drop(c);
+    cluster.restart();
+    let mut c = reconnect(&cluster, db, Duration::from_secs(30));
+    wait_for_worker(&cluster, &mut c, None);
+
+    let rows = wait_settled(&cluster, &mut c, 4, WAIT);
+    assert!(rows.iter().all(|o| o.status == "sent" && o.attempts == 1), "{rows:#?}");
+    std::thread::sleep(Duration::from_millis(600));
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 4, "each pending message once: {requests:#?}");
+    let ids: BTreeSet<String> = requests.iter().map(|r| r.header("webhook-id").unwrap_or("").to_string()).collect();
+    let expected: BTreeSet<String> = rows.iter().map(|o| format!("msg_{}", o.id)).collect();
+    assert_eq!(ids, expected);
+    // Customer a's two messages went out in order.
+    let a: Vec<i64> = requests
+        .iter()
+        .map(|r| r.json())
+        .filter(|d| d["customer_id"] == json!("a"))
+        .map(|d| d["event"]["properties"]["n"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(a, vec![1, 2], "a customer's messages are delivered in order");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. rollback
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn rolled_back_event_sends_nothing() {
+    let (cluster, mut c) = start_deliverer("dlv_rollback", &[]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/rollback"), &signing_secret(b"rb"), 8, "200 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+
+    let mut tx = c.transaction().unwrap();
+    tx.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'e')", &[]).unwrap();
+    assert_eq!(
+        count_in(&mut tx, "SELECT count(*) FROM engage.outbox"),
+        1,
+        "queued inside the transaction"
+    );
+    tx.rollback().unwrap();
+    // A rolled-back savepoint inside a committed transaction sends nothing either.
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(
+        "SAVEPOINT s; INSERT INTO engage.events (customer_id, name, properties) VALUES ('c2', 'e', '{\"which\": \"rolled back\"}'); ROLLBACK TO SAVEPOINT s;",
+    )
+    .unwrap();
+    tx.execute("INSERT INTO engage.events (customer_id, name, properties) VALUES ('c3', 'e', '{\"which\": \"kept\"}')", &[])
+        .unwrap();
+    tx.commit().unwrap();
+
+    let requests = receiver.wait_for_requests(1, WAIT, &cluster);
+    // Several poll intervals (200 ms) later, still only the kept one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let requests_later = receiver.requests();
+    assert_eq!(requests_later.len(), 1, "only the committed event is sent: {requests_later:#?}");
+    let doc = requests[0].json();
+    assert_eq!(doc["customer_id"], json!("c3"));
+    assert_eq!(doc["event"]["properties"], json!({"which": "kept"}));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox"), 1);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 1);
+}
+
+fn count_in(tx: &mut postgres::Transaction<'_>, sql: &str) -> i64 {
+    tx.query_one(&format!("SELECT ({sql})::int8"), &[]).unwrap().get(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. the external-deliverer API, from SQL alone (no worker: the shared cluster has no preload)
+// ---------------------------------------------------------------------------------------------
+
+/// engage.claim(...) → the claimed ids, with (attempts, claimed_by) read back from the outbox.
+fn claim(c: &mut Client, batch: i32, lease: &str, worker: &str) -> BTreeMap<i64, (i32, String)> {
+    let rows = c
+        .query("SELECT id, attempts FROM engage.claim($1, $2::text::interval, $3)", &[&batch, &lease, &worker])
+        .unwrap_or_else(|e| panic!("claim: {}", error_text(&e)));
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let id: i64 = r.get(0);
+        let attempts: i32 = r.get(1);
+        let by: String = c
+            .query_one("SELECT claimed_by FROM engage.outbox WHERE id = $1 AND status = 'claimed'", &[&id])
+            .unwrap_or_else(|e| panic!("claimed row {id}: {}", error_text(&e)))
+            .get(0);
+        out.insert(id, (attempts, by));
+    }
+    out
+}
+
+fn complete(c: &mut Client, id: i64, provider: Option<&str>) -> Option<bool> {
+    c.query_one("SELECT engage.complete($1, $2)", &[&id, &provider]).unwrap().get(0)
+}
+
+#[test]
+fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
+    let mut c = shared().create_db("dlv_api");
+    create_trigger(&mut c, "api", json!({"event": "e", "action": {"channel": "email", "template": "t"}}));
+    c.batch_execute(
+        "INSERT INTO engage.channels (kind, max_attempts, backoff_base, backoff_max) \
+         VALUES ('email', 3, '1 minute', '1 hour')",
+    )
+    .unwrap();
+    let a1 = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:00:00Z");
+    let a2 = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:01:00Z");
+    let b1 = insert_event_at(&mut c, "c2", "e", json!({}), "2000-01-01T00:00:30Z");
+    let (a1, a2, b1) = (outbox_id_of(&mut c, a1), outbox_id_of(&mut c, a2), outbox_id_of(&mut c, b1));
+
+    // batch_size limits the claim: the earliest due head only.
+    let one = claim(&mut c, 1, "30 seconds", "ext-0");
+    assert_eq!(one.keys().copied().collect::<Vec<_>>(), vec![a1], "batch of one: the earliest due");
+    // Put it back to pending (an external deliverer would wait for the lease; here we reset it).
+    c.execute("UPDATE engage.outbox SET status = 'pending', attempts = 0, lease_until = NULL WHERE id = $1", &[&a1])
+        .unwrap();
+
+    // The head of each customer's queue only: c1's second message waits for its first.
+    let claimed = claim(&mut c, 10, "30 seconds", "ext-1");
+    assert_eq!(
+        claimed,
+        BTreeMap::from([(a1, (1, "ext-1".to_string())), (b1, (1, "ext-1".to_string()))]),
+        "claim returns the head per customer (a2 = {a2} must wait)"
+    );
+    let lease: f64 = c
+        .query_one("SELECT extract(epoch FROM lease_until - now())::float8 FROM engage.outbox WHERE id = $1", &[&a1])
+        .unwrap()
+        .get(0);
+    assert!((25.0..=30.5).contains(&lease), "lease_until is now() + 30 s: {lease}");
+    assert!(claim(&mut c, 10, "30 seconds", "ext-2").is_empty(), "leased heads are not claimed twice");
+
+    // complete: true once, false the second time; the sent log gets one row.
+    assert_eq!(complete(&mut c, a1, Some("prov-1")), Some(true));
+    assert_eq!(complete(&mut c, a1, Some("prov-again")), Some(false), "completing twice is a no-op");
+    let (provider, attempts, status): (Option<String>, i32, String) = {
+        let r = c
+            .query_one(
+                "SELECT m.provider_message_id, m.attempts, o.status FROM engage.messages m \
+                 JOIN engage.outbox o ON o.id = m.outbox_id WHERE m.outbox_id = $1",
+                &[&a1],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((provider.as_deref(), attempts, status.as_str()), (Some("prov-1"), 1, "sent"));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 1);
+    // complete of a row that was never claimed: false.
+    assert_eq!(complete(&mut c, a2, None), Some(false), "a pending row does not complete");
+
+    // Now c1's next message is the head.
+    let claimed = claim(&mut c, 10, "30 seconds", "ext-1");
+    assert_eq!(claimed.keys().copied().collect::<Vec<_>>(), vec![a2]);
+
+    // fail(retryable): back to pending, due after 1 min * 2^0 * [0.5, 1], error kept.
+    let (new_status, delay): (Option<String>, f64) = {
+        let mut tx = c.transaction().unwrap();
+        let s: Option<String> = tx.query_one("SELECT engage.fail($1, 'HTTP 503: busy', true)", &[&b1]).unwrap().get(0);
+        let d: f64 = tx
+            .query_one("SELECT extract(epoch FROM due_at - now())::float8 FROM engage.outbox WHERE id = $1", &[&b1])
+            .unwrap()
+            .get(0);
+        tx.commit().unwrap();
+        (s, d)
+    };
+    assert_eq!(new_status.as_deref(), Some("pending"));
+    assert!((30.0..=60.0).contains(&delay), "first retry after 30..60 s (equal jitter on 1 min): {delay}");
+    let (attempts, last_error, lease_until): (i32, Option<String>, Option<String>) = {
+        let r = c
+            .query_one("SELECT attempts, last_error, lease_until::text FROM engage.outbox WHERE id = $1", &[&b1])
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((attempts, last_error.as_deref(), lease_until), (1, Some("HTTP 503: busy"), None));
+    assert!(claim(&mut c, 10, "30 seconds", "ext-1").is_empty(), "not due yet");
+
+    // Due again: claimed with attempts 2 on a short lease …
+    c.execute("UPDATE engage.outbox SET due_at = now() - interval '1 second' WHERE id = $1", &[&b1]).unwrap();
+    let claimed = claim(&mut c, 10, "1 second", "ext-2");
+    assert_eq!(claimed, BTreeMap::from([(b1, (2, "ext-2".to_string()))]));
+    assert!(claim(&mut c, 10, "30 seconds", "ext-3").is_empty(), "the lease holds");
+    // … which expires: the row is claimable again (the deliverer is presumed dead).
+    std::thread::sleep(Duration::from_millis(1300));
+    let claimed = claim(&mut c, 10, "30 seconds", "ext-3");
+    assert_eq!(claimed, BTreeMap::from([(b1, (3, "ext-3".to_string()))]), "an expired lease is claimable again");
+
+    // Third failure with max_attempts = 3 and no fallback: dead, in dead_letters.
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 503: still busy', true)", &[&b1]).unwrap().get(0);
+    assert_eq!(s.as_deref(), Some("dead"), "retries exhausted");
+    let dead: Vec<(i64, Option<String>, i32)> = c
+        .query("SELECT id, last_error, attempts FROM engage.dead_letters", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(dead, vec![(b1, Some("HTTP 503: still busy".to_string()), 3)]);
+
+    // Redrive: pending, due now, attempts reset; claimable at once.
+    let r: Option<bool> = c.query_one("SELECT engage.redrive($1)", &[&b1]).unwrap().get(0);
+    assert_eq!(r, Some(true));
+    let claimed = claim(&mut c, 10, "30 seconds", "ext-4");
+    assert_eq!(claimed, BTreeMap::from([(b1, (1, "ext-4".to_string()))]));
+
+    // A permanent failure with a fallback list moves to the next channel, attempts reset.
+    c.execute("UPDATE engage.outbox SET fallback = '{sms,webhook}' WHERE id = $1", &[&b1]).unwrap();
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
+    assert_eq!(s.as_deref(), Some("pending"));
+    let (channel, fallback, attempts, due_now): (String, Vec<String>, i32, bool) = {
+        let r = c
+            .query_one(
+                "SELECT channel, fallback, attempts, due_at <= now() FROM engage.outbox WHERE id = $1",
+                &[&b1],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    };
+    assert_eq!(
+        (channel.as_str(), fallback, attempts, due_now),
+        ("sms", vec!["webhook".to_string()], 0, true)
+    );
+    let claimed = c.query("SELECT id, channel, fallback FROM engage.claim(10, '30 seconds', 'ext-5')", &[]).unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].get::<_, i64>(0), claimed[0].get::<_, String>(1), claimed[0].get::<_, Vec<String>>(2)),
+        (b1, "sms".to_string(), vec!["webhook".to_string()])
+    );
+
+    // The a2 holder finishes; nothing is left to claim.
+    assert_eq!(complete(&mut c, a2, Some("prov-2")), Some(true));
+    assert_eq!(complete(&mut c, b1, None), Some(true));
+    assert!(claim(&mut c, 10, "30 seconds", "ext-6").is_empty());
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 3);
+    let sms_attempts: i32 = c
+        .query_one("SELECT attempts FROM engage.messages WHERE outbox_id = $1 AND channel = 'sms'", &[&b1])
+        .unwrap()
+        .get(0);
+    assert_eq!(sms_attempts, 1, "the sent log records the channel and attempts that delivered");
+}
+
+#[test]
+fn redrive_only_applies_to_dead_messages() {
+    let mut c = shared().create_db("dlv_redrive");
+    create_trigger(&mut c, "r", json!({"event": "e", "action": {"channel": "webhook"}}));
+    let e = insert_event(&mut c, "c1", "e", json!({}));
+    let id = outbox_id_of(&mut c, e);
+    let pending: Option<bool> = c.query_one("SELECT engage.redrive($1)", &[&id]).unwrap().get(0);
+    assert_eq!(pending, Some(false), "redrive of a pending message returns false");
+    let unknown: Option<bool> = c.query_one("SELECT engage.redrive(-1)", &[]).unwrap().get(0);
+    assert_eq!(unknown, Some(false), "redrive of an unknown id returns false");
+    let status: String = c.query_one("SELECT status FROM engage.outbox WHERE id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(status, "pending");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. the commit wakes the worker
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn commit_wakes_the_worker_long_before_the_poll_interval() {
+    let (cluster, mut c) = start_deliverer("dlv_wake", &[("engage.poll_interval", "'10s'")]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/wake"), &signing_secret(b"wake"), 8, "200 milliseconds");
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    let poll: String = c.query_one("SHOW engage.poll_interval", &[]).unwrap().get(0);
+    assert_eq!(poll, "10s");
+    // Let the worker finish its first look and go to sleep for the poll interval.
+    std::thread::sleep(Duration::from_millis(1000));
+
+    for i in 1..=3usize {
+        let start = Instant::now();
+        insert_event(&mut c, &format!("w{i}"), "e", json!({}));
+        let requests = receiver.wait_for_requests(i, Duration::from_secs(15), &cluster);
+        let latency = requests[i - 1].arrived - start;
+        assert!(
+            latency < Duration::from_secs(2),
+            "delivery {i} took {} ms with a 10 s poll interval: the commit must wake the worker",
+            ms(latency)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Control: a message due 1 s after its commit is not woken for, so it waits for the next
+    // poll, about 10 s after the commit: the fast deliveries above were the wake-up's doing.
+    let start = Instant::now();
+    c.execute(
+        "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('later', 'e', now() + interval '1 second')",
+        &[],
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(receiver.requests().len(), 3, "a message due later waits for the poll");
+    let requests = receiver.wait_for_requests(4, Duration::from_secs(15), &cluster);
+    let waited = requests[3].arrived - start;
+    assert!(
+        waited >= Duration::from_secs(5),
+        "the future message arrived after {} ms; with a 10 s poll interval it should wait for the poll",
+        ms(waited)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Beyond the list: ordering behind a retry, rate limits, worker_status after an error exit
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_retrying_head_keeps_the_customers_later_messages_waiting() {
+    // claim's contract: a customer's messages go out one at a time, in order; the second is
+    // claimable only once the first has completed (or left the queue for good).
+    let mut c = shared().create_db("dlv_head_retry");
+    create_trigger(&mut c, "h", json!({"event": "e", "action": {"channel": "webhook"}}));
+    c.batch_execute("INSERT INTO engage.channels (kind, backoff_base) VALUES ('webhook', '1 minute')")
+        .unwrap();
+    let first = insert_event_at(&mut c, "c1", "e", json!({"n": 1}), "2000-01-01T00:00:00Z");
+    let second = insert_event_at(&mut c, "c1", "e", json!({"n": 2}), "2000-01-01T00:01:00Z");
+    let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
+
+    assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 503', true)", &[&first]).unwrap().get(0);
+    assert_eq!(s.as_deref(), Some("pending"));
+    let claimed = claim(&mut c, 10, "30 seconds", "x");
+    assert!(
+        claimed.is_empty(),
+        "while the first message ({first}) waits for its retry, the customer's second message \
+         ({second}) must not overtake it; claim returned {claimed:?}"
+    );
+    // The retry comes due: the first goes out, then the second.
+    c.execute("UPDATE engage.outbox SET due_at = now() - interval '1 second' WHERE id = $1", &[&first]).unwrap();
+    assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
+    assert_eq!(complete(&mut c, first, None), Some(true));
+    assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![second]);
+}
+
+#[test]
+fn a_dead_head_releases_the_customers_next_message() {
+    let mut c = shared().create_db("dlv_head_dead");
+    create_trigger(&mut c, "h", json!({"event": "e", "action": {"channel": "webhook"}}));
+    let first = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:00:00Z");
+    let second = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:01:00Z");
+    let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
+    assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 410', false)", &[&first]).unwrap().get(0);
+    assert_eq!(s.as_deref(), Some("dead"));
+    assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![second]);
+}
+
+/// Arrival gaps in ms between consecutive requests.
+fn gaps_ms(requests: &[Request]) -> Vec<u128> {
+    requests.windows(2).map(|w| ms(w[1].arrived - w[0].arrived)).collect()
+}
+
+#[test]
+fn rate_limit_paces_the_sends_of_one_batch() {
+    let (cluster, mut c) = start_deliverer("dlv_rate_batch", &[]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/rate"), &signing_secret(b"rate"), 8, "200 milliseconds");
+    c.batch_execute("UPDATE engage.channels SET rate_limit_per_second = 2 WHERE kind = 'webhook'").unwrap();
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    // Six customers in one statement: one batch of six.
+    c.batch_execute(
+        "INSERT INTO engage.events (customer_id, name) SELECT 'r' || i, 'e' FROM generate_series(1, 6) i",
+    )
+    .unwrap();
+    let requests = receiver.wait_for_requests(6, WAIT, &cluster);
+    let g = gaps_ms(&requests);
+    assert!(g.iter().all(|&gap| gap >= 450), "2 per second means 500 ms apart: gaps {g:?} ms");
+}
+
+#[test]
+fn rate_limit_paces_sends_across_batches() {
+    let (cluster, mut c) = start_deliverer("dlv_rate_across", &[]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/rate"), &signing_secret(b"rate"), 8, "200 milliseconds");
+    c.batch_execute("UPDATE engage.channels SET rate_limit_per_second = 2 WHERE kind = 'webhook'").unwrap();
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    // Events arriving one at a time: each commit wakes the worker, so each is its own batch.
+    for i in 1..=5 {
+        insert_event(&mut c, &format!("r{i}"), "e", json!({}));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let requests = receiver.wait_for_requests(5, WAIT, &cluster);
+    let g = gaps_ms(&requests);
+    assert!(
+        g.iter().all(|&gap| gap >= 450),
+        "rate_limit_per_second = 2 must hold across batches (500 ms apart): gaps {g:?} ms"
+    );
+}
+
+#[test]
+fn worker_status_does_not_report_a_dead_worker_as_running() {
+    // The deliverer serves a database without the extension: it starts, fails to claim (no
+    // engage schema), exits with an error and is restarted 5 s later. In between,
+    // engage.worker_status() (read from another database) must not call it running.
+    let target = "dlv_status_target";
+    let cluster = Cluster::start_with(
+        "dlv_status",
+        &[
+            ("shared_preload_libraries", "'pg_engage'"),
+            ("engage.database", "'dlv_status_target'"),
+            ("engage.poll_interval", "'200ms'"),
+        ],
+    );
+    cluster.connect("postgres").batch_execute(&format!("CREATE DATABASE {target}")).unwrap();
+    drop(cluster.create_db("dlv_status"));
+    // Start afresh with the target database present.
+    cluster.restart();
+    let mut c = reconnect(&cluster, "dlv_status", Duration::from_secs(30));
+    wait_for(
+        "the deliverer to fail on the database without the extension",
+        WAIT,
+        || {
+            if cluster.log_tail(200).contains("exited with exit code 1") {
+                Ok(())
+            } else {
+                Err("no exit yet".to_string())
+            }
+        },
+        || format!("server.log:\n{}", cluster.log_tail(30)),
+    );
+    let mut wrong = Vec::new();
+    for _ in 0..20 {
+        let r = c
+            .query_one(
+                "SELECT s.running, s.pid, EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = s.pid) \
+                   FROM engage.worker_status() s",
+                &[],
+            )
+            .unwrap();
+        let (running, pid, live): (bool, Option<i32>, bool) = (r.get(0), r.get(1), r.get(2));
+        if running && !live {
+            wrong.push(pid);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        wrong.is_empty(),
+        "worker_status() said running with pid {}, which is not a live process ({} of 20 samples)\nserver.log:\n{}",
+        wrong[0].map_or("NULL".to_string(), |p| p.to_string()),
+        wrong.len(),
+        cluster.log_tail(10)
+    );
+}
