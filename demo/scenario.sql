@@ -35,10 +35,15 @@ SELECT engage.create_trigger('vip_order_sms', '{
   "priority": 30
 }');
 
--- 200 customers; every fifth is gold tier.
+-- The demo day is the last twelve hours, so every message is already due.
+SELECT date_trunc('hour', now()) - interval '12 hours' AS t0 \gset
+
+-- 200 customers; every fifth is gold tier (and gave a phone number).
 SELECT count(*) AS profiles FROM (
   SELECT engage.identify('c' || i, jsonb_build_object(
            'email', 'customer' || i || '@example.com',
+           'first_name', (ARRAY['Ada', 'Grace', 'Alan', 'Edsger', 'Barbara'])[1 + i % 5],
+           'phone', CASE WHEN i % 5 = 0 THEN '+1555' || lpad(i::text, 7, '0') END,
            'tier', CASE WHEN i % 5 = 0 THEN 'gold' ELSE 'standard' END,
            'country', (ARRAY['DE', 'FR', 'US', 'GB'])[1 + i % 4]))
     FROM generate_series(1, 200) AS i) AS identified;
@@ -49,28 +54,28 @@ INSERT INTO engage.events (customer_id, name, properties, occurred_at)
 SELECT customer_id, name, properties, occurred_at
   FROM (
     SELECT 'c' || i AS customer_id, 'signed_up' AS name, '{"source": "ads"}'::jsonb AS properties,
-           timestamptz '2026-11-23 08:00+00' + i * interval '2 minutes' AS occurred_at
+           :'t0'::timestamptz + i * interval '2 minutes' AS occurred_at
       FROM generate_series(1, 200) AS i
     UNION ALL
     SELECT 'c' || i, 'product_viewed', jsonb_build_object('sku', 'sku-' || (i * 7 + v) % 40),
-           timestamptz '2026-11-23 09:00+00' + i * interval '2 minutes' + v * interval '3 minutes'
+           :'t0'::timestamptz + interval '1 hour' + i * interval '2 minutes' + v * interval '3 minutes'
       FROM generate_series(1, 200) AS i, generate_series(1, 3) AS v
     UNION ALL
     SELECT 'c' || i, 'cart_updated',
            jsonb_build_object('cart', jsonb_build_object('value', (i * 37 + u * 53) % 250, 'items', 1 + u))
              || CASE WHEN i % 10 = 3 THEN '{"coupon": "WELCOME5"}'::jsonb ELSE '{}'::jsonb END,
-           timestamptz '2026-11-23 10:00+00' + i * interval '2 minutes' + u * interval '20 minutes'
+           :'t0'::timestamptz + interval '2 hours' + i * interval '2 minutes' + u * interval '20 minutes'
       FROM generate_series(1, 200) AS i, generate_series(1, 1 + i % 3) AS u
     UNION ALL
     SELECT 'c' || i, 'order_completed', jsonb_build_object('order_id', 'o' || i, 'amount', 20 + i % 180),
-           timestamptz '2026-11-23 14:00+00' + i * interval '2 minutes'
+           :'t0'::timestamptz + interval '3 hours' + i * interval '2 minutes'
       FROM generate_series(1, 200) AS i WHERE i % 3 = 0
   ) AS stream
  ORDER BY occurred_at;
 
 -- Apps can also send events one by one, with an idempotency key; a retried send is skipped.
-SELECT engage.track('c7', 'order_completed', '{"order_id": "o7", "amount": 99}', '2026-11-23 18:00+00', 'order-o7') AS first_send,
-       engage.track('c7', 'order_completed', '{"order_id": "o7", "amount": 99}', '2026-11-23 18:00+00', 'order-o7') AS retried_send;
+SELECT engage.track('c7', 'order_completed', '{"order_id": "o7", "amount": 99}', :'t0'::timestamptz + interval '10 hours', 'order-o7') AS first_send,
+       engage.track('c7', 'order_completed', '{"order_id": "o7", "amount": 99}', :'t0'::timestamptz + interval '10 hours', 'order-o7') AS retried_send;
 
 \echo
 \echo '== Events stored'
