@@ -50,9 +50,7 @@ smtp_port=$(sed -n 's/^smtp_port=//p' "$DIR/sink.addresses")
 "${psql[@]}" -d "$DB" -v http_base="$http_base" -v smtp_port="$smtp_port" -f demo/channels.sql
 
 # Restart with the deliverer (a background worker, so pg_engage must be preloaded).
-"${psql[@]}" -d postgres -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_engage'" \
-    -c "ALTER SYSTEM SET engage.database = '$DB'" -c "ALTER SYSTEM SET engage.poll_interval = '500ms'" >/dev/null
-pg_ctl -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1" restart
+pg_ctl -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_engage -c engage.database=$DB -c engage.poll_interval=500ms" restart
 
 "${psql[@]}" -d "$DB" -f demo/scenario.sql
 
@@ -63,6 +61,7 @@ for _ in $(seq 120); do
     [ "$open" -eq 0 ] && break
     sleep 0.5
 done
+sleep 1  # the sink prints what it received every 200 ms
 head -n 8 "$DIR/sink.log"
 echo "sink: ... $(grep -c '^sink: HTTP' "$DIR/sink.log") HTTP requests and $(grep -c '^sink: SMTP' "$DIR/sink.log") emails received (log: $DIR/sink.log)"
 echo
