@@ -94,6 +94,17 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_template_is_checked_when_saved() {
+        run("INSERT INTO engage.templates (name, channel, subject, body) VALUES ('ok', 'email', 'Hi {{ profile.first_name | default: \"there\" }}', 'Body')");
+        assert_eq!(count("SELECT count(*) FROM engage.templates"), 1);
+    }
+
+    #[pg_test(error = "invalid template: range (1..100000000) is longer than 1000")]
+    fn an_unbounded_template_is_rejected_when_saved() {
+        run("INSERT INTO engage.templates (name, channel, body) VALUES ('big', 'sms', '{% for i in (1..100000000) %}x{% endfor %}')");
+    }
+
+    #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");

@@ -46,7 +46,13 @@ fn parse(text: &str) -> Result<liquid::Template, String> {
     }
     check_ranges(text)?;
     PARSER.with(|cell| {
-        let parser = cell.get_or_init(|| liquid::ParserBuilder::with_stdlib().build().expect("the standard Liquid library builds"));
+        let parser = match cell.get() {
+            Some(parser) => parser,
+            None => {
+                let built = liquid::ParserBuilder::with_stdlib().build().map_err(|e| format!("Liquid parser: {e}"))?;
+                cell.get_or_init(|| built)
+            }
+        };
         parser.parse(text).map_err(|e| e.to_string())
     })
 }

@@ -111,17 +111,37 @@ impl RateLimits {
     }
 }
 
+/// Records a batch's outcomes with two set-based calls of the public API.
 fn record(results: &[Outcome]) {
-    Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
-        for (id, result) in results {
-            match result {
-                Ok(provider_id) => {
-                    client.update("SELECT engage.complete($1, $2)", None, &[(*id).into(), provider_id.clone().into()])?;
-                }
-                Err(e) => {
-                    client.update("SELECT engage.fail($1, $2, $3)", None, &[(*id).into(), e.message.clone().into(), e.retryable.into()])?;
-                }
+    let (mut sent_ids, mut provider_ids) = (Vec::new(), Vec::new());
+    let (mut failed_ids, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, result) in results {
+        match result {
+            Ok(provider_id) => {
+                sent_ids.push(*id);
+                provider_ids.push(provider_id.clone());
             }
+            Err(e) => {
+                failed_ids.push(*id);
+                errors.push(e.message.clone());
+                retryable.push(e.retryable);
+            }
+        }
+    }
+    Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
+        if !sent_ids.is_empty() {
+            client.update(
+                "SELECT engage.complete(u.id, u.provider_id) FROM unnest($1::int8[], $2::text[]) AS u(id, provider_id)",
+                None,
+                &[sent_ids.into(), provider_ids.into()],
+            )?;
+        }
+        if !failed_ids.is_empty() {
+            client.update(
+                "SELECT engage.fail(u.id, u.error, u.retryable) FROM unnest($1::int8[], $2::text[], $3::bool[]) AS u(id, error, retryable)",
+                None,
+                &[failed_ids.into(), errors.into(), retryable.into()],
+            )?;
         }
         Ok(())
     })

@@ -1079,3 +1079,80 @@ fn worker_status_does_not_report_a_dead_worker_as_running() {
         cluster.log_tail(10)
     );
 }
+
+/// SMS, WhatsApp and push go out in their providers' request shapes (Twilio Messages, WhatsApp
+/// Cloud API, FCM HTTP v1) to the configured base URL, with their credentials, rendered text and
+/// the customer's address; the provider's message id is kept in the sent log.
+#[test]
+fn sms_whatsapp_and_push_use_their_provider_request_shapes() {
+    let (cluster, mut c) = start_deliverer("dlv_shapes", &[]);
+    let answer = r#"{"sid": "SM123", "messages": [{"id": "wamid.456"}], "name": "projects/p1/messages/789"}"#;
+    let receiver = HttpReceiver::scripted(Vec::new(), Reply::status(200).with_body(answer));
+    c.batch_execute(&format!(
+        "INSERT INTO engage.channels (kind, config) VALUES
+           ('sms', '{{\"base_url\": \"{base}\", \"account_sid\": \"ACabc\", \"from\": \"+15550001111\"}}'),
+           ('whatsapp', '{{\"base_url\": \"{base}/v19.0\", \"phone_number_id\": \"4242\"}}'),
+           ('push', '{{\"base_url\": \"{base}\", \"project_id\": \"shop-app\"}}');
+         INSERT INTO engage.channel_secrets (kind, secrets) VALUES
+           ('sms', '{{\"auth_token\": \"tok\"}}'), ('whatsapp', '{{\"access_token\": \"wa-token\"}}'),
+           ('push', '{{\"access_token\": \"fcm-token\"}}');",
+        base = receiver.url("")
+    ))
+    .unwrap();
+    template(&mut c, "note", "sms", None, "Hi {{ profile.first_name }}, order {{ event.properties.order }}", None);
+    template(&mut c, "note", "whatsapp", None, "WA {{ profile.first_name }} {{ event.properties.order }}", None);
+    template(&mut c, "note", "push", Some("Order {{ event.properties.order }}"), "Shipped, {{ profile.first_name }}", None);
+    for channel in ["sms", "whatsapp", "push"] {
+        create_trigger(
+            &mut c,
+            &format!("to_{channel}"),
+            json!({"event": format!("shipped_{channel}"), "action": {"channel": channel, "template": "note", "payload": {"n": 1}}}),
+        );
+    }
+    identify(&mut c, "c1", json!({"first_name": "Ada", "phone": "+15557654321", "push_token": "tok-abc"}));
+    for channel in ["sms", "whatsapp", "push"] {
+        insert_event(&mut c, "c1", &format!("shipped_{channel}"), json!({"order": "o-9"}));
+    }
+    let requests = receiver.wait_for_requests(3, WAIT, &cluster);
+    wait_settled(&cluster, &mut c, 3, WAIT);
+    let find = |prefix: &str| {
+        requests.iter().find(|r| r.path.starts_with(prefix)).unwrap_or_else(|| panic!("no request to {prefix}: {requests:#?}"))
+    };
+
+    let sms = find("/2010-04-01/Accounts/ACabc/Messages.json");
+    assert_eq!(sms.header("authorization"), Some("Basic QUNhYmM6dG9r"), "basic auth sid:token");
+    assert!(sms.header("content-type").unwrap_or("").starts_with("application/x-www-form-urlencoded"));
+    let form: BTreeMap<String, String> = sms
+        .body
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace('+', " ").replace("%2B", "+").replace("%2C", ",")))
+        .collect();
+    assert_eq!(form.get("To").map(String::as_str), Some("+15557654321"));
+    assert_eq!(form.get("From").map(String::as_str), Some("+15550001111"));
+    assert_eq!(form.get("Body").map(String::as_str), Some("Hi Ada, order o-9"));
+
+    let wa = find("/v19.0/4242/messages");
+    assert_eq!(wa.header("authorization"), Some("Bearer wa-token"));
+    let body = wa.json();
+    assert_eq!(body["messaging_product"], json!("whatsapp"));
+    assert_eq!(body["to"], json!("+15557654321"));
+    assert_eq!(body["text"]["body"], json!("WA Ada o-9"));
+
+    let push = find("/v1/projects/shop-app/messages:send");
+    assert_eq!(push.header("authorization"), Some("Bearer fcm-token"));
+    let body = push.json();
+    assert_eq!(body["message"]["token"], json!("tok-abc"));
+    assert_eq!(body["message"]["notification"], json!({"title": "Order o-9", "body": "Shipped, Ada"}));
+    assert_eq!(body["message"]["data"]["n"], json!("1"), "FCM data values are strings");
+
+    let ids: BTreeMap<String, String> = c
+        .query("SELECT channel, provider_message_id FROM engage.messages", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(ids.get("sms").map(String::as_str), Some("SM123"));
+    assert_eq!(ids.get("whatsapp").map(String::as_str), Some("wamid.456"));
+    assert_eq!(ids.get("push").map(String::as_str), Some("projects/p1/messages/789"));
+}
