@@ -104,6 +104,16 @@ mod tests {
         run("INSERT INTO engage.templates (name, channel, body) VALUES ('big', 'sms', '{% for i in (1..100000000) %}x{% endfor %}')");
     }
 
+    #[pg_test(error = "permission denied for table channel_secrets")]
+    fn channel_secrets_are_not_readable_by_other_roles() {
+        run("CREATE ROLE engage_test_reader");
+        run("GRANT USAGE ON SCHEMA engage TO engage_test_reader");
+        run("GRANT SELECT ON engage.channels TO engage_test_reader");
+        run("SET LOCAL ROLE engage_test_reader");
+        assert_eq!(count("SELECT count(*) FROM engage.channels"), 0);
+        run("SELECT * FROM engage.channel_secrets");
+    }
+
     #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);

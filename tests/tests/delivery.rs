@@ -1156,3 +1156,40 @@ fn sms_whatsapp_and_push_use_their_provider_request_shapes() {
     assert_eq!(ids.get("whatsapp").map(String::as_str), Some("wamid.456"));
     assert_eq!(ids.get("push").map(String::as_str), Some("projects/p1/messages/789"));
 }
+
+/// HTTP 429 (rate limited by the provider) is retried, not dead; the customer's locale picks the
+/// template (with `en` as the fallback locale); and the deliverer stops cleanly on SIGTERM (a fast
+/// shutdown), saying so in the server log.
+#[test]
+fn too_many_requests_is_retried_locale_picks_the_template_and_sigterm_stops_cleanly() {
+    let (cluster, mut c) = start_deliverer("dlv_429_locale", &[]);
+    let receiver = HttpReceiver::scripted(vec![Reply::status(429).with_body("slow down")], Reply::status(200));
+    webhook_channel(&mut c, &receiver.url("/hook"), &signing_secret(b"k"), 5, "100 milliseconds");
+    template(&mut c, "hello", "webhook", None, "Hello {{ profile.first_name }}", None);
+    c.execute(
+        "INSERT INTO engage.templates (name, channel, locale, body) VALUES ('hello', 'webhook', 'de', 'Hallo {{ profile.first_name }}')",
+        &[],
+    )
+    .unwrap();
+    create_trigger(&mut c, "greet", json!({"event": "visit", "action": {"channel": "webhook", "template": "hello"}}));
+    identify(&mut c, "de1", json!({"first_name": "Grete", "locale": "de"}));
+    identify(&mut c, "fr1", json!({"first_name": "Aimée", "locale": "fr"}));
+    insert_event(&mut c, "de1", "visit", json!({}));
+    insert_event(&mut c, "fr1", "visit", json!({}));
+
+    let requests = receiver.wait_for_requests(3, WAIT, &cluster);
+    let rows = wait_settled(&cluster, &mut c, 2, WAIT);
+    assert!(rows.iter().all(|r| r.status == "sent"), "both delivered after the 429: {rows:?}");
+    assert_eq!(rows.iter().map(|r| r.attempts).sum::<i32>(), 3, "one of them needed a second attempt: {rows:?}");
+    let bodies: BTreeSet<String> = requests
+        .iter()
+        .skip(1)
+        .map(|r| r.json()["rendered"]["body"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(bodies.contains("Hallo Grete"), "German template for locale de: {bodies:?}");
+    assert!(bodies.contains("Hello Aimée"), "no French template: falls back to en: {bodies:?}");
+
+    cluster.restart(); // pg_ctl restart -m fast: SIGTERM to the deliverer
+    let log = cluster.log_tail(400);
+    assert!(log.contains("pg_engage deliverer stopped"), "clean stop on SIGTERM not logged:\n{log}");
+}
