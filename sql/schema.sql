@@ -89,6 +89,8 @@ CREATE TABLE engage.outbox (
     payload     jsonb       NOT NULL DEFAULT '{}',
     due_at      timestamptz NOT NULL,
     scheduled_at timestamptz NOT NULL,
+    cancel_on   jsonb,
+    cancelled_by bigint,
     status      text        NOT NULL DEFAULT 'pending'
                             CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled')),
     fallback    text[]      NOT NULL DEFAULT '{}',
@@ -106,6 +108,9 @@ COMMENT ON TABLE engage.outbox IS
 COMMENT ON COLUMN engage.outbox.fallback IS 'Channels still to try, in order, if this one has no address, no consent or fails permanently.';
 COMMENT ON COLUMN engage.outbox.due_at IS 'When the next attempt may start (a retry moves it later).';
 COMMENT ON COLUMN engage.outbox.scheduled_at IS 'When the message was first due: the order of the customer''s queue, kept across retries.';
+COMMENT ON COLUMN engage.outbox.cancel_on IS
+    'Events that cancel this message while it is pending: [{"event": name, "same": {properties that must match}}].';
+COMMENT ON COLUMN engage.outbox.cancelled_by IS 'The event that cancelled this message.';
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');

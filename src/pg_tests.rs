@@ -115,6 +115,41 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_waiting_cart_reminder_is_cancelled_by_a_purchase_of_that_cart_before_it_is_due() {
+        run(r#"SELECT engage.create_trigger('cart_abandoned', '{"event": "cart_updated", "wait": "2h",
+                "cancel_on": [{"event": "order_completed", "same": ["cart.id"]}],
+                "action": {"channel": "email", "template": "cart"}}')"#);
+        // c1..c5 each leave cart k at 10:00 (due 12:00); then:
+        run(r#"INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+               SELECT 'c' || i, 'cart_updated', '{"cart": {"id": "k"}}', '2026-01-01 10:00+00' FROM generate_series(1, 5) i"#);
+        run(r#"INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES
+               ('c1', 'order_completed', '{"cart": {"id": "k"}, "amount": 5}', '2026-01-01 11:00+00'),  -- cancels
+               ('c2', 'order_completed', '{"cart": {"id": "other"}}',          '2026-01-01 11:00+00'),  -- another cart
+               ('c3', 'order_completed', '{"cart": {"id": "k"}}',              '2026-01-01 12:30+00'),  -- after due
+               ('c4', 'order_completed', '{"cart": {"id": "k"}}',              '2026-01-01 09:00+00'),  -- before the cart (late arrival)
+               ('c5', 'page_viewed',     '{"cart": {"id": "k"}}',              '2026-01-01 11:00+00')   -- not a cancelling event"#);
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || status, ',' ORDER BY customer_id) FROM engage.outbox").as_deref(),
+            Some("c1:cancelled,c2:pending,c3:pending,c4:pending,c5:pending")
+        );
+        assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE due_at = '2026-01-01 12:00+00'"), 5);
+        assert_eq!(
+            text("SELECT last_error FROM engage.outbox o JOIN engage.events e ON e.id = o.cancelled_by WHERE o.customer_id = 'c1' AND e.name = 'order_completed'")
+                .map(|t| t.starts_with("cancelled by event")),
+            Some(true)
+        );
+    }
+
+    #[pg_test]
+    fn a_purchase_in_the_same_statement_cancels_the_reminder_it_queued() {
+        run(r#"SELECT engage.create_trigger('cart_abandoned', '{"event": "cart_updated", "wait": "1h",
+                "cancel_on": [{"event": "order_completed"}], "action": {"channel": "sms", "template": "cart"}}')"#);
+        run(r#"INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+               ('c1', 'cart_updated', '2026-01-01 10:00+00'), ('c1', 'order_completed', '2026-01-01 10:20+00')"#);
+        assert_eq!(text("SELECT status FROM engage.outbox").as_deref(), Some("cancelled"));
+    }
+
+    #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");

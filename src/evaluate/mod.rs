@@ -59,7 +59,15 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     let mut matched: Vec<(usize, usize)> = Vec::new();
     let mut needs_profile: Vec<(usize, usize)> = Vec::new();
 
+    let mut cancels = store::Cancels::default();
     transition::for_each_event(data, |row| {
+        if rules.cancels(row.name) {
+            cancels.event_id.push(row.id);
+            cancels.customer_id.push(row.customer_id.to_string());
+            cancels.name.push(row.name.to_string());
+            cancels.occurred_at.push(store::timestamptz(row.occurred_at));
+            cancels.properties.push(row.properties().to_string());
+        }
         let candidates = rules.for_event(row.name);
         if candidates.is_empty() {
             return;
@@ -101,9 +109,23 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             }
         }
     }
-    if matched.is_empty() {
-        return;
+    if !matched.is_empty() {
+        decide_and_write(rules, &events, &customers, &profiles, &matched);
     }
+    // After the write, so an event also cancels what an earlier event of its own statement queued.
+    if !cancels.event_id.is_empty() {
+        store::cancel(cancels);
+    }
+}
+
+/// Applies the policy to the statement's matches and writes decisions and outbox rows.
+fn decide_and_write(
+    rules: &rules::RuleSet,
+    events: &[Pending],
+    customers: &[String],
+    profiles: &HashMap<String, store::Profile>,
+    matched: &[(usize, usize)],
+) {
 
     let mut candidates: Vec<Candidate> = matched
         .iter()
@@ -149,7 +171,8 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
                 outbox.fallback.push(fallback);
                 outbox.template.push(action.template.as_deref());
                 outbox.payload.push(&action.payload);
-                outbox.due_at.push(occurred_at);
+                outbox.due_at.push(store::timestamptz(events[e].occurred_at + rule.definition.wait_micros));
+                outbox.cancel_on.push(cancel_conditions(&rule.definition, &events[e].properties));
             }
             Outcome::Suppressed(reason) => {
                 decisions.outcome.push("suppressed");
@@ -162,6 +185,39 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     if queued {
         crate::deliver::wake_after_commit();
     }
+}
+
+/// The outbox row's cancel conditions: per cancel_on entry, the event name and, under `same`, the
+/// triggering event's values at the correlated paths as a nested object, so that a cancelling
+/// event matches when its properties contain it (`@>`).
+fn cancel_conditions(definition: &crate::rule::Definition, properties: &serde_json::Value) -> Option<String> {
+    if definition.cancel_on.is_empty() {
+        return None;
+    }
+    let conditions: Vec<serde_json::Value> = definition
+        .cancel_on
+        .iter()
+        .map(|c| {
+            let mut same = serde_json::Value::Object(Default::default());
+            for path in &c.same {
+                let value = crate::rule::predicate::lookup(properties, path).cloned().unwrap_or(serde_json::Value::Null);
+                let mut node = &mut same;
+                for (i, key) in path.iter().enumerate() {
+                    let map = match node {
+                        serde_json::Value::Object(map) => map,
+                        _ => break, // two paths disagree on shape ("a" and "a.b"): keep the first
+                    };
+                    node = if i + 1 == path.len() {
+                        map.entry(key.clone()).or_insert(value.clone())
+                    } else {
+                        map.entry(key.clone()).or_insert_with(|| serde_json::Value::Object(Default::default()))
+                    };
+                }
+            }
+            serde_json::json!({"event": c.event, "same": same})
+        })
+        .collect();
+    Some(serde_json::Value::Array(conditions).to_string())
 }
 
 /// The channel to queue on and the comma-separated fallbacks left after it: a `preferred` action

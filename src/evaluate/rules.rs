@@ -10,7 +10,7 @@ use crate::rule::{self, Definition, Source};
 use crate::sql_error;
 use pgrx::prelude::*;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
@@ -28,6 +28,8 @@ pub struct CompiledRule {
 pub struct RuleSet {
     pub rules: Vec<CompiledRule>,
     by_event: HashMap<String, Vec<usize>>,
+    /// Event names that cancel some trigger's pending messages.
+    cancelling: HashSet<String>,
 }
 
 impl RuleSet {
@@ -38,6 +40,11 @@ impl RuleSet {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether events of this name can cancel pending messages.
+    pub fn cancels(&self, event_name: &str) -> bool {
+        self.cancelling.contains(event_name)
     }
 }
 
@@ -110,6 +117,7 @@ fn load() -> RuleSet {
         for event in &definition.events {
             set.by_event.entry(event.clone()).or_default().push(index);
         }
+        set.cancelling.extend(definition.cancel_on.iter().map(|c| c.event.clone()));
         set.rules.push(CompiledRule {
             id,
             version,

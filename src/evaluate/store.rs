@@ -16,15 +16,33 @@ WITH decided AS (
   INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason)
   SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
 )
-INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at)
+INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at, cancel_on)
 SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
-       u.template, u.payload::jsonb, u.due_at, u.due_at
-  FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
-       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at)";
+       u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb
+  FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::text[])
+       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on)";
+
+/// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
+/// the event's name, its properties containing the triggering event's `same` values, and an
+/// event time between the triggering event and the message's due time.
+const CANCEL: &str = "\
+UPDATE engage.outbox o
+   SET status = 'cancelled', cancelled_by = c.event_id,
+       last_error = 'cancelled by event ' || c.event_id || ' (' || c.name || ')'
+  FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+       AS c(event_id, customer_id, name, occurred_at, properties)
+ WHERE o.customer_id = c.customer_id COLLATE \"C\"
+   AND o.status = 'pending'
+   AND o.cancel_on IS NOT NULL
+   AND o.scheduled_at > c.occurred_at
+   AND EXISTS (SELECT 1 FROM jsonb_array_elements(o.cancel_on) AS x
+                WHERE x ->> 'event' = c.name AND c.properties::jsonb @> (x -> 'same'))
+   AND c.occurred_at >= (SELECT e.occurred_at FROM engage.events e WHERE e.id = o.event_id)";
 
 struct Plans {
     profiles: OwnedPreparedStatement,
     write: GenericPlan,
+    cancel: GenericPlan,
 }
 
 /// A statement prepared once per backend with a forced generic plan. With array parameters the
@@ -89,7 +107,12 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
                             T::TIMESTAMPTZARRAYOID,
+                            T::TEXTARRAYOID,
                         ],
+                    ),
+                    cancel: GenericPlan::prepare(
+                        CANCEL,
+                        &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
                     ),
                 })
             })
@@ -153,6 +176,33 @@ pub struct Outbox<'a> {
     pub template: Vec<Option<&'a str>>,
     pub payload: Vec<&'a str>,
     pub due_at: Vec<TimestampWithTimeZone>,
+    /// The resolved cancel conditions (JSON), when the trigger has cancel_on.
+    pub cancel_on: Vec<Option<String>>,
+}
+
+/// Events of the statement that may cancel pending messages.
+#[derive(Default)]
+pub struct Cancels {
+    pub event_id: Vec<i64>,
+    pub customer_id: Vec<String>,
+    pub name: Vec<String>,
+    pub occurred_at: Vec<TimestampWithTimeZone>,
+    pub properties: Vec<String>,
+}
+
+/// Cancels the pending messages the statement's events cancel.
+pub fn cancel(c: Cancels) {
+    with_plans(|plans| {
+        Spi::connect_mut(|_client| {
+            plans.cancel.execute(vec![
+                c.event_id.into_datum(),
+                c.customer_id.into_datum(),
+                c.name.into_datum(),
+                c.occurred_at.into_datum(),
+                c.properties.into_datum(),
+            ])
+        })
+    })
 }
 
 /// Writes the statement's decisions and outbox rows.
@@ -175,6 +225,7 @@ pub fn write(d: Decisions, o: Outbox) {
                 o.template.into_datum(),
                 o.payload.into_datum(),
                 o.due_at.into_datum(),
+                o.cancel_on.into_datum(),
             ])
         })
     })

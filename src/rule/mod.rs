@@ -14,7 +14,8 @@ pub use predicate::{Facts, Predicate, Source};
 use error::{show, type_name};
 use serde_json::{Map, Value};
 
-const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "description"];
+const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "wait", "cancel_on", "description"];
+const CANCEL_FIELDS: &[&str] = &["event", "same"];
 const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
 const CAP_FIELDS: &[&str] = &["max", "per"];
 
@@ -73,6 +74,14 @@ pub struct Cap {
     pub per_micros: i64,
 }
 
+/// A pending message is cancelled when the same customer has an `event` before it is due whose
+/// properties at each `same` path equal the triggering event's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CancelOn {
+    pub event: String,
+    pub same: Vec<Vec<String>>,
+}
+
 /// A validated trigger definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -81,13 +90,17 @@ pub struct Definition {
     pub action: Action,
     pub priority: i32,
     pub cap: Option<Cap>,
+    /// Delay after the event's occurred_at, microseconds (0: due at once).
+    pub wait_micros: i64,
+    pub cancel_on: Vec<CancelOn>,
 }
 
 impl Definition {
     /// Whether matching needs the event's properties or the customer's profile.
     pub fn uses(&self, source: Source) -> bool {
         let preferred = source == Source::Profile && self.action.channel == ChannelChoice::Preferred;
-        preferred || self.predicate.as_ref().is_some_and(|p| p.uses(source))
+        let correlated = source == Source::Property && self.cancel_on.iter().any(|c| !c.same.is_empty());
+        preferred || correlated || self.predicate.as_ref().is_some_and(|p| p.uses(source))
     }
 
     /// Whether the definition matches an event, given its facts.
@@ -111,12 +124,27 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
             .ok_or_else(|| DefinitionError::new("$.priority", format!("expected an integer, got {}", show(v))))?,
     };
     let cap = map.get("cap").map(parse_cap).transpose()?;
+    let wait_micros = map.get("wait").map(|w| duration::parse(w, "$.wait")).transpose()?.unwrap_or(0);
+    let cancel_on = match map.get("cancel_on") {
+        None => Vec::new(),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            items.iter().enumerate().map(|(i, item)| parse_cancel_on(item, &format!("$.cancel_on[{i}]"))).collect::<Result<_, _>>()?
+        }
+        Some(other) => {
+            return Err(DefinitionError::new("$.cancel_on", format!("expected a non-empty array, got {}", show(other)))
+                .with_hint(r#"for example [{"event": "order_completed", "same": ["cart_id"]}]"#))
+        }
+    };
+    if !cancel_on.is_empty() && wait_micros == 0 {
+        return Err(DefinitionError::new("$.cancel_on", "cancel_on needs a \"wait\": a message due at once has nothing to wait for")
+            .with_hint(r#"add "wait": "2h" (the cancelling event must come within the wait)"#));
+    }
     if let Some(d) = map.get("description") {
         if !d.is_string() {
             return Err(DefinitionError::new("$.description", format!("expected a string, got {}", type_name(d))));
         }
     }
-    Ok(Definition { events, predicate, action, priority, cap })
+    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on })
 }
 
 fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Map<String, Value>, DefinitionError> {
@@ -202,6 +230,27 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
     Ok(Action { channel, fallback, template, payload })
 }
 
+fn parse_cancel_on(value: &Value, path: &str) -> Result<CancelOn, DefinitionError> {
+    let map = object(value, path)?;
+    reject_unknown(map, path, CANCEL_FIELDS)?;
+    let event = match required(map, path, "event")? {
+        Value::String(s) if !s.trim().is_empty() => s.clone(),
+        other => return Err(DefinitionError::new(&format!("{path}.event"), format!("expected an event name, got {}", show(other)))),
+    };
+    let same = match map.get("same") {
+        None => Vec::new(),
+        Some(Value::Array(paths)) => paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| predicate::parse_path(p, &format!("{path}.same[{i}]")))
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(DefinitionError::new(&format!("{path}.same"), format!("expected an array of property paths, got {}", type_name(other))))
+        }
+    };
+    Ok(CancelOn { event, same })
+}
+
 fn parse_cap(value: &Value) -> Result<Cap, DefinitionError> {
     let map = object(value, "$.cap")?;
     reject_unknown(map, "$.cap", CAP_FIELDS)?;
@@ -247,6 +296,20 @@ mod tests {
     }
 
     #[test]
+    fn wait_and_cancel_on_parse() {
+        let d = parse(&json!({"event": "cart_updated", "wait": "2h",
+            "cancel_on": [{"event": "order_completed", "same": ["cart.id"]}],
+            "action": {"channel": "email", "template": "t"}}))
+        .unwrap();
+        assert_eq!(d.wait_micros, 7_200_000_000);
+        assert_eq!(d.cancel_on, vec![CancelOn { event: "order_completed".into(), same: vec![vec!["cart".into(), "id".into()]] }]);
+        assert!(d.uses(Source::Property));
+        let err = parse(&json!({"event": "e", "wait": "1h", "cancel_on": [{"event": "x", "same": ["a..b"]}],
+            "action": {"channel": "email", "template": "t"}})).unwrap_err();
+        assert_eq!(err.path, "$.cancel_on[0].same[0]");
+    }
+
+    #[test]
     fn webhook_needs_no_template() {
         let d = parse(&json!({"event": "x", "action": {"channel": "webhook"}})).unwrap();
         assert_eq!(d.action.template, None);
@@ -281,6 +344,9 @@ mod tests {
             (with("action", json!({"channel": "email", "fallback": ["email"], "template": "t"})), "$.action.fallback[0]", "twice"),
             (with("where", json!({"property": "a", "gt": "lots"})), "$.where.gt", "expected a number"),
             (with("description", json!(5)), "$.description", "string"),
+            (with("wait", json!("-2h")), "$.wait", "duration"),
+            (with("cancel_on", json!([{"event": "buy"}])), "$.cancel_on", "needs a \"wait\""),
+            (with("cancel_on", json!([])), "$.cancel_on", "non-empty array"),
         ];
         for (definition, path, text) in cases {
             let err = parse(&definition, ).unwrap_err();

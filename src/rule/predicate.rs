@@ -130,7 +130,7 @@ impl Condition {
 }
 
 /// Follows a dotted path; a numeric segment indexes an array.
-fn lookup<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
+pub fn lookup<'v>(root: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(root, |current, segment| match current {
         Value::Object(map) => map.get(segment),
         Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
@@ -274,7 +274,7 @@ fn parse_operand(value: &Value, path: &str) -> Result<Operand, DefinitionError> 
     }
 }
 
-fn parse_path(value: &Value, path: &str) -> Result<Vec<String>, DefinitionError> {
+pub fn parse_path(value: &Value, path: &str) -> Result<Vec<String>, DefinitionError> {
     let hint = r#"a path is dotted keys, a number indexes an array: "cart.value", "items.0.sku", "$.address.city""#;
     let Value::String(text) = value else {
         return Err(DefinitionError::new(path, format!("expected a path string, got {}", type_name(value))).with_hint(hint));
