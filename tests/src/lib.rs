@@ -330,7 +330,9 @@ impl Cluster {
     }
 
     /// A command running the PostgreSQL binary `program` as the server user.
-    fn pg_command(&self, program: &str) -> Command {
+    /// A PostgreSQL program (`pg_dump`, `psql`, ...) of this cluster's installation, run as the
+    /// cluster's OS user.
+    pub fn pg_command(&self, program: &str) -> Command {
         let exe = self.bin.join(program);
         let mut cmd = match &self.run_as {
             Some(user) => {
