@@ -68,16 +68,16 @@ CREATE TABLE engage.decisions (
     customer_id     text        COLLATE "C" NOT NULL,
     occurred_at     timestamptz NOT NULL,
     decided_at      timestamptz NOT NULL DEFAULT now(),
-    outcome         text        COLLATE "C" NOT NULL CHECK (outcome IN ('fired', 'suppressed')),
+    outcome         text        COLLATE "C" NOT NULL CHECK (outcome IN ('fired', 'held_out', 'suppressed')),
     reason          text        CHECK (reason IN ('cap', 'conflict')),
     -- One index serves both purposes: customer_id and occurred_at are those of the event, so the
     -- key is unique per (event_id, trigger_id) (nothing is decided twice), and its order is the
     -- cap look-up: fired decisions of one customer and trigger in an event-time window.
     PRIMARY KEY (customer_id, trigger_id, outcome, occurred_at, event_id),
-    CHECK ((outcome = 'fired') = (reason IS NULL))
+    CHECK ((outcome = 'suppressed') = (reason IS NOT NULL))
 );
 COMMENT ON TABLE engage.decisions IS
-    'One row per (event, matching trigger): fired, or suppressed and why. The primary key means nothing is decided twice.';
+    'One row per (event, matching trigger): fired, held_out (control group: would have fired, not sent), or suppressed and why. The primary key means nothing is decided twice.';
 
 CREATE TABLE engage.outbox (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,

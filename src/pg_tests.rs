@@ -150,6 +150,22 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_holdout_keeps_the_same_customers_in_control_and_sends_them_nothing() {
+        run(r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "holdout": 0.5, "action": {"channel": "webhook"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i");
+        let held = count("SELECT count(*) FROM engage.decisions WHERE outcome = 'held_out'");
+        assert!((140..=260).contains(&held), "about half of 400 in control, got {held}");
+        assert_eq!(count("SELECT count(*) FROM engage.outbox"), 400 - held, "control customers get no message");
+        assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE outcome = 'held_out' AND reason IS NOT NULL"), 0);
+        // The same customers again: the same group each time.
+        run("INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i");
+        assert_eq!(
+            count("SELECT count(*) FROM (SELECT customer_id FROM engage.decisions GROUP BY customer_id HAVING count(DISTINCT outcome) > 1) t"),
+            0
+        );
+    }
+
+    #[pg_test]
     fn a_definition_change_applies_to_the_next_statement_of_the_same_transaction() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "a", "action": {"channel": "push", "template": "x"}}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'a')");

@@ -142,9 +142,16 @@ fn decide_and_write(
             }
         })
         .collect();
-    count_prior_fired(&mut candidates, &customers);
+    let holdouts: Vec<bool> = matched.iter().map(|&(_, r)| rules.rules[r].definition.holdout > 0.0).collect();
+    count_prior_fired(&mut candidates, customers, &holdouts);
     let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
-    let outcomes = policy::decide(&candidates, conflict_window);
+    let mut outcomes = policy::decide(&candidates, conflict_window);
+    for ((&(_, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes.iter_mut()) {
+        let rule = &rules.rules[r];
+        if *outcome == Outcome::Fired && policy::in_holdout(&rule.name, &customers[candidate.customer], rule.definition.holdout) {
+            *outcome = Outcome::HeldOut;
+        }
+    }
 
     let mut decisions = store::Decisions::default();
     let mut outbox = store::Outbox::default();
@@ -173,6 +180,10 @@ fn decide_and_write(
                 outbox.payload.push(&action.payload);
                 outbox.due_at.push(store::timestamptz(events[e].occurred_at + rule.definition.wait_micros));
                 outbox.cancel_on.push(cancel_conditions(&rule.definition, &events[e].properties));
+            }
+            Outcome::HeldOut => {
+                decisions.outcome.push("held_out");
+                decisions.reason.push(None);
             }
             Outcome::Suppressed(reason) => {
                 decisions.outcome.push("suppressed");
@@ -234,24 +245,32 @@ fn choose_channel(action: &Action, preferred: Option<&str>) -> (&'static str, St
 /// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements
 /// cannot both pass one cap), then counts stored fired decisions in each window with a direct
 /// probe of the decisions primary key (customer_id, trigger_id, outcome, occurred_at, event_id).
-fn count_prior_fired(candidates: &mut [Candidate], customers: &[String]) {
+fn count_prior_fired(candidates: &mut [Candidate], customers: &[String], holdouts: &[bool]) {
     let capped: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].cap.is_some()).collect();
     if capped.is_empty() {
         return;
     }
+    // A held-out decision is one that would have fired: it counts toward the cap like a fired one.
+    let counted_outcomes = |i: usize| -> &'static [&'static str] {
+        if holdouts[i] { &["fired", "held_out"] } else { &["fired"] }
+    };
     lock::lock_customers(capped.iter().map(|&i| customers[candidates[i].customer].as_str()));
     let mut probe = probe::Probe::open(c"decisions", c"decisions_pkey", 5);
     for &i in &capped {
         let c = &candidates[i];
         let (_, window) = c.cap.unwrap_or_default();
-        let keys = [
-            probe::Key::text_eq(1, &customers[c.customer]),
-            probe::Key::int4_eq(2, c.trigger_id),
-            probe::Key::text_eq(3, "fired"),
-            probe::Key::timestamptz_gt(4, c.occurred_at.saturating_sub(window)),
-            probe::Key::timestamptz_le(4, c.occurred_at),
-        ];
-        candidates[i].prior_fired = probe.count(&keys);
+        let mut prior = 0;
+        for outcome in counted_outcomes(i) {
+            let keys = [
+                probe::Key::text_eq(1, &customers[c.customer]),
+                probe::Key::int4_eq(2, c.trigger_id),
+                probe::Key::text_eq(3, outcome),
+                probe::Key::timestamptz_gt(4, c.occurred_at.saturating_sub(window)),
+                probe::Key::timestamptz_le(4, c.occurred_at),
+            ];
+            prior += probe.count(&keys);
+        }
+        candidates[i].prior_fired = prior;
     }
 }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 pub struct CompiledRule {
     pub id: i32,
     pub version: i32,
+    pub name: String,
     pub definition: Definition,
     pub uses_properties: bool,
     pub uses_profile: bool,
@@ -121,6 +122,7 @@ fn load() -> RuleSet {
         set.rules.push(CompiledRule {
             id,
             version,
+            name,
             uses_properties: definition.uses(Source::Property),
             uses_profile: definition.uses(Source::Profile),
             definition,

@@ -25,7 +25,23 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Fired,
+    /// Would have fired, but the customer is in the trigger's control group: recorded, not sent.
+    HeldOut,
     Suppressed(Reason),
+}
+
+/// Whether a customer is in a trigger's control group: the first 8 bytes of
+/// SHA-256("<trigger name>:<customer id>") as a fraction of 2^64, below `share`. A fixed, published
+/// hash, so the same customer is in the same group in every session, release and replay.
+pub fn in_holdout(trigger_name: &str, customer_id: &str, share: f64) -> bool {
+    use sha2::{Digest, Sha256};
+    if share <= 0.0 {
+        return false;
+    }
+    let digest = Sha256::new().chain_update(trigger_name.as_bytes()).chain_update(b":").chain_update(customer_id.as_bytes()).finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) as f64 / 18_446_744_073_709_551_616.0) < share
 }
 
 /// One (event, trigger) match, as the policy sees it.
@@ -162,6 +178,18 @@ mod tests {
     #[test]
     fn the_same_trigger_fires_for_each_event_of_a_customer() {
         assert_eq!(decide_now(&[cand(0, 1, 0, 1, 0), cand(0, 1, 0, 2, 1)]), vec![Outcome::Fired, Outcome::Fired]);
+    }
+
+    #[test]
+    fn holdout_is_stable_and_takes_its_share() {
+        let held = (0..100_000).filter(|i| in_holdout("welcome", &format!("c{i}"), 0.1)).count();
+        // 10% of 100,000: standard deviation ~95, so +-600 is more than 6 sigma.
+        assert!((9_400..=10_600).contains(&held), "{held}");
+        assert_eq!(in_holdout("welcome", "c42", 0.1), in_holdout("welcome", "c42", 0.1));
+        assert!((0..1000).all(|i| !in_holdout("welcome", &format!("c{i}"), 0.0)));
+        // A different trigger draws a different group.
+        let both = (0..10_000).filter(|i| in_holdout("a", &format!("c{i}"), 0.5) == in_holdout("b", &format!("c{i}"), 0.5)).count();
+        assert!((4_500..=5_500).contains(&both), "{both}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use predicate::{Facts, Predicate, Source};
 use error::{show, type_name};
 use serde_json::{Map, Value};
 
-const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "wait", "cancel_on", "description"];
+const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "wait", "cancel_on", "holdout", "description"];
 const CANCEL_FIELDS: &[&str] = &["event", "same"];
 const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
 const CAP_FIELDS: &[&str] = &["max", "per"];
@@ -93,6 +93,8 @@ pub struct Definition {
     /// Delay after the event's occurred_at, microseconds (0: due at once).
     pub wait_micros: i64,
     pub cancel_on: Vec<CancelOn>,
+    /// Share of customers in the control group (0 = none).
+    pub holdout: f64,
 }
 
 impl Definition {
@@ -144,7 +146,14 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
             return Err(DefinitionError::new("$.description", format!("expected a string, got {}", type_name(d))));
         }
     }
-    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on })
+    let holdout = match map.get("holdout") {
+        None => 0.0,
+        Some(v) => v.as_f64().filter(|h| (0.0..1.0).contains(h)).ok_or_else(|| {
+            DefinitionError::new("$.holdout", format!("expected a share from 0 up to (not including) 1, got {}", show(v)))
+                .with_hint("0.1 keeps 10% of customers in a control group that is recorded but not sent")
+        })?,
+    };
+    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on, holdout })
 }
 
 fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Map<String, Value>, DefinitionError> {
@@ -345,6 +354,8 @@ mod tests {
             (with("where", json!({"property": "a", "gt": "lots"})), "$.where.gt", "expected a number"),
             (with("description", json!(5)), "$.description", "string"),
             (with("wait", json!("-2h")), "$.wait", "duration"),
+            (with("holdout", json!(1)), "$.holdout", "share"),
+            (with("holdout", json!("10%")), "$.holdout", "share"),
             (with("cancel_on", json!([{"event": "buy"}])), "$.cancel_on", "needs a \"wait\""),
             (with("cancel_on", json!([])), "$.cancel_on", "non-empty array"),
         ];

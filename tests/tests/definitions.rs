@@ -122,7 +122,7 @@ fn unknown_fields_are_rejected_with_their_path() {
         &["unknown field"],
     );
     let hint = e.hint().unwrap_or_default();
-    for field in ["event", "where", "action", "priority", "cap", "wait", "cancel_on", "description"] {
+    for field in ["event", "where", "action", "priority", "cap", "wait", "cancel_on", "holdout", "description"] {
         assert!(hint.contains(field), "hint should list the field {field}: {hint:?}");
     }
     rejects(
