@@ -55,8 +55,12 @@ mod tests {
 
     #[pg_test]
     fn the_higher_priority_wins_and_the_other_is_a_conflict() {
-        run(r#"SELECT engage.create_trigger('low', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "a"}}')"#);
-        run(r#"SELECT engage.create_trigger('high', '{"event": "signed_up", "priority": 5, "action": {"channel": "sms", "template": "b"}}')"#);
+        run(
+            r#"SELECT engage.create_trigger('low', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "a"}}')"#,
+        );
+        run(
+            r#"SELECT engage.create_trigger('high', '{"event": "signed_up", "priority": 5, "action": {"channel": "sms", "template": "b"}}')"#,
+        );
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'signed_up')");
         assert_eq!(
             text("SELECT string_agg(t.name || '=' || coalesce(d.reason, d.outcome), ',' ORDER BY t.name) FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id")
@@ -68,8 +72,12 @@ mod tests {
 
     #[pg_test]
     fn triggers_compete_only_within_the_conflict_window() {
-        run(r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "w"}}')"#);
-        run(r#"SELECT engage.create_trigger('cart', '{"event": "cart_updated", "priority": 9, "action": {"channel": "email", "template": "c"}}')"#);
+        run(
+            r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "priority": 1, "action": {"channel": "email", "template": "w"}}')"#,
+        );
+        run(
+            r#"SELECT engage.create_trigger('cart', '{"event": "cart_updated", "priority": 9, "action": {"channel": "email", "template": "c"}}')"#,
+        );
         let day = "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
                    ('CUST', 'signed_up', '2026-01-01 08:00+00'), ('CUST', 'cart_updated', '2026-01-01 09:00+00')";
         run(&day.replace("CUST", "c1"));
@@ -84,7 +92,9 @@ mod tests {
 
     #[pg_test]
     fn a_preferred_channel_action_queues_on_the_customers_choice_with_the_rest_as_fallback() {
-        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "x"}}')"#);
+        run(
+            r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "x"}}')"#,
+        );
         run(r#"SELECT engage.identify('c1', '{"preferred_channel": "sms"}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'e'), ('c2', 'e')");
         assert_eq!(
@@ -129,7 +139,8 @@ mod tests {
                ('c4', 'order_completed', '{"cart": {"id": "k"}}',              '2026-01-01 09:00+00'),  -- before the cart (late arrival)
                ('c5', 'page_viewed',     '{"cart": {"id": "k"}}',              '2026-01-01 11:00+00')   -- not a cancelling event"#);
         assert_eq!(
-            text("SELECT string_agg(customer_id || ':' || status, ',' ORDER BY customer_id) FROM engage.outbox").as_deref(),
+            text("SELECT string_agg(customer_id || ':' || status, ',' ORDER BY customer_id) FROM engage.outbox")
+                .as_deref(),
             Some("c1:cancelled,c2:pending,c3:pending,c4:pending,c5:pending")
         );
         assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE due_at = '2026-01-01 12:00+00'"), 5);
@@ -151,14 +162,20 @@ mod tests {
 
     #[pg_test]
     fn a_holdout_keeps_the_same_customers_in_control_and_sends_them_nothing() {
-        run(r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "holdout": 0.5, "action": {"channel": "webhook"}}')"#);
-        run("INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i");
+        run(
+            r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up", "holdout": 0.5, "action": {"channel": "webhook"}}')"#,
+        );
+        run(
+            "INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i",
+        );
         let held = count("SELECT count(*) FROM engage.decisions WHERE outcome = 'held_out'");
         assert!((140..=260).contains(&held), "about half of 400 in control, got {held}");
         assert_eq!(count("SELECT count(*) FROM engage.outbox"), 400 - held, "control customers get no message");
         assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE outcome = 'held_out' AND reason IS NOT NULL"), 0);
         // The same customers again: the same group each time.
-        run("INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i");
+        run(
+            "INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'signed_up' FROM generate_series(1, 400) i",
+        );
         assert_eq!(
             count("SELECT count(*) FROM (SELECT customer_id FROM engage.decisions GROUP BY customer_id HAVING count(DISTINCT outcome) > 1) t"),
             0
@@ -200,17 +217,26 @@ mod tests {
         run(r#"SELECT engage.identify('c2', '{"tier": "gold"}')"#);
         run("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'login'), ('c2', 'login'), ('c3', 'login')");
         assert_eq!(text("SELECT string_agg(customer_id, ',') FROM engage.decisions").as_deref(), Some("c1"));
-        assert_eq!(text("SELECT email FROM engage.profiles WHERE customer_id = 'c1'").as_deref(), Some("a@example.com"));
+        assert_eq!(
+            text("SELECT email FROM engage.profiles WHERE customer_id = 'c1'").as_deref(),
+            Some("a@example.com")
+        );
     }
 
-    #[pg_test(error = "trigger \"bad\": at $.cap.per: expected a duration like \"30m\", \"2h\" or \"7d\", got \"soon\"")]
+    #[pg_test(
+        error = "trigger \"bad\": at $.cap.per: expected a duration like \"30m\", \"2h\" or \"7d\", got \"soon\""
+    )]
     fn a_bad_duration_is_an_error_naming_its_path() {
-        run(r#"SELECT engage.create_trigger('bad', '{"event": "x", "action": {"channel": "email", "template": "t"}, "cap": {"max": 1, "per": "soon"}}')"#);
+        run(
+            r#"SELECT engage.create_trigger('bad', '{"event": "x", "action": {"channel": "email", "template": "t"}, "cap": {"max": 1, "per": "soon"}}')"#,
+        );
     }
 
     #[pg_test(error = "invalid trigger definition: at $.where: unknown operator \"greater\"")]
     fn a_direct_insert_of_a_bad_definition_is_rejected_by_the_domain() {
-        run(r#"INSERT INTO engage.triggers (name, definition) VALUES ('bad', '{"event": "x", "where": {"property": "a", "greater": 1}, "action": {"channel": "webhook"}}')"#);
+        run(
+            r#"INSERT INTO engage.triggers (name, definition) VALUES ('bad', '{"event": "x", "where": {"property": "a", "greater": 1}, "action": {"channel": "webhook"}}')"#,
+        );
     }
 
     #[pg_test(error = "trigger \"nope\" does not exist")]

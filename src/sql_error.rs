@@ -32,16 +32,24 @@ pub fn invalid_argument(message: String, hint: &str) -> ! {
 /// `42704 undefined_object`: no trigger of that name.
 pub fn undefined_trigger(name: &str) -> ! {
     raise(
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("trigger \"{name}\" does not exist"), "pg_engage")
-            .set_hint("SELECT name FROM engage.triggers lists the defined triggers."),
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("trigger \"{name}\" does not exist"),
+            "pg_engage",
+        )
+        .set_hint("SELECT name FROM engage.triggers lists the defined triggers."),
     )
 }
 
 /// `42710 duplicate_object`: a trigger of that name exists already.
 pub fn duplicate_trigger(name: &str) -> ! {
     raise(
-        ErrorReport::new(PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT, format!("trigger \"{name}\" already exists"), "pg_engage")
-            .set_hint("Use engage.update_trigger to change its definition."),
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("trigger \"{name}\" already exists"),
+            "pg_engage",
+        )
+        .set_hint("Use engage.update_trigger to change its definition."),
     )
 }
 

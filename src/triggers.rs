@@ -39,7 +39,7 @@ fn one_int(query: &str, args: &[DatumWithOid]) -> Option<i32> {
             rows.first().get_one::<i32>()
         }
     })
-        .unwrap_or_else(|e| sql_error::internal(&format!("{e}")))
+    .unwrap_or_else(|e| sql_error::internal(&format!("{e}")))
 }
 
 /// Validates a trigger definition: returns true, or raises an ERROR naming the JSON path and the

@@ -70,7 +70,9 @@ fn config_str<'a>(msg: &'a Outgoing, key: &str) -> Result<&'a str, SendError> {
 /// where the secret is the base64 part of a `whsec_...` string.
 pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| format!("signing secret is not base64: {e}"))?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| format!("signing secret is not base64: {e}"))?;
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     Ok(format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())))
@@ -79,8 +81,13 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String
 fn webhook(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError> {
     let body = msg.document.to_string();
     let id = message_id(msg.outbox_id);
-    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-    let mut request = agent.post(&msg.to).header("content-type", "application/json").header("webhook-id", &id).header("webhook-timestamp", timestamp.to_string());
+    let timestamp =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let mut request = agent
+        .post(&msg.to)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", timestamp.to_string());
     if let Some(secret) = msg.secrets.get("signing_secret").and_then(Value::as_str) {
         let signature = sign(secret, &id, timestamp, &body).map_err(SendError::permanent)?;
         request = request.header("webhook-signature", signature);
@@ -112,7 +119,11 @@ fn whatsapp(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendE
     let url = format!("{}/{phone_id}/messages", base.trim_end_matches('/'));
     let body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": msg.to,
                       "type": "text", "text": {"body": msg.text}, "biz_opaque_callback_data": message_id(msg.outbox_id)});
-    let response = agent.post(&url).header("authorization", format!("Bearer {token}")).send_json(&body).map_err(transport_error)?;
+    let response = agent
+        .post(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .send_json(&body)
+        .map_err(transport_error)?;
     classify(response).map(|v| v.pointer("/messages/0/id").and_then(Value::as_str).map(str::to_string))
 }
 
@@ -126,12 +137,21 @@ fn push(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError
         .document
         .get("payload")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_string)))).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.as_str().map_or_else(|| v.to_string(), str::to_string))))
+                .collect()
+        })
         .unwrap_or_default();
     let mut data = data;
     data.insert("message_id".into(), Value::String(message_id(msg.outbox_id)));
-    let body = json!({"message": {"token": msg.to, "notification": {"title": msg.subject, "body": msg.text}, "data": data}});
-    let response = agent.post(&url).header("authorization", format!("Bearer {token}")).send_json(&body).map_err(transport_error)?;
+    let body =
+        json!({"message": {"token": msg.to, "notification": {"title": msg.subject, "body": msg.text}, "data": data}});
+    let response = agent
+        .post(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .send_json(&body)
+        .map_err(transport_error)?;
     classify(response).map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
 }
 
@@ -140,8 +160,10 @@ fn email(timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError>
     use lettre::Transport;
     let host = config_str(msg, "host")?;
     let port = msg.config.get("port").and_then(Value::as_u64).unwrap_or(25) as u16;
-    let from: Mailbox = config_str(msg, "from")?.parse().map_err(|e| SendError::permanent(format!("bad sender address: {e}")))?;
-    let to: Mailbox = msg.to.parse().map_err(|e| SendError::permanent(format!("invalid address \"{}\": {e}", msg.to)))?;
+    let from: Mailbox =
+        config_str(msg, "from")?.parse().map_err(|e| SendError::permanent(format!("bad sender address: {e}")))?;
+    let to: Mailbox =
+        msg.to.parse().map_err(|e| SendError::permanent(format!("invalid address \"{}\": {e}", msg.to)))?;
     let domain = from.email.domain().to_string();
     let mut builder = lettre::Message::builder()
         .from(from)
@@ -155,14 +177,19 @@ fn email(timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError>
     let text = SinglePart::builder().header(header::ContentType::TEXT_PLAIN).body(msg.text.clone());
     let email = match &msg.html {
         Some(html) => builder.multipart(
-            MultiPart::alternative().singlepart(text).singlepart(SinglePart::builder().header(header::ContentType::TEXT_HTML).body(html.clone())),
+            MultiPart::alternative()
+                .singlepart(text)
+                .singlepart(SinglePart::builder().header(header::ContentType::TEXT_HTML).body(html.clone())),
         ),
         None => builder.singlepart(text),
     }
     .map_err(|e| SendError::permanent(format!("could not build the email: {e}")))?;
     let mut transport = lettre::SmtpTransport::builder_dangerous(host).port(port).timeout(Some(timeout));
-    if let (Some(user), Some(password)) = (msg.secrets.get("username").and_then(Value::as_str), msg.secrets.get("password").and_then(Value::as_str)) {
-        transport = transport.credentials(lettre::transport::smtp::authentication::Credentials::new(user.into(), password.into()));
+    if let (Some(user), Some(password)) =
+        (msg.secrets.get("username").and_then(Value::as_str), msg.secrets.get("password").and_then(Value::as_str))
+    {
+        transport = transport
+            .credentials(lettre::transport::smtp::authentication::Credentials::new(user.into(), password.into()));
     }
     match transport.build().send(&email) {
         Ok(response) => Ok(response.message().next().map(str::to_string)),

@@ -63,12 +63,64 @@ pub mod settings {
                 GucFlags::default(),
             );
         }
-        GucRegistry::define_bool_guc(c"engage.worker_enabled", c"Whether the built-in deliverer sends messages.", c"", &ENABLED, GucContext::Sighup, GucFlags::default());
-        GucRegistry::define_int_guc(c"engage.batch_size", c"Messages the deliverer claims per batch.", c"", &BATCH_SIZE, 1, 10_000, GucContext::Sighup, GucFlags::default());
-        GucRegistry::define_int_guc(c"engage.concurrency", c"Parallel sends within one batch.", c"", &CONCURRENCY, 1, 256, GucContext::Sighup, GucFlags::default());
-        GucRegistry::define_int_guc(c"engage.poll_interval", c"How often the idle deliverer looks for due messages without being woken.", c"", &POLL_INTERVAL_MS, 10, 3_600_000, GucContext::Sighup, GucFlags::UNIT_MS);
-        GucRegistry::define_int_guc(c"engage.http_timeout", c"Timeout of one provider request.", c"", &HTTP_TIMEOUT_MS, 100, 600_000, GucContext::Sighup, GucFlags::UNIT_MS);
-        GucRegistry::define_int_guc(c"engage.lease", c"How long a claimed message is leased to the deliverer.", c"A message whose lease expires before it is completed or failed is claimed again.", &LEASE_S, 1, 86_400, GucContext::Sighup, GucFlags::UNIT_S);
+        GucRegistry::define_bool_guc(
+            c"engage.worker_enabled",
+            c"Whether the built-in deliverer sends messages.",
+            c"",
+            &ENABLED,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"engage.batch_size",
+            c"Messages the deliverer claims per batch.",
+            c"",
+            &BATCH_SIZE,
+            1,
+            10_000,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"engage.concurrency",
+            c"Parallel sends within one batch.",
+            c"",
+            &CONCURRENCY,
+            1,
+            256,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"engage.poll_interval",
+            c"How often the idle deliverer looks for due messages without being woken.",
+            c"",
+            &POLL_INTERVAL_MS,
+            10,
+            3_600_000,
+            GucContext::Sighup,
+            GucFlags::UNIT_MS,
+        );
+        GucRegistry::define_int_guc(
+            c"engage.http_timeout",
+            c"Timeout of one provider request.",
+            c"",
+            &HTTP_TIMEOUT_MS,
+            100,
+            600_000,
+            GucContext::Sighup,
+            GucFlags::UNIT_MS,
+        );
+        GucRegistry::define_int_guc(
+            c"engage.lease",
+            c"How long a claimed message is leased to the deliverer.",
+            c"A message whose lease expires before it is completed or failed is claimed again.",
+            &LEASE_S,
+            1,
+            86_400,
+            GucContext::Sighup,
+            GucFlags::UNIT_S,
+        );
     }
 }
 
@@ -166,7 +218,10 @@ pub fn wake_after_commit() {
 fn validate_template(template: Option<&str>) -> bool {
     if let Some(text) = template {
         if let Err(problem) = template::validate(text) {
-            sql_error::invalid_argument(format!("invalid template: {problem}"), "Templates use Liquid syntax: {{ profile.first_name | default: \"there\" }}.");
+            sql_error::invalid_argument(
+                format!("invalid template: {problem}"),
+                "Templates use Liquid syntax: {{ profile.first_name | default: \"there\" }}.",
+            );
         }
     }
     true
@@ -175,6 +230,7 @@ fn validate_template(template: Option<&str>) -> bool {
 /// The built-in deliverer's state: whether it runs, its process id, messages sent and failed
 /// since the server started, and when it last finished a batch.
 #[pg_extern(volatile)]
+#[allow(clippy::type_complexity)] // the row type is the SQL signature pgrx generates
 fn worker_status() -> TableIterator<
     'static,
     (

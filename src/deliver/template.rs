@@ -247,7 +247,9 @@ impl ObjectView for Context {
     }
     fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
         match self {
-            Context::Object(map) => Box::new(map.iter().map(|(k, v)| (KStringCow::from_ref(k.as_str()), v as &dyn ValueView))),
+            Context::Object(map) => {
+                Box::new(map.iter().map(|(k, v)| (KStringCow::from_ref(k.as_str()), v as &dyn ValueView)))
+            }
             _ => Box::new(std::iter::empty()),
         }
     }
@@ -332,7 +334,10 @@ mod tests {
 
     #[test]
     fn renders_profile_event_and_payload() {
-        let out = render("Hi {{ profile.first_name }}, your cart of {{ event.properties.cart.value }} - use {{ payload.coupon }}", &ctx());
+        let out = render(
+            "Hi {{ profile.first_name }}, your cart of {{ event.properties.cart.value }} - use {{ payload.coupon }}",
+            &ctx(),
+        );
         assert_eq!(out.unwrap(), "Hi Ada, your cart of 180 - use SAVE10");
         assert_eq!(render("{% for t in profile.tags %}[{{ t }}]{% endfor %}", &ctx()).unwrap(), "[a][b]");
     }

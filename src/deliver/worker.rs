@@ -67,7 +67,8 @@ pub type Outcome = (i64, Result<Option<String>, SendError>);
 
 fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
     let timeout = settings::http_timeout();
-    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
     let queue: Mutex<std::slice::Iter<Prepared>> = Mutex::new(batch.iter());
     let results: Mutex<Vec<Outcome>> = Mutex::new(Vec::with_capacity(batch.len()));
     let threads = settings::concurrency().min(batch.len()).max(1);
@@ -98,7 +99,9 @@ struct RateLimits(Mutex<HashMap<String, Instant>>);
 
 impl RateLimits {
     fn wait_turn(&self, msg: &Outgoing) {
-        let Some(rate) = msg.config.get("rate_limit_per_second").and_then(Value::as_f64).filter(|r| *r > 0.0) else { return };
+        let Some(rate) = msg.config.get("rate_limit_per_second").and_then(Value::as_f64).filter(|r| *r > 0.0) else {
+            return;
+        };
         let gap = Duration::from_secs_f64(1.0 / rate);
         let slot = {
             let Ok(mut next) = self.0.lock() else { return };
@@ -193,9 +196,10 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
         if claimed.is_empty() {
             return Ok(Vec::new());
         }
-        let mut templates: HashMap<(String, String, String), (Option<String>, String, Option<String>)> = HashMap::new();
+        let mut templates = Templates::new();
         for row in client.select(TEMPLATES, None, &[])? {
-            let key = (row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
+            let key =
+                (row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
             templates.insert(key, (row.get(4)?, row.get(5)?.unwrap_or_default(), row.get(6)?));
         }
         Ok(claimed.into_iter().map(|c| c.prepare(&templates)).collect())
@@ -229,6 +233,7 @@ struct Claimed {
     rate: Option<f64>,
 }
 
+/// Templates by (name, channel, locale): (subject, body, html).
 type Templates = HashMap<(String, String, String), (Option<String>, String, Option<String>)>;
 
 impl Claimed {
@@ -282,8 +287,14 @@ impl Claimed {
                 let found = templates
                     .get(&(name.clone(), self.channel.clone(), self.locale.clone()))
                     .or_else(|| templates.get(&(name.clone(), self.channel.clone(), "en".to_string())))
-                    .ok_or_else(|| permanent(format!("no template \"{name}\" for channel {} (locale {})", self.channel, self.locale)))?;
-                let render = |t: &str| template::render(t, &context).map_err(|e| permanent(format!("template \"{name}\": {e}")));
+                    .ok_or_else(|| {
+                        permanent(format!(
+                            "no template \"{name}\" for channel {} (locale {})",
+                            self.channel, self.locale
+                        ))
+                    })?;
+                let render =
+                    |t: &str| template::render(t, &context).map_err(|e| permanent(format!("template \"{name}\": {e}")));
                 let subject = found.0.as_deref().map(render).transpose()?.unwrap_or_default();
                 let html = found.2.as_deref().map(render).transpose()?;
                 (subject, render(&found.1)?, html)
@@ -297,6 +308,16 @@ impl Claimed {
         if let (Value::Object(map), Some(rate)) = (&mut config, self.rate) {
             map.insert("rate_limit_per_second".into(), json!(rate));
         }
-        Ok(Outgoing { outbox_id: self.id, kind: self.channel.clone(), to, subject, text, html, document, config, secrets: self.secrets.clone() })
+        Ok(Outgoing {
+            outbox_id: self.id,
+            kind: self.channel.clone(),
+            to,
+            subject,
+            text,
+            html,
+            document,
+            config,
+            secrets: self.secrets.clone(),
+        })
     }
 }

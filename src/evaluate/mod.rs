@@ -72,7 +72,8 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         if candidates.is_empty() {
             return;
         }
-        let properties = if candidates.iter().any(|&r| rules.rules[r].uses_properties) { row.properties() } else { null.clone() };
+        let properties =
+            if candidates.iter().any(|&r| rules.rules[r].uses_properties) { row.properties() } else { null.clone() };
         let customer = match customer_index.get(row.customer_id) {
             Some(&i) => i,
             None => {
@@ -83,7 +84,11 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         };
         let event = events.len();
         events.push(Pending { id: row.id, customer, occurred_at: row.occurred_at, properties });
-        let facts = Facts { properties: &events[event].properties, profile: &null, occurred_at: row.occurred_at + PG_EPOCH_OFFSET_MICROS };
+        let facts = Facts {
+            properties: &events[event].properties,
+            profile: &null,
+            occurred_at: row.occurred_at + PG_EPOCH_OFFSET_MICROS,
+        };
         for &r in candidates {
             let rule = &rules.rules[r];
             if rule.uses_profile {
@@ -96,14 +101,19 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
 
     let mut profiles: HashMap<String, store::Profile> = HashMap::new();
     if !needs_profile.is_empty() {
-        let mut wanted: Vec<&str> = needs_profile.iter().map(|&(e, _)| customers[events[e].customer].as_str()).collect();
+        let mut wanted: Vec<&str> =
+            needs_profile.iter().map(|&(e, _)| customers[events[e].customer].as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
         profiles = store::profiles(wanted).into_iter().collect();
         for (e, r) in needs_profile {
             let event = &events[e];
             let profile = profiles.get(&customers[event.customer]).map_or(&null, |p| &p.attributes);
-            let facts = Facts { properties: &event.properties, profile, occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS };
+            let facts = Facts {
+                properties: &event.properties,
+                profile,
+                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
+            };
             if rules.rules[r].definition.matches(&facts) {
                 matched.push((e, r));
             }
@@ -126,7 +136,6 @@ fn decide_and_write(
     profiles: &HashMap<String, store::Profile>,
     matched: &[(usize, usize)],
 ) {
-
     let mut candidates: Vec<Candidate> = matched
         .iter()
         .map(|&(e, r)| {
@@ -148,7 +157,9 @@ fn decide_and_write(
     let mut outcomes = policy::decide(&candidates, conflict_window);
     for ((&(_, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes.iter_mut()) {
         let rule = &rules.rules[r];
-        if *outcome == Outcome::Fired && policy::in_holdout(&rule.name, &customers[candidate.customer], rule.definition.holdout) {
+        if *outcome == Outcome::Fired
+            && policy::in_holdout(&rule.name, &customers[candidate.customer], rule.definition.holdout)
+        {
             *outcome = Outcome::HeldOut;
         }
     }
@@ -211,7 +222,8 @@ fn cancel_conditions(definition: &crate::rule::Definition, properties: &serde_js
         .map(|c| {
             let mut same = serde_json::Value::Object(Default::default());
             for path in &c.same {
-                let value = crate::rule::predicate::lookup(properties, path).cloned().unwrap_or(serde_json::Value::Null);
+                let value =
+                    crate::rule::predicate::lookup(properties, path).cloned().unwrap_or(serde_json::Value::Null);
                 let mut node = &mut same;
                 for (i, key) in path.iter().enumerate() {
                     let map = match node {
@@ -252,7 +264,11 @@ fn count_prior_fired(candidates: &mut [Candidate], customers: &[String], holdout
     }
     // A held-out decision is one that would have fired: it counts toward the cap like a fired one.
     let counted_outcomes = |i: usize| -> &'static [&'static str] {
-        if holdouts[i] { &["fired", "held_out"] } else { &["fired"] }
+        if holdouts[i] {
+            &["fired", "held_out"]
+        } else {
+            &["fired"]
+        }
     };
     lock::lock_customers(capped.iter().map(|&i| customers[candidates[i].customer].as_str()));
     let mut probe = probe::Probe::open(c"decisions", c"decisions_pkey", 5);

@@ -35,13 +35,28 @@ impl Key {
         Key { column, strategy: pg_sys::BTEqualStrategyNumber, function: pg_sys::F_TEXTEQ, value: text_datum(value) }
     }
     pub fn int4_eq(column: i16, value: i32) -> Key {
-        Key { column, strategy: pg_sys::BTEqualStrategyNumber, function: pg_sys::F_INT4EQ, value: pg_sys::Datum::from(value) }
+        Key {
+            column,
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_INT4EQ,
+            value: pg_sys::Datum::from(value),
+        }
     }
     pub fn timestamptz_gt(column: i16, micros: i64) -> Key {
-        Key { column, strategy: pg_sys::BTGreaterStrategyNumber, function: pg_sys::F_TIMESTAMPTZ_GT, value: pg_sys::Datum::from(micros) }
+        Key {
+            column,
+            strategy: pg_sys::BTGreaterStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_GT,
+            value: pg_sys::Datum::from(micros),
+        }
     }
     pub fn timestamptz_le(column: i16, micros: i64) -> Key {
-        Key { column, strategy: pg_sys::BTLessEqualStrategyNumber, function: pg_sys::F_TIMESTAMPTZ_LE, value: pg_sys::Datum::from(micros) }
+        Key {
+            column,
+            strategy: pg_sys::BTLessEqualStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_LE,
+            value: pg_sys::Datum::from(micros),
+        }
     }
 }
 
@@ -59,7 +74,11 @@ impl Probe {
             let table_oid = pg_sys::get_relname_relid(table.as_ptr(), namespace);
             let index_oid = pg_sys::get_relname_relid(index.as_ptr(), namespace);
             if table_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
-                sql_error::internal(&format!("missing relation engage.{} or index engage.{}", table.to_string_lossy(), index.to_string_lossy()));
+                sql_error::internal(&format!(
+                    "missing relation engage.{} or index engage.{}",
+                    table.to_string_lossy(),
+                    index.to_string_lossy()
+                ));
             }
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let heap = pg_sys::table_open(table_oid, lock);
@@ -80,7 +99,13 @@ impl Probe {
             let mut entries: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());
             for key in keys {
                 let mut entry: pg_sys::ScanKeyData = std::mem::zeroed();
-                pg_sys::ScanKeyInit(&mut entry, key.column, key.strategy as u16, pg_sys::Oid::from(key.function), key.value);
+                pg_sys::ScanKeyInit(
+                    &mut entry,
+                    key.column,
+                    key.strategy as u16,
+                    pg_sys::Oid::from(key.function),
+                    key.value,
+                );
                 entries.push(entry);
             }
             pg_sys::index_rescan(self.scan, entries.as_mut_ptr(), self.nkeys, std::ptr::null_mut(), 0);

@@ -91,16 +91,25 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 
 fn load() -> RuleSet {
     let rows: Vec<(i32, i32, String, String)> = Spi::connect(|client| {
-        let relid = client
-            .select("SELECT 'engage.triggers'::regclass::oid", None, &[])?
-            .first()
-            .get_one::<pg_sys::Oid>()?;
+        let relid =
+            client.select("SELECT 'engage.triggers'::regclass::oid", None, &[])?.first().get_one::<pg_sys::Oid>()?;
         if let Some(oid) = relid {
             TRIGGERS_RELID.store(oid.to_u32(), Ordering::Release);
         }
         client
-            .select("SELECT id, version, name, definition::text FROM engage.triggers WHERE enabled ORDER BY id", None, &[])?
-            .map(|row| Ok((row.get(1)?.unwrap_or(0), row.get(2)?.unwrap_or(1), row.get(3)?.unwrap_or_default(), row.get(4)?.unwrap_or_default())))
+            .select(
+                "SELECT id, version, name, definition::text FROM engage.triggers WHERE enabled ORDER BY id",
+                None,
+                &[],
+            )?
+            .map(|row| {
+                Ok((
+                    row.get(1)?.unwrap_or(0),
+                    row.get(2)?.unwrap_or(1),
+                    row.get(3)?.unwrap_or_default(),
+                    row.get(4)?.unwrap_or_default(),
+                ))
+            })
             .collect::<Result<Vec<_>, pgrx::spi::Error>>()
     })
     .unwrap_or_else(|e| sql_error::internal(&format!("could not read engage.triggers: {e}")));

@@ -53,11 +53,17 @@ struct GenericPlan(pg_sys::SPIPlanPtr);
 impl GenericPlan {
     /// Must be called inside an SPI connection.
     fn prepare(sql: &str, types: &[pg_sys::PgBuiltInOids]) -> GenericPlan {
-        let sql = std::ffi::CString::new(sql).unwrap_or_else(|_| sql_error::internal("statement text contains a NUL byte"));
+        let sql =
+            std::ffi::CString::new(sql).unwrap_or_else(|_| sql_error::internal("statement text contains a NUL byte"));
         let mut oids: Vec<pg_sys::Oid> = types.iter().map(|t| t.value()).collect();
         // SAFETY: valid statement text and argument types; the plan is kept past SPI_finish.
         unsafe {
-            let plan = pg_sys::SPI_prepare_cursor(sql.as_ptr(), oids.len() as i32, oids.as_mut_ptr(), pg_sys::CURSOR_OPT_GENERIC_PLAN as i32);
+            let plan = pg_sys::SPI_prepare_cursor(
+                sql.as_ptr(),
+                oids.len() as i32,
+                oids.as_mut_ptr(),
+                pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+            );
             if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
                 sql_error::internal("could not prepare an insert-path statement");
             }
@@ -68,7 +74,8 @@ impl GenericPlan {
     /// Runs the plan with `args` (None is SQL NULL). Must be called inside an SPI connection.
     fn execute(&self, args: Vec<Option<pg_sys::Datum>>) {
         let mut values: Vec<pg_sys::Datum> = args.iter().map(|a| a.unwrap_or(pg_sys::Datum::from(0))).collect();
-        let nulls: Vec<std::ffi::c_char> = args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
+        let nulls: Vec<std::ffi::c_char> =
+            args.iter().map(|a| if a.is_some() { b' ' } else { b'n' } as std::ffi::c_char).collect();
         // SAFETY: values and nulls match the prepared argument count and types.
         let status = unsafe { pg_sys::SPI_execute_plan(self.0, values.as_mut_ptr(), nulls.as_ptr(), false, 0) };
         if status < 0 {
@@ -124,7 +131,8 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
 
 /// A PostgreSQL timestamp (microseconds since 2000-01-01) as a timestamptz value.
 pub fn timestamptz(micros: i64) -> TimestampWithTimeZone {
-    TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
+    TimestampWithTimeZone::try_from(micros)
+        .unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
 }
 
 /// What the insert path reads of a customer's profile.

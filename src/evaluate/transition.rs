@@ -52,7 +52,8 @@ impl Columns {
             occurred_at: position("occurred_at"),
             count: 0,
         };
-        let last = [cols.id, cols.customer_id, cols.name, cols.properties, cols.occurred_at].into_iter().max().unwrap_or(0);
+        let last =
+            [cols.id, cols.customer_id, cols.name, cols.properties, cols.occurred_at].into_iter().max().unwrap_or(0);
         Columns { count: last as i32 + 1, ..cols }
     }
 }

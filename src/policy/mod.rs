@@ -38,7 +38,11 @@ pub fn in_holdout(trigger_name: &str, customer_id: &str, share: f64) -> bool {
     if share <= 0.0 {
         return false;
     }
-    let digest = Sha256::new().chain_update(trigger_name.as_bytes()).chain_update(b":").chain_update(customer_id.as_bytes()).finalize();
+    let digest = Sha256::new()
+        .chain_update(trigger_name.as_bytes())
+        .chain_update(b":")
+        .chain_update(customer_id.as_bytes())
+        .finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     (u64::from_be_bytes(first) as f64 / 18_446_744_073_709_551_616.0) < share
@@ -142,7 +146,8 @@ mod tests {
 
     #[test]
     fn cap_counts_stored_and_earlier_in_statement_in_event_time_order() {
-        let capped = |event_id, at, prior| Candidate { cap: Some((2, HOUR)), prior_fired: prior, ..cand(0, 1, 0, event_id, at) };
+        let capped =
+            |event_id, at, prior| Candidate { cap: Some((2, HOUR)), prior_fired: prior, ..cand(0, 1, 0, event_id, at) };
         // Given out of order: the later event (id 1) is decided after the two earlier ones.
         let outcomes = decide_now(&[capped(1, 3 * HOUR / 2, 0), capped(2, 0, 1), capped(3, HOUR / 2, 1)]);
         assert_eq!(outcomes[1], Outcome::Fired); // 1 stored + 0 earlier < 2
@@ -161,10 +166,16 @@ mod tests {
 
     #[test]
     fn highest_priority_wins_ties_go_to_the_older_trigger() {
-        let outcomes = decide_now(&[cand(0, 1, 5, 1, 0), cand(0, 2, 9, 1, 0), cand(1, 3, 1, 2, 0), cand(1, 4, 1, 2, 0)]);
+        let outcomes =
+            decide_now(&[cand(0, 1, 5, 1, 0), cand(0, 2, 9, 1, 0), cand(1, 3, 1, 2, 0), cand(1, 4, 1, 2, 0)]);
         assert_eq!(
             outcomes,
-            vec![Outcome::Suppressed(Reason::Conflict), Outcome::Fired, Outcome::Fired, Outcome::Suppressed(Reason::Conflict)]
+            vec![
+                Outcome::Suppressed(Reason::Conflict),
+                Outcome::Fired,
+                Outcome::Fired,
+                Outcome::Suppressed(Reason::Conflict)
+            ]
         );
     }
 
@@ -188,7 +199,9 @@ mod tests {
         assert_eq!(in_holdout("welcome", "c42", 0.1), in_holdout("welcome", "c42", 0.1));
         assert!((0..1000).all(|i| !in_holdout("welcome", &format!("c{i}"), 0.0)));
         // A different trigger draws a different group.
-        let both = (0..10_000).filter(|i| in_holdout("a", &format!("c{i}"), 0.5) == in_holdout("b", &format!("c{i}"), 0.5)).count();
+        let both = (0..10_000)
+            .filter(|i| in_holdout("a", &format!("c{i}"), 0.5) == in_holdout("b", &format!("c{i}"), 0.5))
+            .count();
         assert!((4_500..=5_500).contains(&both), "{both}");
     }
 

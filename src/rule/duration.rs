@@ -19,7 +19,9 @@ pub fn parse(value: &Value, path: &str) -> Result<i64, DefinitionError> {
     let micros = i64::try_from(parsed.as_micros())
         .map_err(|_| DefinitionError::new(path, format!("duration {} is too long", show(value))))?;
     if micros <= 0 {
-        return Err(DefinitionError::new(path, format!("duration must be positive, got {}", show(value))).with_hint(hint));
+        return Err(
+            DefinitionError::new(path, format!("duration must be positive, got {}", show(value))).with_hint(hint)
+        );
     }
     Ok(micros)
 }

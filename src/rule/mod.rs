@@ -129,17 +129,22 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     let wait_micros = map.get("wait").map(|w| duration::parse(w, "$.wait")).transpose()?.unwrap_or(0);
     let cancel_on = match map.get("cancel_on") {
         None => Vec::new(),
-        Some(Value::Array(items)) if !items.is_empty() => {
-            items.iter().enumerate().map(|(i, item)| parse_cancel_on(item, &format!("$.cancel_on[{i}]"))).collect::<Result<_, _>>()?
-        }
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| parse_cancel_on(item, &format!("$.cancel_on[{i}]")))
+            .collect::<Result<_, _>>()?,
         Some(other) => {
             return Err(DefinitionError::new("$.cancel_on", format!("expected a non-empty array, got {}", show(other)))
                 .with_hint(r#"for example [{"event": "order_completed", "same": ["cart_id"]}]"#))
         }
     };
     if !cancel_on.is_empty() && wait_micros == 0 {
-        return Err(DefinitionError::new("$.cancel_on", "cancel_on needs a \"wait\": a message due at once has nothing to wait for")
-            .with_hint(r#"add "wait": "2h" (the cancelling event must come within the wait)"#));
+        return Err(DefinitionError::new(
+            "$.cancel_on",
+            "cancel_on needs a \"wait\": a message due at once has nothing to wait for",
+        )
+        .with_hint(r#"add "wait": "2h" (the cancelling event must come within the wait)"#));
     }
     if let Some(d) = map.get("description") {
         if !d.is_string() {
@@ -149,8 +154,11 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     let holdout = match map.get("holdout") {
         None => 0.0,
         Some(v) => v.as_f64().filter(|h| (0.0..1.0).contains(h)).ok_or_else(|| {
-            DefinitionError::new("$.holdout", format!("expected a share from 0 up to (not including) 1, got {}", show(v)))
-                .with_hint("0.1 keeps 10% of customers in a control group that is recorded but not sent")
+            DefinitionError::new(
+                "$.holdout",
+                format!("expected a share from 0 up to (not including) 1, got {}", show(v)),
+            )
+            .with_hint("0.1 keeps 10% of customers in a control group that is recorded but not sent")
         })?,
     };
     Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on, holdout })
@@ -194,12 +202,16 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
     let channel_value = required(map, "$.action", "channel")?;
     let names: Vec<&str> = Channel::ALL.iter().map(|c| c.as_str()).collect();
     let unknown = |path: &str, value: &Value| {
-        DefinitionError::new(path, format!("unknown channel {}", show(value)))
-            .with_hint(format!("channels are {}, or \"preferred\" for the customer's preferred channel", names.join(", ")))
+        DefinitionError::new(path, format!("unknown channel {}", show(value))).with_hint(format!(
+            "channels are {}, or \"preferred\" for the customer's preferred channel",
+            names.join(", ")
+        ))
     };
     let channel = match channel_value.as_str() {
         Some("preferred") => ChannelChoice::Preferred,
-        Some(name) => ChannelChoice::Fixed(Channel::parse(name).ok_or_else(|| unknown("$.action.channel", channel_value))?),
+        Some(name) => {
+            ChannelChoice::Fixed(Channel::parse(name).ok_or_else(|| unknown("$.action.channel", channel_value))?)
+        }
         None => return Err(unknown("$.action.channel", channel_value)),
     };
     let fallback = match map.get("fallback") {
@@ -217,24 +229,39 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
             channels
         }
         Some(other) => {
-            return Err(DefinitionError::new("$.action.fallback", format!("expected an array of channels, got {}", type_name(other))))
+            return Err(DefinitionError::new(
+                "$.action.fallback",
+                format!("expected an array of channels, got {}", type_name(other)),
+            ))
         }
     };
     if channel == ChannelChoice::Preferred && fallback.is_empty() {
         return Err(DefinitionError::new("$.action", "channel \"preferred\" needs a non-empty \"fallback\" list")
             .with_hint("the first fallback is used for customers without a preferred channel"));
     }
-    let template = match map.get("template") {
-        None if channel == ChannelChoice::Fixed(Channel::Webhook) && fallback.is_empty() => None,
-        None => return Err(DefinitionError::new("$.action", "missing required field \"template\"")
-            .with_hint("every channel but webhook needs a template name (templates are per channel, looked up by this name)")),
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
-        Some(other) => return Err(DefinitionError::new("$.action.template", format!("expected a template name, got {}", show(other)))),
-    };
+    let template =
+        match map.get("template") {
+            None if channel == ChannelChoice::Fixed(Channel::Webhook) && fallback.is_empty() => None,
+            None => return Err(DefinitionError::new("$.action", "missing required field \"template\"").with_hint(
+                "every channel but webhook needs a template name (templates are per channel, looked up by this name)",
+            )),
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(other) => {
+                return Err(DefinitionError::new(
+                    "$.action.template",
+                    format!("expected a template name, got {}", show(other)),
+                ))
+            }
+        };
     let payload = match map.get("payload") {
         None => "{}".to_string(),
         Some(p @ Value::Object(_)) => p.to_string(),
-        Some(other) => return Err(DefinitionError::new("$.action.payload", format!("expected an object, got {}", type_name(other)))),
+        Some(other) => {
+            return Err(DefinitionError::new(
+                "$.action.payload",
+                format!("expected an object, got {}", type_name(other)),
+            ))
+        }
     };
     Ok(Action { channel, fallback, template, payload })
 }
@@ -244,7 +271,12 @@ fn parse_cancel_on(value: &Value, path: &str) -> Result<CancelOn, DefinitionErro
     reject_unknown(map, path, CANCEL_FIELDS)?;
     let event = match required(map, path, "event")? {
         Value::String(s) if !s.trim().is_empty() => s.clone(),
-        other => return Err(DefinitionError::new(&format!("{path}.event"), format!("expected an event name, got {}", show(other)))),
+        other => {
+            return Err(DefinitionError::new(
+                &format!("{path}.event"),
+                format!("expected an event name, got {}", show(other)),
+            ))
+        }
     };
     let same = match map.get("same") {
         None => Vec::new(),
@@ -254,7 +286,10 @@ fn parse_cancel_on(value: &Value, path: &str) -> Result<CancelOn, DefinitionErro
             .map(|(i, p)| predicate::parse_path(p, &format!("{path}.same[{i}]")))
             .collect::<Result<_, _>>()?,
         Some(other) => {
-            return Err(DefinitionError::new(&format!("{path}.same"), format!("expected an array of property paths, got {}", type_name(other))))
+            return Err(DefinitionError::new(
+                &format!("{path}.same"),
+                format!("expected an array of property paths, got {}", type_name(other)),
+            ))
         }
     };
     Ok(CancelOn { event, same })
@@ -264,10 +299,9 @@ fn parse_cap(value: &Value) -> Result<Cap, DefinitionError> {
     let map = object(value, "$.cap")?;
     reject_unknown(map, "$.cap", CAP_FIELDS)?;
     let max_value = required(map, "$.cap", "max")?;
-    let max = max_value
-        .as_i64()
-        .filter(|m| *m >= 1)
-        .ok_or_else(|| DefinitionError::new("$.cap.max", format!("expected an integer of at least 1, got {}", show(max_value))))?;
+    let max = max_value.as_i64().filter(|m| *m >= 1).ok_or_else(|| {
+        DefinitionError::new("$.cap.max", format!("expected an integer of at least 1, got {}", show(max_value)))
+    })?;
     let per_micros = duration::parse(required(map, "$.cap", "per")?, "$.cap.per")?;
     Ok(Cap { max, per_micros })
 }
@@ -298,7 +332,10 @@ mod tests {
 
     #[test]
     fn preferred_channel_with_fallback_reads_the_profile() {
-        let d = parse(&json!({"event": "x", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "t"}})).unwrap();
+        let d = parse(
+            &json!({"event": "x", "action": {"channel": "preferred", "fallback": ["email", "sms"], "template": "t"}}),
+        )
+        .unwrap();
         assert_eq!(d.action.channel, ChannelChoice::Preferred);
         assert_eq!(d.action.fallback, vec![Channel::Email, Channel::Sms]);
         assert!(d.uses(Source::Profile));
@@ -311,10 +348,14 @@ mod tests {
             "action": {"channel": "email", "template": "t"}}))
         .unwrap();
         assert_eq!(d.wait_micros, 7_200_000_000);
-        assert_eq!(d.cancel_on, vec![CancelOn { event: "order_completed".into(), same: vec![vec!["cart".into(), "id".into()]] }]);
+        assert_eq!(
+            d.cancel_on,
+            vec![CancelOn { event: "order_completed".into(), same: vec![vec!["cart".into(), "id".into()]] }]
+        );
         assert!(d.uses(Source::Property));
         let err = parse(&json!({"event": "e", "wait": "1h", "cancel_on": [{"event": "x", "same": ["a..b"]}],
-            "action": {"channel": "email", "template": "t"}})).unwrap_err();
+            "action": {"channel": "email", "template": "t"}}))
+        .unwrap_err();
         assert_eq!(err.path, "$.cancel_on[0].same[0]");
     }
 
@@ -349,8 +390,16 @@ mod tests {
             (with("action", json!({"channel": "sms"})), "$.action", "\"template\""),
             (with("action", json!({"channel": "sms", "template": "t", "payload": []})), "$.action.payload", "object"),
             (with("action", json!({"channel": "preferred", "template": "t"})), "$.action", "fallback"),
-            (with("action", json!({"channel": "email", "fallback": ["sms", "fax"], "template": "t"})), "$.action.fallback[1]", "unknown channel"),
-            (with("action", json!({"channel": "email", "fallback": ["email"], "template": "t"})), "$.action.fallback[0]", "twice"),
+            (
+                with("action", json!({"channel": "email", "fallback": ["sms", "fax"], "template": "t"})),
+                "$.action.fallback[1]",
+                "unknown channel",
+            ),
+            (
+                with("action", json!({"channel": "email", "fallback": ["email"], "template": "t"})),
+                "$.action.fallback[0]",
+                "twice",
+            ),
             (with("where", json!({"property": "a", "gt": "lots"})), "$.where.gt", "expected a number"),
             (with("description", json!(5)), "$.description", "string"),
             (with("wait", json!("-2h")), "$.wait", "duration"),
@@ -360,7 +409,7 @@ mod tests {
             (with("cancel_on", json!([])), "$.cancel_on", "non-empty array"),
         ];
         for (definition, path, text) in cases {
-            let err = parse(&definition, ).unwrap_err();
+            let err = parse(&definition).unwrap_err();
             assert_eq!(err.path, path, "{definition}");
             assert!(err.problem.contains(text), "{definition}: {err}");
         }

@@ -161,23 +161,33 @@ pub fn parse_timestamp(text: &str) -> Option<i64> {
 /// Parses a predicate at `path` (for example `$.where`).
 pub fn parse(value: &Value, path: &str) -> Result<Predicate, DefinitionError> {
     let Value::Object(map) = value else {
-        return Err(DefinitionError::new(path, format!("expected a predicate object, got {}", type_name(value))).with_hint(FORM_HINT));
+        return Err(DefinitionError::new(path, format!("expected a predicate object, got {}", type_name(value)))
+            .with_hint(FORM_HINT));
     };
     for combinator in ["all", "any", "not"] {
         if let Some(inner) = map.get(combinator) {
             if let Some(other) = map.keys().find(|k| k.as_str() != combinator) {
-                return Err(DefinitionError::new(path, format!("\"{combinator}\" cannot be combined with \"{other}\" in one object"))
-                    .with_hint(r#"nest them: {"all": [{...}, {...}]}"#));
+                return Err(DefinitionError::new(
+                    path,
+                    format!("\"{combinator}\" cannot be combined with \"{other}\" in one object"),
+                )
+                .with_hint(r#"nest them: {"all": [{...}, {...}]}"#));
             }
             let inner_path = format!("{path}.{combinator}");
             return match combinator {
                 "not" => Ok(Predicate::Not(Box::new(parse(inner, &inner_path)?))),
                 _ => {
                     let Value::Array(items) = inner else {
-                        return Err(DefinitionError::new(&inner_path, format!("expected an array of predicates, got {}", type_name(inner))));
+                        return Err(DefinitionError::new(
+                            &inner_path,
+                            format!("expected an array of predicates, got {}", type_name(inner)),
+                        ));
                     };
                     if items.is_empty() {
-                        return Err(DefinitionError::new(&inner_path, "expected at least one predicate, got an empty array"));
+                        return Err(DefinitionError::new(
+                            &inner_path,
+                            "expected at least one predicate, got an empty array",
+                        ));
                     }
                     let parsed = items
                         .iter()
@@ -199,24 +209,36 @@ fn parse_condition(map: &serde_json::Map<String, Value>, path: &str) -> Result<C
         match key.as_str() {
             "property" | "profile" => {
                 if let Some((other, _)) = &source {
-                    return Err(DefinitionError::new(path, format!("a condition names one of \"property\" or \"profile\", found \"{other}\" and \"{key}\"")));
+                    return Err(DefinitionError::new(
+                        path,
+                        format!(
+                            "a condition names one of \"property\" or \"profile\", found \"{other}\" and \"{key}\""
+                        ),
+                    ));
                 }
                 source = Some((key.as_str(), operand));
             }
             name if OPERATORS.contains(&name) => {
                 if let Some((other, _)) = &op {
-                    return Err(DefinitionError::new(path, format!("a condition has one operator, found \"{other}\" and \"{name}\""))
-                        .with_hint(r#"combine conditions with {"all": [...]}"#));
+                    return Err(DefinitionError::new(
+                        path,
+                        format!("a condition has one operator, found \"{other}\" and \"{name}\""),
+                    )
+                    .with_hint(r#"combine conditions with {"all": [...]}"#));
                 }
                 op = Some((name, operand));
             }
             unknown => {
-                return Err(DefinitionError::new(path, format!("unknown operator \"{unknown}\"")).with_hint(OPERATOR_HINT));
+                return Err(
+                    DefinitionError::new(path, format!("unknown operator \"{unknown}\"")).with_hint(OPERATOR_HINT)
+                );
             }
         }
     }
     let Some((source_key, path_value)) = source else {
-        return Err(DefinitionError::new(path, r#"expected "property" or "profile" naming what to test"#).with_hint(FORM_HINT));
+        return Err(
+            DefinitionError::new(path, r#"expected "property" or "profile" naming what to test"#).with_hint(FORM_HINT)
+        );
     };
     let Some((op_name, operand)) = op else {
         return Err(DefinitionError::new(path, "missing operator").with_hint(OPERATOR_HINT));
@@ -229,17 +251,29 @@ fn parse_condition(map: &serde_json::Map<String, Value>, path: &str) -> Result<C
         "ne" => Op::Ne(operand.clone()),
         "in" => match operand {
             Value::Array(items) if !items.is_empty() => Op::In(items.clone()),
-            Value::Array(_) => return Err(DefinitionError::new(&op_path, "expected a non-empty array, got an empty array")),
-            other => return Err(DefinitionError::new(&op_path, format!("expected a non-empty array, got {}", type_name(other)))),
+            Value::Array(_) => {
+                return Err(DefinitionError::new(&op_path, "expected a non-empty array, got an empty array"))
+            }
+            other => {
+                return Err(DefinitionError::new(
+                    &op_path,
+                    format!("expected a non-empty array, got {}", type_name(other)),
+                ))
+            }
         },
         "exists" => match operand {
             Value::Bool(b) => Op::Exists(*b),
-            other => return Err(DefinitionError::new(&op_path, format!("expected true or false, got {}", show(other)))),
+            other => {
+                return Err(DefinitionError::new(&op_path, format!("expected true or false, got {}", show(other))))
+            }
         },
         "contains" => match operand {
             Value::String(_) | Value::Number(_) | Value::Bool(_) => Op::Contains(operand.clone()),
             other => {
-                return Err(DefinitionError::new(&op_path, format!("expected a string, number or boolean, got {}", type_name(other))))
+                return Err(DefinitionError::new(
+                    &op_path,
+                    format!("expected a string, number or boolean, got {}", type_name(other)),
+                ))
             }
         },
         cmp => {
@@ -257,15 +291,19 @@ fn parse_condition(map: &serde_json::Map<String, Value>, path: &str) -> Result<C
 
 fn parse_operand(value: &Value, path: &str) -> Result<Operand, DefinitionError> {
     let expected = || {
-        DefinitionError::new(path, format!(r#"expected a number, an RFC 3339 timestamp or {{"ago": "<duration>"}}, got {}"#, show(value)))
-            .with_hint(r#"for example 100, "2026-01-01T00:00:00Z" or {"ago": "30d"}"#)
+        DefinitionError::new(
+            path,
+            format!(r#"expected a number, an RFC 3339 timestamp or {{"ago": "<duration>"}}, got {}"#, show(value)),
+        )
+        .with_hint(r#"for example 100, "2026-01-01T00:00:00Z" or {"ago": "30d"}"#)
     };
     match value {
         Value::Number(n) => n.as_f64().map(Operand::Number).ok_or_else(expected),
         Value::String(s) => parse_timestamp(s).map(Operand::Timestamp).ok_or_else(expected),
         Value::Object(map) => {
             if let Some(unknown) = map.keys().find(|k| k.as_str() != "ago") {
-                return Err(DefinitionError::new(&format!("{path}.{unknown}"), "unknown field").with_hint(r#"a relative time is {"ago": "<duration>"}"#));
+                return Err(DefinitionError::new(&format!("{path}.{unknown}"), "unknown field")
+                    .with_hint(r#"a relative time is {"ago": "<duration>"}"#));
             }
             let ago = map.get("ago").ok_or_else(expected)?;
             Ok(Operand::Ago(duration::parse(ago, &format!("{path}.ago"))?))
@@ -277,7 +315,9 @@ fn parse_operand(value: &Value, path: &str) -> Result<Operand, DefinitionError> 
 pub fn parse_path(value: &Value, path: &str) -> Result<Vec<String>, DefinitionError> {
     let hint = r#"a path is dotted keys, a number indexes an array: "cart.value", "items.0.sku", "$.address.city""#;
     let Value::String(text) = value else {
-        return Err(DefinitionError::new(path, format!("expected a path string, got {}", type_name(value))).with_hint(hint));
+        return Err(
+            DefinitionError::new(path, format!("expected a path string, got {}", type_name(value))).with_hint(hint)
+        );
     };
     let trimmed = text.strip_prefix("$.").unwrap_or(text);
     let segments: Vec<String> = trimmed.split('.').map(str::to_string).collect();

@@ -59,10 +59,8 @@ pub fn wait_for<T>(
 /// without the extension.
 pub fn start_deliverer(name: &str, extra: &[(&str, &str)]) -> (Cluster, Client) {
     let database = format!("'{name}'");
-    let mut settings: Vec<(&str, &str)> = vec![
-        ("engage.database", database.as_str()),
-        ("engage.poll_interval", "'200ms'"),
-    ];
+    let mut settings: Vec<(&str, &str)> =
+        vec![("engage.database", database.as_str()), ("engage.poll_interval", "'200ms'")];
     settings.extend_from_slice(extra);
     let cluster = Cluster::start_with(name, &settings);
     let mut client = cluster.create_db(name);
@@ -280,8 +278,11 @@ impl HttpReceiver {
                     // Answer on another thread, so a slow answer does not hold up the others.
                     std::thread::spawn(move || {
                         std::thread::sleep(reply.delay);
-                        let header = tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap();
-                        let response = tiny_http::Response::from_string(reply.body).with_status_code(reply.status).with_header(header);
+                        let header =
+                            tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap();
+                        let response = tiny_http::Response::from_string(reply.body)
+                            .with_status_code(reply.status)
+                            .with_header(header);
                         // The client may have given up (a timeout): ignore that.
                         let _ = request.respond(response);
                     });

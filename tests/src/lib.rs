@@ -63,9 +63,7 @@ impl Cluster {
     /// (name, value) with the value written as is, so quote strings yourself:
     /// `("shared_preload_libraries", "'pg_engage'")`.
     pub fn start_with(name: &str, settings: &[(&str, &str)]) -> Cluster {
-        let bin = PathBuf::from(
-            std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string()),
-        );
+        let bin = PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".to_string()));
         // SAFETY: geteuid has no preconditions and cannot fail.
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(std::env::var("PG_ENGAGE_RUNAS").unwrap_or_else(|_| "postgres".to_string()))
@@ -80,31 +78,22 @@ impl Cluster {
         let _ = fs::set_permissions(root, fs::Permissions::from_mode(0o1777));
         let dir = root.join(format!("{name}-{}", std::process::id()));
         if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .unwrap_or_else(|e| panic!("cannot remove stale {}: {e}", dir.display()));
+            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("cannot remove stale {}: {e}", dir.display()));
         }
         fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
 
-        let cluster = Cluster {
-            dir,
-            port: 0,
-            bin,
-            run_as,
-            stopped: Mutex::new(false),
-            watchdog: Mutex::new(None),
-        };
+        let cluster = Cluster { dir, port: 0, bin, run_as, stopped: Mutex::new(false), watchdog: Mutex::new(None) };
         // From here on, a panic drops `cluster`, which stops and removes whatever was started.
         cluster.spawn_watchdog();
         if let Some(user) = &cluster.run_as {
-            run(Command::new("chown")
-                .arg(format!("{user}:"))
-                .arg(&cluster.dir));
+            run(Command::new("chown").arg(format!("{user}:")).arg(&cluster.dir));
         }
         let dir = cluster.dir.to_str().expect("utf-8 path").to_string();
-        run(cluster
-            .pg_command("initdb")
-            .args(["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"])
-            .args(["-E", "UTF8", "--locale=C"]));
+        run(cluster.pg_command("initdb").args(["-D", &dir, "-A", "trust", "-U", "postgres", "--no-sync"]).args([
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]));
 
         let mut cluster = cluster;
         let mut conf = format!(
@@ -129,10 +118,7 @@ impl Cluster {
         loop {
             attempt += 1;
             cluster.port = free_port();
-            append(
-                &cluster.dir.join("postgresql.conf"),
-                &format!("port = {}\n", cluster.port),
-            );
+            append(&cluster.dir.join("postgresql.conf"), &format!("port = {}\n", cluster.port));
             let start = cluster
                 .pg_command("pg_ctl")
                 .args(["-D", &dir, "-l", &log, "-w", "-t", "120", "start"])
@@ -232,10 +218,7 @@ impl Cluster {
                 Ok(client) => return client,
                 Err(e) => {
                     // Only "the database system is starting up" and friends are worth a retry.
-                    let retry = e
-                        .as_db_error()
-                        .map(|d| *d.code() == SqlState::CANNOT_CONNECT_NOW)
-                        .unwrap_or(false);
+                    let retry = e.as_db_error().map(|d| *d.code() == SqlState::CANNOT_CONNECT_NOW).unwrap_or(false);
                     if !retry {
                         panic!("cannot connect to database {db} on port {}: {e}", self.port);
                     }
@@ -251,10 +234,7 @@ impl Cluster {
     /// `CREATE EXTENSION pg_engage` in it, and returns a connection to it.
     pub fn create_db(&self, name: &str) -> Client {
         assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
             "database name must be a plain lower-case identifier: {name:?}"
         );
         let mut admin = self.connect("postgres");
@@ -358,11 +338,7 @@ impl Cluster {
             Some(user) => format!("sudo -n -u {} -- {pg_ctl}", quote(user)),
             None => pg_ctl,
         };
-        let remove = if std::env::var_os("PG_ENGAGE_KEEP").is_some() {
-            String::new()
-        } else {
-            format!("rm -rf {dir}")
-        };
+        let remove = if std::env::var_os("PG_ENGAGE_KEEP").is_some() { String::new() } else { format!("rm -rf {dir}") };
         let script = format!(
             "cat >/dev/null; cd /tmp; if [ -f {dir}/postmaster.pid ]; then {stop} -D {dir} -m immediate -w stop; fi; {remove}"
         );
@@ -398,11 +374,7 @@ extern "C" fn stop_shared_cluster() {
 pub fn shared() -> &'static Cluster {
     SHARED.get_or_init(|| {
         let exe = std::env::current_exe().expect("current_exe");
-        let stem = exe
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("it")
-            .to_string();
+        let stem = exe.file_stem().and_then(|s| s.to_str()).unwrap_or("it").to_string();
         // cargo names test binaries `<file>-<hash>`.
         let name = match stem.rsplit_once('-') {
             Some((base, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => base.to_string(),
@@ -418,10 +390,7 @@ pub fn shared() -> &'static Cluster {
 
 /// A port that was free a moment ago on 127.0.0.1.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 /// Appends `text` to the file at `path` (which keeps its owner).
@@ -435,10 +404,7 @@ fn append(path: &Path, text: &str) {
 
 /// Runs a command to completion, panicking with its output when it fails.
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{cmd:?} failed ({}):\n{}{}",
@@ -461,9 +427,7 @@ pub fn error_text(e: &postgres::Error) -> String {
             db.severity(),
             db.code().code(),
             db.message(),
-            db.detail()
-                .map(|d| format!(" DETAIL: {d}"))
-                .unwrap_or_default(),
+            db.detail().map(|d| format!(" DETAIL: {d}")).unwrap_or_default(),
             db.hint().map(|h| format!(" HINT: {h}")).unwrap_or_default()
         ),
         None => format!("{e}"),
@@ -479,21 +443,14 @@ pub fn expect_db_error<T: std::fmt::Debug>(
     message_part: &str,
 ) -> DbError {
     let err = match result {
-        Ok(v) => panic!(
-            "expected an error {code} containing {message_part:?}, but it succeeded with {v:?}"
-        ),
+        Ok(v) => panic!("expected an error {code} containing {message_part:?}, but it succeeded with {v:?}"),
         Err(e) => e,
     };
     let db = match err.as_db_error() {
         Some(db) => db.clone(),
         None => panic!("expected a server error {code}, got a client error: {err}"),
     };
-    assert_eq!(
-        db.code().code(),
-        code,
-        "wrong SQLSTATE; the error was: {}",
-        error_text(&err)
-    );
+    assert_eq!(db.code().code(), code, "wrong SQLSTATE; the error was: {}", error_text(&err));
     assert!(
         db.message().contains(message_part),
         "the error message does not contain {message_part:?}; the error was: {}",
@@ -523,30 +480,18 @@ pub fn assert_sql_error(
 /// `engage.create_trigger(name, definition)`; panics with the server error when it fails.
 #[track_caller]
 pub fn create_trigger(client: &mut Client, name: &str, definition: Value) -> i32 {
-    match client.query_one(
-        "SELECT engage.create_trigger($1, $2)",
-        &[&name, &definition],
-    ) {
+    match client.query_one("SELECT engage.create_trigger($1, $2)", &[&name, &definition]) {
         Ok(row) => row.get(0),
-        Err(e) => panic!(
-            "create_trigger({name}, {definition}) failed: {}",
-            error_text(&e)
-        ),
+        Err(e) => panic!("create_trigger({name}, {definition}) failed: {}", error_text(&e)),
     }
 }
 
 /// `engage.update_trigger(name, definition)`, returning the new version.
 #[track_caller]
 pub fn update_trigger(client: &mut Client, name: &str, definition: Value) -> i32 {
-    match client.query_one(
-        "SELECT engage.update_trigger($1, $2)",
-        &[&name, &definition],
-    ) {
+    match client.query_one("SELECT engage.update_trigger($1, $2)", &[&name, &definition]) {
         Ok(row) => row.get(0),
-        Err(e) => panic!(
-            "update_trigger({name}, {definition}) failed: {}",
-            error_text(&e)
-        ),
+        Err(e) => panic!("update_trigger({name}, {definition}) failed: {}", error_text(&e)),
     }
 }
 
@@ -565,31 +510,19 @@ pub fn insert_event(client: &mut Client, customer: &str, name: &str, properties:
                VALUES ($1, $2, $3) RETURNING id::int8";
     match client.query_one(sql, &[&customer, &name, &properties]) {
         Ok(row) => row.get(0),
-        Err(e) => panic!(
-            "insert event {name} for {customer} failed: {}",
-            error_text(&e)
-        ),
+        Err(e) => panic!("insert event {name} for {customer} failed: {}", error_text(&e)),
     }
 }
 
 /// A plain single-row INSERT into engage.events at `occurred_at` (any timestamptz literal, e.g.
 /// `"2025-03-01T10:00:00Z"`); returns the id.
 #[track_caller]
-pub fn insert_event_at(
-    client: &mut Client,
-    customer: &str,
-    name: &str,
-    properties: Value,
-    occurred_at: &str,
-) -> i64 {
+pub fn insert_event_at(client: &mut Client, customer: &str, name: &str, properties: Value, occurred_at: &str) -> i64 {
     let sql = "INSERT INTO engage.events (customer_id, name, properties, occurred_at) \
                VALUES ($1, $2, $3, $4::text::timestamptz) RETURNING id::int8";
     match client.query_one(sql, &[&customer, &name, &properties, &occurred_at]) {
         Ok(row) => row.get(0),
-        Err(e) => panic!(
-            "insert event {name} for {customer} at {occurred_at} failed: {}",
-            error_text(&e)
-        ),
+        Err(e) => panic!("insert event {name} for {customer} at {occurred_at} failed: {}", error_text(&e)),
     }
 }
 
@@ -603,20 +536,12 @@ pub struct Decision {
 
 /// Expected decision: `trigger` fired.
 pub fn fired(trigger: &str) -> Decision {
-    Decision {
-        trigger: Some(trigger.to_string()),
-        outcome: "fired".into(),
-        reason: None,
-    }
+    Decision { trigger: Some(trigger.to_string()), outcome: "fired".into(), reason: None }
 }
 
 /// Expected decision: `trigger` suppressed for `reason` (`cap` or `conflict`).
 pub fn suppressed(trigger: &str, reason: &str) -> Decision {
-    Decision {
-        trigger: Some(trigger.to_string()),
-        outcome: "suppressed".into(),
-        reason: Some(reason.to_string()),
-    }
+    Decision { trigger: Some(trigger.to_string()), outcome: "suppressed".into(), reason: Some(reason.to_string()) }
 }
 
 /// All decisions of one event, ordered by trigger id.
@@ -629,11 +554,7 @@ pub fn decisions_for(client: &mut Client, event_id: i64) -> Vec<Decision> {
         .query(sql, &[&event_id])
         .unwrap_or_else(|e| panic!("reading decisions: {}", error_text(&e)))
         .iter()
-        .map(|r| Decision {
-            trigger: r.get(0),
-            outcome: r.get(1),
-            reason: r.get(2),
-        })
+        .map(|r| Decision { trigger: r.get(0), outcome: r.get(1), reason: r.get(2) })
         .collect()
 }
 
@@ -684,10 +605,7 @@ pub fn count(client: &mut Client, sql: &str) -> i64 {
 #[track_caller]
 pub fn epoch(client: &mut Client, timestamp: &str) -> f64 {
     client
-        .query_one(
-            "SELECT extract(epoch FROM $1::text::timestamptz)::float8",
-            &[&timestamp],
-        )
+        .query_one("SELECT extract(epoch FROM $1::text::timestamptz)::float8", &[&timestamp])
         .unwrap_or_else(|e| panic!("epoch({timestamp}): {}", error_text(&e)))
         .get(0)
 }
@@ -738,11 +656,7 @@ impl Rendezvous {
     pub fn new(parties: usize) -> Rendezvous {
         Rendezvous {
             parties,
-            state: Mutex::new(RendezvousState {
-                waiting: 0,
-                generation: 0,
-                broken: false,
-            }),
+            state: Mutex::new(RendezvousState { waiting: 0, generation: 0, broken: false }),
             cv: std::sync::Condvar::new(),
         }
     }
@@ -768,15 +682,8 @@ impl Rendezvous {
         while s.generation == generation {
             assert!(!s.broken, "another thread of this test failed");
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            assert!(
-                !left.is_zero(),
-                "the other threads never arrived at the rendezvous"
-            );
-            s = self
-                .cv
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            assert!(!left.is_zero(), "the other threads never arrived at the rendezvous");
+            s = self.cv.wait_timeout(s, left).unwrap_or_else(|p| p.into_inner()).0;
         }
     }
 }

@@ -5,7 +5,8 @@
 use pg_engage_it::*;
 use serde_json::json;
 
-const SNAPSHOT: &str = "SELECT (SELECT count(*) FROM engage.events) || '/' || (SELECT count(*) FROM engage.decisions) || '/' \
+const SNAPSHOT: &str =
+    "SELECT (SELECT count(*) FROM engage.events) || '/' || (SELECT count(*) FROM engage.decisions) || '/' \
     || (SELECT count(*) FROM engage.outbox) || '/' || (SELECT count(*) FROM engage.triggers) || '/' \
     || (SELECT string_agg(outcome || coalesce(reason, ''), ',' ORDER BY event_id, trigger_id) FROM engage.decisions)";
 
@@ -14,7 +15,11 @@ fn a_dump_restores_data_without_deciding_anything_again() {
     let cluster = shared();
     let mut src = cluster.create_db("backup_src");
     create_trigger(&mut src, "hi", json!({"event": "e", "priority": 1, "action": {"channel": "webhook"}}));
-    create_trigger(&mut src, "hi2", json!({"event": "e", "priority": 2, "action": {"channel": "webhook"}, "cap": {"max": 1, "per": "1h"}}));
+    create_trigger(
+        &mut src,
+        "hi2",
+        json!({"event": "e", "priority": 2, "action": {"channel": "webhook"}, "cap": {"max": 1, "per": "1h"}}),
+    );
     for _ in 0..3 {
         insert_event(&mut src, "c1", "e", json!({}));
     }
@@ -22,7 +27,16 @@ fn a_dump_restores_data_without_deciding_anything_again() {
     let dump = std::env::temp_dir().join(format!("pg_engage_backup_{}.sql", std::process::id()));
     let out = cluster
         .pg_command("pg_dump")
-        .args(["-h", &cluster.dir().display().to_string(), "-p", &cluster.port().to_string(), "-U", "postgres", "-d", "backup_src"])
+        .args([
+            "-h",
+            &cluster.dir().display().to_string(),
+            "-p",
+            &cluster.port().to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "backup_src",
+        ])
         .output()
         .expect("run pg_dump");
     assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
@@ -34,7 +48,16 @@ fn a_dump_restores_data_without_deciding_anything_again() {
         let out = cluster
             .pg_command("psql")
             .env("PGOPTIONS", options)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", &cluster.dir().display().to_string(), "-p", &cluster.port().to_string()])
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &cluster.dir().display().to_string(),
+                "-p",
+                &cluster.port().to_string(),
+            ])
             .args(["-U", "postgres", "-d", target, "-f", &dump.display().to_string()])
             .output()
             .expect("run psql");
@@ -44,8 +67,10 @@ fn a_dump_restores_data_without_deciding_anything_again() {
         assert_eq!(after, before, "restored into {target}");
         // The restored database keeps deciding new events, with the restored caps.
         insert_event(&mut restored, "c1", "e", json!({}));
-        let fired: i64 = restored.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
-        let fired_before: i64 = src.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
+        let fired: i64 =
+            restored.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
+        let fired_before: i64 =
+            src.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
         assert_eq!(fired, fired_before + 1, "one more fired decision in {target}");
     }
     let _ = std::fs::remove_file(dump);

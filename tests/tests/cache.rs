@@ -23,11 +23,7 @@ fn setup(db: &str) -> Sessions {
     );
     let mut a = shared().connect(db);
     let warm = insert_event(&mut a, "c1", "visit", json!({"x": 1}));
-    assert_eq!(
-        decisions_for(&mut a, warm),
-        vec![fired("promo")],
-        "warm-up in session A"
-    );
+    assert_eq!(decisions_for(&mut a, warm), vec![fired("promo")], "warm-up in session A");
     Sessions { a, b }
 }
 
@@ -45,74 +41,36 @@ fn update_from_another_session_applies_to_the_next_insert() {
         json!({"event": "visit", "where": {"property": "x", "eq": 2}, "action": email("v2")}),
     );
     assert_eq!(version, 2);
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![],
-        "old predicate must no longer match"
-    );
-    assert_eq!(
-        visit(&mut s, 2),
-        vec![fired("promo")],
-        "new predicate must match"
-    );
-    assert_eq!(
-        outbox_for_template(&mut s.a, Some("v2")).len(),
-        1,
-        "new action is used"
-    );
-    assert_eq!(
-        outbox_for_template(&mut s.a, Some("v1")).len(),
-        1,
-        "only the warm-up used v1"
-    );
+    assert_eq!(visit(&mut s, 1), vec![], "old predicate must no longer match");
+    assert_eq!(visit(&mut s, 2), vec![fired("promo")], "new predicate must match");
+    assert_eq!(outbox_for_template(&mut s.a, Some("v2")).len(), 1, "new action is used");
+    assert_eq!(outbox_for_template(&mut s.a, Some("v1")).len(), 1, "only the warm-up used v1");
 
     // A second update, to another event name and a cap, also reaches A.
-    update_trigger(
-        &mut s.b,
-        "promo",
-        json!({"event": "click", "action": email("v3"), "cap": {"max": 1, "per": "1d"}}),
-    );
-    assert_eq!(
-        visit(&mut s, 2),
-        vec![],
-        "the trigger no longer listens to visit"
-    );
+    update_trigger(&mut s.b, "promo", json!({"event": "click", "action": email("v3"), "cap": {"max": 1, "per": "1d"}}));
+    assert_eq!(visit(&mut s, 2), vec![], "the trigger no longer listens to visit");
     // (another customer: c1's earlier fired decisions of `promo` count toward the new cap)
     let c1 = insert_event(&mut s.a, "c9", "click", json!({}));
     let c2 = insert_event(&mut s.a, "c9", "click", json!({}));
     assert_eq!(decisions_for(&mut s.a, c1), vec![fired("promo")]);
-    assert_eq!(
-        decisions_for(&mut s.a, c2),
-        vec![suppressed("promo", "cap")]
-    );
+    assert_eq!(decisions_for(&mut s.a, c2), vec![suppressed("promo", "cap")]);
 }
 
 #[test]
 fn disable_and_enable_from_another_session_apply_to_the_next_insert() {
     let mut s = setup("cache_disable_enable");
-    s.b.execute("SELECT engage.disable_trigger('promo')", &[])
-        .unwrap();
+    s.b.execute("SELECT engage.disable_trigger('promo')", &[]).unwrap();
     assert_eq!(visit(&mut s, 1), vec![], "disabled trigger must not decide");
-    s.b.execute("SELECT engage.enable_trigger('promo')", &[])
-        .unwrap();
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![fired("promo")],
-        "re-enabled trigger must fire"
-    );
+    s.b.execute("SELECT engage.enable_trigger('promo')", &[]).unwrap();
+    assert_eq!(visit(&mut s, 1), vec![fired("promo")], "re-enabled trigger must fire");
 }
 
 #[test]
 fn drop_from_another_session_applies_to_the_next_insert() {
     let mut s = setup("cache_drop");
-    s.b.execute("SELECT engage.drop_trigger('promo')", &[])
-        .unwrap();
+    s.b.execute("SELECT engage.drop_trigger('promo')", &[]).unwrap();
     assert_eq!(visit(&mut s, 1), vec![], "dropped trigger must not decide");
-    assert_eq!(
-        count(&mut s.a, "SELECT count(*) FROM engage.decisions"),
-        1,
-        "the warm-up decision stays"
-    );
+    assert_eq!(count(&mut s.a, "SELECT count(*) FROM engage.decisions"), 1, "the warm-up decision stays");
     // A new trigger with the same name is a new trigger.
     create_trigger(
         &mut s.b,
@@ -129,48 +87,21 @@ fn create_from_another_session_applies_to_the_next_insert() {
     // A has no rule for `signed_up` yet, and a cached (empty) answer must not stick.
     let before = insert_event(&mut s.a, "c2", "signed_up", json!({}));
     assert_eq!(decisions_for(&mut s.a, before), vec![]);
-    create_trigger(
-        &mut s.b,
-        "welcome",
-        json!({"event": "signed_up", "action": email("welcome")}),
-    );
+    create_trigger(&mut s.b, "welcome", json!({"event": "signed_up", "action": email("welcome")}));
     let after = insert_event(&mut s.a, "c2", "signed_up", json!({}));
     assert_eq!(decisions_for(&mut s.a, after), vec![fired("welcome")]);
     // A new trigger on an event A already has rules for joins the competition.
-    create_trigger(
-        &mut s.b,
-        "promo_high",
-        json!({"event": "visit", "action": email("high"), "priority": 5}),
-    );
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![suppressed("promo", "conflict"), fired("promo_high")]
-    );
+    create_trigger(&mut s.b, "promo_high", json!({"event": "visit", "action": email("high"), "priority": 5}));
+    assert_eq!(visit(&mut s, 1), vec![suppressed("promo", "conflict"), fired("promo_high")]);
 }
 
 #[test]
 fn direct_update_of_enabled_column_applies_to_the_next_insert() {
     let mut s = setup("cache_direct_update");
-    s.b.execute(
-        "UPDATE engage.triggers SET enabled = false WHERE name = 'promo'",
-        &[],
-    )
-    .unwrap();
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![],
-        "UPDATE … SET enabled = false must take effect"
-    );
-    s.b.execute(
-        "UPDATE engage.triggers SET enabled = true WHERE name = 'promo'",
-        &[],
-    )
-    .unwrap();
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![fired("promo")],
-        "UPDATE … SET enabled = true must take effect"
-    );
+    s.b.execute("UPDATE engage.triggers SET enabled = false WHERE name = 'promo'", &[]).unwrap();
+    assert_eq!(visit(&mut s, 1), vec![], "UPDATE … SET enabled = false must take effect");
+    s.b.execute("UPDATE engage.triggers SET enabled = true WHERE name = 'promo'", &[]).unwrap();
+    assert_eq!(visit(&mut s, 1), vec![fired("promo")], "UPDATE … SET enabled = true must take effect");
 }
 
 #[test]
@@ -184,11 +115,7 @@ fn uncommitted_change_is_not_applied_until_commit() {
     .unwrap();
     // B has not committed: A still works with the committed definition.
     let id = insert_event(&mut s.a, "c1", "visit", json!({"x": 1}));
-    assert_eq!(
-        decisions_for(&mut s.a, id),
-        vec![fired("promo")],
-        "before B commits"
-    );
+    assert_eq!(decisions_for(&mut s.a, id), vec![fired("promo")], "before B commits");
     tx.commit().unwrap();
     assert_eq!(visit(&mut s, 1), vec![], "after B commits");
     assert_eq!(visit(&mut s, 2), vec![fired("promo")], "after B commits");
@@ -198,24 +125,14 @@ fn uncommitted_change_is_not_applied_until_commit() {
 fn rolled_back_change_leaves_the_old_definition_in_force() {
     let mut s = setup("cache_rolled_back");
     let mut tx = s.b.transaction().unwrap();
-    tx.execute("SELECT engage.drop_trigger('promo')", &[])
-        .unwrap();
+    tx.execute("SELECT engage.drop_trigger('promo')", &[]).unwrap();
     tx.rollback().unwrap();
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![fired("promo")],
-        "drop was rolled back"
-    );
+    assert_eq!(visit(&mut s, 1), vec![fired("promo")], "drop was rolled back");
 
     let mut tx = s.b.transaction().unwrap();
-    tx.execute("SELECT engage.disable_trigger('promo')", &[])
-        .unwrap();
+    tx.execute("SELECT engage.disable_trigger('promo')", &[]).unwrap();
     tx.rollback().unwrap();
-    assert_eq!(
-        visit(&mut s, 1),
-        vec![fired("promo")],
-        "disable was rolled back"
-    );
+    assert_eq!(visit(&mut s, 1), vec![fired("promo")], "disable was rolled back");
 }
 
 #[test]
@@ -254,16 +171,7 @@ fn each_backend_follows_many_alternating_changes() {
             "promo",
             json!({"event": "visit", "where": {"property": "x", "eq": want}, "action": email("loop")}),
         );
-        assert_eq!(
-            visit(&mut s, want),
-            vec![fired("promo")],
-            "round {round}: x = {want}"
-        );
-        assert_eq!(
-            visit(&mut s, want + 1),
-            vec![],
-            "round {round}: x = {}",
-            want + 1
-        );
+        assert_eq!(visit(&mut s, want), vec![fired("promo")], "round {round}: x = {want}");
+        assert_eq!(visit(&mut s, want + 1), vec![], "round {round}: x = {}", want + 1);
     }
 }

@@ -10,11 +10,7 @@ use pg_engage_it::*;
 const CAPPED: &str = "capped";
 
 fn create_capped(c: &mut Client, max: i64, per: &str) -> i32 {
-    create_trigger(
-        c,
-        CAPPED,
-        json!({"event": "ping", "action": email(CAPPED), "cap": {"max": max, "per": per}}),
-    )
+    create_trigger(c, CAPPED, json!({"event": "ping", "action": email(CAPPED), "cap": {"max": max, "per": per}}))
 }
 
 fn ping_at(c: &mut Client, customer: &str, at: &str) -> i64 {
@@ -31,11 +27,7 @@ fn cap_suppresses_beyond_max_in_window_and_fires_again_after_it() {
     assert_eq!(decisions_for(&mut c, e1), vec![fired(CAPPED)]);
     assert_eq!(decisions_for(&mut c, e2), vec![fired(CAPPED)]);
     assert_eq!(decisions_for(&mut c, e3), vec![suppressed(CAPPED, "cap")]);
-    assert_eq!(
-        outbox_for_template(&mut c, Some(CAPPED)).len(),
-        2,
-        "only fired decisions are queued"
-    );
+    assert_eq!(outbox_for_template(&mut c, Some(CAPPED)).len(), 2, "only fired decisions are queued");
 
     // 11:30: the window (10:30, 11:30] holds no fired decision any more.
     let e4 = ping_at(&mut c, "c1", "2025-03-01T11:30:00Z");
@@ -69,10 +61,7 @@ fn suppressed_decisions_do_not_use_up_the_cap() {
     ping_at(&mut c, "c1", "2025-03-01T10:00:00Z");
     ping_at(&mut c, "c1", "2025-03-01T10:10:00Z");
     let capped = ping_at(&mut c, "c1", "2025-03-01T10:20:00Z");
-    assert_eq!(
-        decisions_for(&mut c, capped),
-        vec![suppressed(CAPPED, "cap")]
-    );
+    assert_eq!(decisions_for(&mut c, capped), vec![suppressed(CAPPED, "cap")]);
     // Window (10:05, 11:05]: fired 10:10, suppressed 10:20 → one fired → fires.
     let e = ping_at(&mut c, "c1", "2025-03-01T11:05:00Z");
     assert_eq!(decisions_for(&mut c, e), vec![fired(CAPPED)]);
@@ -95,25 +84,13 @@ fn cap_counts_per_customer() {
 #[test]
 fn cap_counts_per_trigger() {
     let mut c = shared().create_db("cap_per_trigger");
-    create_trigger(
-        &mut c,
-        "x",
-        json!({"event": "a", "action": email("x"), "cap": {"max": 1, "per": "1h"}}),
-    );
-    create_trigger(
-        &mut c,
-        "y",
-        json!({"event": "b", "action": email("y"), "cap": {"max": 1, "per": "1h"}}),
-    );
+    create_trigger(&mut c, "x", json!({"event": "a", "action": email("x"), "cap": {"max": 1, "per": "1h"}}));
+    create_trigger(&mut c, "y", json!({"event": "b", "action": email("y"), "cap": {"max": 1, "per": "1h"}}));
     let x1 = insert_event_at(&mut c, "c1", "a", json!({}), "2025-03-01T10:00:00Z");
     let y1 = insert_event_at(&mut c, "c1", "b", json!({}), "2025-03-01T10:05:00Z");
     let x2 = insert_event_at(&mut c, "c1", "a", json!({}), "2025-03-01T10:10:00Z");
     assert_eq!(decisions_for(&mut c, x1), vec![fired("x")]);
-    assert_eq!(
-        decisions_for(&mut c, y1),
-        vec![fired("y")],
-        "x's fired decision must not count for y"
-    );
+    assert_eq!(decisions_for(&mut c, y1), vec![fired("y")], "x's fired decision must not count for y");
     assert_eq!(decisions_for(&mut c, x2), vec![suppressed("x", "cap")]);
 }
 
@@ -154,11 +131,7 @@ fn one_multi_row_insert_is_counted_in_occurred_at_order() {
             ("c1", "10:00") | ("c1", "10:10") | ("c2", "10:05") | ("c2", "10:15") => fired(CAPPED),
             _ => suppressed(CAPPED, "cap"),
         };
-        assert_eq!(
-            decisions_for(&mut c, id),
-            vec![expected],
-            "{customer} at {at}"
-        );
+        assert_eq!(decisions_for(&mut c, id), vec![expected], "{customer} at {at}");
     }
     assert_eq!(outbox_for_template(&mut c, Some(CAPPED)).len(), 4);
 }
@@ -183,10 +156,7 @@ fn cap_sees_earlier_statements_of_the_same_transaction() {
     tx.commit().unwrap();
     assert_eq!(decisions_for(&mut c, ids[0]), vec![fired(CAPPED)]);
     assert_eq!(decisions_for(&mut c, ids[1]), vec![fired(CAPPED)]);
-    assert_eq!(
-        decisions_for(&mut c, ids[2]),
-        vec![suppressed(CAPPED, "cap")]
-    );
+    assert_eq!(decisions_for(&mut c, ids[2]), vec![suppressed(CAPPED, "cap")]);
 }
 
 #[test]
@@ -207,11 +177,7 @@ fn cap_counts_fired_decisions_of_earlier_statements_in_a_later_multi_row_insert(
         .collect();
     assert_eq!(decisions_for(&mut c, first), vec![fired(CAPPED)]);
     for (id, at) in rows {
-        let expected = if at == "10:20" {
-            fired(CAPPED)
-        } else {
-            suppressed(CAPPED, "cap")
-        };
+        let expected = if at == "10:20" { fired(CAPPED) } else { suppressed(CAPPED, "cap") };
         assert_eq!(decisions_for(&mut c, id), vec![expected], "event at {at}");
     }
 }
@@ -269,20 +235,10 @@ fn cap_holds_when_connections_insert_for_one_customer_at_the_same_moment() {
     let tallies = tallies(&mut c);
     assert_eq!(tallies.len(), ROUNDS);
     for (customer, fired, capped, total) in &tallies {
-        assert!(
-            *fired <= MAX,
-            "{customer}: {fired} fired decisions, cap is {MAX}"
-        );
+        assert!(*fired <= MAX, "{customer}: {fired} fired decisions, cap is {MAX}");
         assert_eq!(*total, THREADS as i64, "{customer}: every event is decided");
-        assert_eq!(
-            *fired, MAX,
-            "{customer}: the cap allows exactly {MAX} of {THREADS}"
-        );
-        assert_eq!(
-            *capped,
-            THREADS as i64 - MAX,
-            "{customer}: the rest are suppressed for cap"
-        );
+        assert_eq!(*fired, MAX, "{customer}: the cap allows exactly {MAX} of {THREADS}");
+        assert_eq!(*capped, THREADS as i64 - MAX, "{customer}: the rest are suppressed for cap");
     }
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM engage.outbox"),
@@ -325,11 +281,7 @@ fn multi_customer_statements_in_opposite_orders_neither_deadlock_nor_exceed_caps
         }
     });
     for (customer, fired, capped, total) in tallies(&mut c) {
-        assert_eq!(
-            (fired, capped, total),
-            (1, 1, 2),
-            "{customer}: fired, capped, decided"
-        );
+        assert_eq!((fired, capped, total), (1, 1, 2), "{customer}: fired, capped, decided");
     }
 }
 
@@ -377,10 +329,7 @@ fn cap_holds_under_isolation(db: &str, level: postgres::IsolationLevel) {
         }
     });
     let tallies = tallies(&mut c);
-    let over: Vec<_> = tallies
-        .iter()
-        .filter(|(_, fired, _, _)| *fired > 1)
-        .collect();
+    let over: Vec<_> = tallies.iter().filter(|(_, fired, _, _)| *fired > 1).collect();
     assert!(
         over.is_empty(),
         "{} of {} customers got more than 1 committed fired decision (cap is 1) under {level:?}: {over:?}",
@@ -391,10 +340,7 @@ fn cap_holds_under_isolation(db: &str, level: postgres::IsolationLevel) {
 
 #[test]
 fn cap_holds_under_repeatable_read() {
-    cap_holds_under_isolation(
-        "cap_repeatable_read",
-        postgres::IsolationLevel::RepeatableRead,
-    );
+    cap_holds_under_isolation("cap_repeatable_read", postgres::IsolationLevel::RepeatableRead);
 }
 
 #[test]

@@ -8,13 +8,7 @@
 
 use pg_engage_it::*;
 
-fn trigger(
-    c: &mut Client,
-    name: &str,
-    event: &str,
-    priority: Option<i64>,
-    cap: Option<Value>,
-) -> i32 {
+fn trigger(c: &mut Client, name: &str, event: &str, priority: Option<i64>, cap: Option<Value>) -> i32 {
     let mut def = json!({"event": event, "action": email(name)});
     if let Some(p) = priority {
         def["priority"] = json!(p);
@@ -37,11 +31,7 @@ fn higher_priority_fires_and_lower_is_suppressed_for_conflict() {
     want.sort();
     assert_eq!(got, want);
     assert_eq!(outbox_for_template(&mut c, Some("high")).len(), 1);
-    assert_eq!(
-        outbox_for_template(&mut c, Some("low")).len(),
-        0,
-        "a suppressed decision queues nothing"
-    );
+    assert_eq!(outbox_for_template(&mut c, Some("low")).len(), 0, "a suppressed decision queues nothing");
 }
 
 #[test]
@@ -52,10 +42,7 @@ fn equal_priorities_go_to_the_older_trigger() {
     let newer = trigger(&mut c, "aa_newer", "cart", Some(3), None);
     assert!(older < newer, "ids grow: {older} then {newer}");
     let e = insert_event(&mut c, "c1", "cart", json!({}));
-    assert_eq!(
-        decisions_for(&mut c, e),
-        vec![fired("zz_older"), suppressed("aa_newer", "conflict")]
-    );
+    assert_eq!(decisions_for(&mut c, e), vec![fired("zz_older"), suppressed("aa_newer", "conflict")]);
 }
 
 #[test]
@@ -67,41 +54,22 @@ fn default_priority_is_zero() {
     let e = insert_event(&mut c, "c1", "cart", json!({}));
     assert_eq!(
         decisions_for(&mut c, e),
-        vec![
-            suppressed("default", "conflict"),
-            fired("one"),
-            suppressed("minus_one", "conflict")
-        ]
+        vec![suppressed("default", "conflict"), fired("one"), suppressed("minus_one", "conflict")]
     );
     c.execute("SELECT engage.drop_trigger('one')", &[]).unwrap();
     let e = insert_event(&mut c, "c1", "cart", json!({}));
-    assert_eq!(
-        decisions_for(&mut c, e),
-        vec![fired("default"), suppressed("minus_one", "conflict")]
-    );
+    assert_eq!(decisions_for(&mut c, e), vec![fired("default"), suppressed("minus_one", "conflict")]);
 }
 
 #[test]
 fn capped_higher_priority_does_not_block_a_lower_one() {
     let mut c = shared().create_db("conflict_capped_high");
-    trigger(
-        &mut c,
-        "high",
-        "cart",
-        Some(10),
-        Some(json!({"max": 1, "per": "1d"})),
-    );
+    trigger(&mut c, "high", "cart", Some(10), Some(json!({"max": 1, "per": "1d"})));
     trigger(&mut c, "low", "cart", Some(1), None);
     let e1 = insert_event_at(&mut c, "c1", "cart", json!({}), "2025-03-01T10:00:00Z");
-    assert_eq!(
-        decisions_for(&mut c, e1),
-        vec![fired("high"), suppressed("low", "conflict")]
-    );
+    assert_eq!(decisions_for(&mut c, e1), vec![fired("high"), suppressed("low", "conflict")]);
     let e2 = insert_event_at(&mut c, "c1", "cart", json!({}), "2025-03-01T11:00:00Z");
-    assert_eq!(
-        decisions_for(&mut c, e2),
-        vec![suppressed("high", "cap"), fired("low")]
-    );
+    assert_eq!(decisions_for(&mut c, e2), vec![suppressed("high", "cap"), fired("low")]);
     assert_eq!(outbox_for_template(&mut c, Some("high")).len(), 1);
     assert_eq!(outbox_for_template(&mut c, Some("low")).len(), 1);
 }
@@ -114,11 +82,7 @@ fn conflict_spans_different_events_of_one_customer_in_one_statement() {
         "cart_big",
         json!({"event": "cart", "where": {"property": "v", "gt": 100}, "action": email("cart_big"), "priority": 10}),
     );
-    create_trigger(
-        &mut c,
-        "viewed",
-        json!({"event": "view", "action": email("viewed"), "priority": 1}),
-    );
+    create_trigger(&mut c, "viewed", json!({"event": "view", "action": email("viewed"), "priority": 1}));
     let rows: Vec<(i64, String, String)> = c
         .query(
             "INSERT INTO engage.events (customer_id, name, properties) VALUES \
@@ -173,8 +137,7 @@ fn disabled_triggers_take_no_part_in_conflicts() {
     let mut c = shared().create_db("conflict_disabled");
     trigger(&mut c, "high", "cart", Some(10), None);
     trigger(&mut c, "low", "cart", Some(1), None);
-    c.execute("SELECT engage.disable_trigger('high')", &[])
-        .unwrap();
+    c.execute("SELECT engage.disable_trigger('high')", &[]).unwrap();
     let e = insert_event(&mut c, "c1", "cart", json!({}));
     assert_eq!(decisions_for(&mut c, e), vec![fired("low")]);
 }
@@ -189,11 +152,7 @@ fn non_matching_higher_priority_does_not_suppress() {
     );
     trigger(&mut c, "low", "cart", Some(1), None);
     let e = insert_event(&mut c, "c1", "cart", json!({"v": 5}));
-    assert_eq!(
-        decisions_for(&mut c, e),
-        vec![fired("low")],
-        "no decision for a trigger whose predicate fails"
-    );
+    assert_eq!(decisions_for(&mut c, e), vec![fired("low")], "no decision for a trigger whose predicate fails");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -213,10 +172,8 @@ fn three_levels(c: &mut Client) {
 /// Inserts `(customer, event name, "HH:MM")` rows on 2025-03-01 in one statement; returns
 /// (customer, name, time) → decisions.
 fn one_statement(c: &mut Client, rows: &[(&str, &str, &str)]) -> Outcomes {
-    let values: Vec<String> = rows
-        .iter()
-        .map(|(cust, name, hhmm)| format!("('{cust}', '{name}', '2025-03-01T{hhmm}:00Z')"))
-        .collect();
+    let values: Vec<String> =
+        rows.iter().map(|(cust, name, hhmm)| format!("('{cust}', '{name}', '2025-03-01T{hhmm}:00Z')")).collect();
     let sql = format!(
         "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES {} \
          RETURNING id::int8, customer_id::text, name::text, to_char(occurred_at AT TIME ZONE 'UTC', 'HH24:MI')",
@@ -229,10 +186,7 @@ fn one_statement(c: &mut Client, rows: &[(&str, &str, &str)]) -> Outcomes {
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
     assert_eq!(inserted.len(), rows.len());
-    inserted
-        .into_iter()
-        .map(|(id, cust, name, at)| ((cust, name, at), decisions_for(c, id)))
-        .collect()
+    inserted.into_iter().map(|(id, cust, name, at)| ((cust, name, at), decisions_for(c, id))).collect()
 }
 
 #[track_caller]
@@ -286,14 +240,7 @@ fn only_events_within_the_default_ten_minute_window_conflict() {
 fn suppressed_candidates_do_not_block_lower_ones() {
     let mut c = shared().create_db("conflict_window_chain");
     three_levels(&mut c);
-    let got = one_statement(
-        &mut c,
-        &[
-            ("c1", "cart", "10:00"),
-            ("c1", "wish", "10:09"),
-            ("c1", "view", "10:16"),
-        ],
-    );
+    let got = one_statement(&mut c, &[("c1", "cart", "10:00"), ("c1", "wish", "10:09"), ("c1", "view", "10:16")]);
     assert_decisions(
         &got,
         &[
@@ -310,14 +257,7 @@ fn suppressed_candidates_do_not_block_lower_ones() {
 fn one_trigger_does_not_conflict_with_itself() {
     let mut c = shared().create_db("conflict_window_same_trigger");
     three_levels(&mut c);
-    let got = one_statement(
-        &mut c,
-        &[
-            ("c1", "view", "10:00"),
-            ("c1", "view", "10:01"),
-            ("c1", "view", "10:02"),
-        ],
-    );
+    let got = one_statement(&mut c, &[("c1", "view", "10:00"), ("c1", "view", "10:01"), ("c1", "view", "10:02")]);
     assert_decisions(
         &got,
         &[
@@ -332,42 +272,19 @@ fn one_trigger_does_not_conflict_with_itself() {
 fn conflict_window_follows_the_session_setting() {
     let mut c = shared().create_db("conflict_window_setting");
     three_levels(&mut c);
-    c.batch_execute("SET engage.conflict_window = '1h'")
-        .unwrap();
-    let got = one_statement(
-        &mut c,
-        &[("wide", "view", "10:00"), ("wide", "cart", "10:45")],
-    );
+    c.batch_execute("SET engage.conflict_window = '1h'").unwrap();
+    let got = one_statement(&mut c, &[("wide", "view", "10:00"), ("wide", "cart", "10:45")]);
     assert_decisions(
         &got,
-        &[
-            ("wide", "view", "10:00", suppressed("low", "conflict")),
-            ("wide", "cart", "10:45", fired("high")),
-        ],
+        &[("wide", "view", "10:00", suppressed("low", "conflict")), ("wide", "cart", "10:45", fired("high"))],
     );
-    c.batch_execute("SET engage.conflict_window = '1min'")
-        .unwrap();
-    let got = one_statement(
-        &mut c,
-        &[("narrow", "view", "10:00"), ("narrow", "cart", "10:05")],
-    );
-    assert_decisions(
-        &got,
-        &[
-            ("narrow", "view", "10:00", fired("low")),
-            ("narrow", "cart", "10:05", fired("high")),
-        ],
-    );
+    c.batch_execute("SET engage.conflict_window = '1min'").unwrap();
+    let got = one_statement(&mut c, &[("narrow", "view", "10:00"), ("narrow", "cart", "10:05")]);
+    assert_decisions(&got, &[("narrow", "view", "10:00", fired("low")), ("narrow", "cart", "10:05", fired("high"))]);
     c.batch_execute("RESET engage.conflict_window").unwrap();
-    let got = one_statement(
-        &mut c,
-        &[("reset", "view", "10:00"), ("reset", "cart", "10:05")],
-    );
+    let got = one_statement(&mut c, &[("reset", "view", "10:00"), ("reset", "cart", "10:05")]);
     assert_decisions(
         &got,
-        &[
-            ("reset", "view", "10:00", suppressed("low", "conflict")),
-            ("reset", "cart", "10:05", fired("high")),
-        ],
+        &[("reset", "view", "10:00", suppressed("low", "conflict")), ("reset", "cart", "10:05", fired("high"))],
     );
 }

@@ -19,10 +19,7 @@ const BASE_EPOCH: i64 = 1_740_787_200;
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0 >> 33
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -177,10 +174,7 @@ fn model(events: &[Event], rules: &[Rule]) -> BTreeMap<(i64, String), (String, O
                     passed_at.push(e.at);
                     remaining.push((r, e.at, e.seq));
                 } else {
-                    out.insert(
-                        (e.seq, rule.name.to_string()),
-                        ("suppressed".into(), Some("cap".into())),
-                    );
+                    out.insert((e.seq, rule.name.to_string()), ("suppressed".into(), Some("cap".into())));
                 }
             }
         }
@@ -191,9 +185,7 @@ fn model(events: &[Event], rules: &[Rule]) -> BTreeMap<(i64, String), (String, O
         remaining.sort_by_key(|&(r, at, _)| (-rules[r].priority, r, at));
         let mut chosen: Vec<(usize, i64)> = vec![];
         for (r, at, seq) in remaining {
-            let beaten = chosen
-                .iter()
-                .any(|&(other, t)| other != r && (t - at).abs() <= CONFLICT_WINDOW_SECS);
+            let beaten = chosen.iter().any(|&(other, t)| other != r && (t - at).abs() <= CONFLICT_WINDOW_SECS);
             let decision = if beaten {
                 ("suppressed".to_string(), Some("conflict".to_string()))
             } else {
@@ -222,28 +214,13 @@ fn copy_of_10000_events_is_decided_exactly_like_the_model() {
     assert_eq!(events.len(), 10_000);
     let mut data = Vec::with_capacity(events.len() * 120);
     for e in &events {
-        let (h, m, s) = (
-            (e.at - BASE_EPOCH) / 3600,
-            (e.at - BASE_EPOCH) % 3600 / 60,
-            (e.at - BASE_EPOCH) % 60,
-        );
+        let (h, m, s) = ((e.at - BASE_EPOCH) / 3600, (e.at - BASE_EPOCH) % 3600 / 60, (e.at - BASE_EPOCH) % 60);
         assert!(h < 24);
-        writeln!(
-            data,
-            "{}\t{}\t{}\t2025-03-01 {h:02}:{m:02}:{s:02}+00",
-            e.customer,
-            e.name,
-            e.properties()
-        )
-        .unwrap();
+        writeln!(data, "{}\t{}\t{}\t2025-03-01 {h:02}:{m:02}:{s:02}+00", e.customer, e.name, e.properties()).unwrap();
     }
-    let mut writer = c
-        .copy_in("COPY engage.events (customer_id, name, properties, occurred_at) FROM STDIN")
-        .unwrap();
+    let mut writer = c.copy_in("COPY engage.events (customer_id, name, properties, occurred_at) FROM STDIN").unwrap();
     writer.write_all(&data).unwrap();
-    let copied = writer
-        .finish()
-        .unwrap_or_else(|e| panic!("COPY failed: {}", error_text(&e)));
+    let copied = writer.finish().unwrap_or_else(|e| panic!("COPY failed: {}", error_text(&e)));
     assert_eq!(copied, 10_000, "COPY reports every row");
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.events"), 10_000);
     // Every event is stored with its own properties and occurred_at.
@@ -283,18 +260,9 @@ fn copy_of_10000_events_is_decided_exactly_like_the_model() {
 
     // Sanity: the scenario exercises every outcome.
     let fired_n = expected.values().filter(|(o, _)| o == "fired").count();
-    let cap_n = expected
-        .values()
-        .filter(|(_, r)| r.as_deref() == Some("cap"))
-        .count();
-    let conflict_n = expected
-        .values()
-        .filter(|(_, r)| r.as_deref() == Some("conflict"))
-        .count();
-    assert!(
-        fired_n > 500 && cap_n > 100 && conflict_n > 500,
-        "{fired_n} {cap_n} {conflict_n}"
-    );
+    let cap_n = expected.values().filter(|(_, r)| r.as_deref() == Some("cap")).count();
+    let conflict_n = expected.values().filter(|(_, r)| r.as_deref() == Some("conflict")).count();
+    assert!(fired_n > 500 && cap_n > 100 && conflict_n > 500, "{fired_n} {cap_n} {conflict_n}");
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM engage.decisions"),
         expected.len() as i64,
@@ -304,95 +272,50 @@ fn copy_of_10000_events_is_decided_exactly_like_the_model() {
     for (key, want) in &expected {
         match actual.get(key) {
             Some(got) if got == want => {}
-            got => differences.push(format!(
-                "event seq {} trigger {}: want {want:?}, got {got:?}",
-                key.0, key.1
-            )),
+            got => differences.push(format!("event seq {} trigger {}: want {want:?}, got {got:?}", key.0, key.1)),
         }
     }
     for key in actual.keys().filter(|k| !expected.contains_key(*k)) {
-        differences.push(format!(
-            "event seq {} trigger {}: unexpected decision {:?}",
-            key.0, key.1, actual[key]
-        ));
+        differences.push(format!("event seq {} trigger {}: unexpected decision {:?}", key.0, key.1, actual[key]));
     }
     assert!(
         differences.is_empty(),
         "{} of {} decisions differ from the model, e.g.:\n{}",
         differences.len(),
         expected.len(),
-        differences
-            .iter()
-            .take(20)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
+        differences.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
 
     // Outbox: one pending row per fired decision, with its trigger's channel and template, due
     // at the event's occurred_at.
     let by_seq: BTreeMap<i64, &Event> = events.iter().map(|e| (e.seq, e)).collect();
-    let channel_of: BTreeMap<&str, String> = rules
-        .iter()
-        .map(|r| {
-            (
-                r.name,
-                r.definition["action"]["channel"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            )
-        })
-        .collect();
+    let channel_of: BTreeMap<&str, String> =
+        rules.iter().map(|r| (r.name, r.definition["action"]["channel"].as_str().unwrap().to_string())).collect();
     let mut want_outbox: Vec<(String, String, i64)> = expected
         .iter()
         .filter(|(_, (o, _))| o == "fired")
-        .map(|((seq, name), _)| {
-            (
-                name.clone(),
-                channel_of[name.as_str()].clone(),
-                by_seq[seq].at,
-            )
-        })
+        .map(|((seq, name), _)| (name.clone(), channel_of[name.as_str()].clone(), by_seq[seq].at))
         .collect();
     want_outbox.sort();
     let mut got_outbox: Vec<(String, String, i64)> = c
-        .query(
-            "SELECT template::text, channel::text, extract(epoch FROM due_at)::int8 FROM engage.outbox",
-            &[],
-        )
+        .query("SELECT template::text, channel::text, extract(epoch FROM due_at)::int8 FROM engage.outbox", &[])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     got_outbox.sort();
     assert_eq!(got_outbox.len(), want_outbox.len(), "outbox rows");
-    assert!(
-        got_outbox == want_outbox,
-        "outbox (template, channel, due_at) differ from the model"
-    );
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.outbox WHERE status::text <> 'pending'"
-        ),
-        0
-    );
+    assert!(got_outbox == want_outbox, "outbox (template, channel, due_at) differ from the model");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status::text <> 'pending'"), 0);
 }
 
 #[test]
 fn rolled_back_copy_leaves_nothing() {
     let mut c = shared().create_db("copy_rollback");
-    create_trigger(
-        &mut c,
-        "welcome",
-        json!({"event": "signed_up", "action": email("welcome")}),
-    );
+    create_trigger(&mut c, "welcome", json!({"event": "signed_up", "action": email("welcome")}));
     let mut tx = c.transaction().unwrap();
     {
-        let mut w = tx
-            .copy_in("COPY engage.events (customer_id, name, properties, occurred_at) FROM STDIN")
-            .unwrap();
+        let mut w = tx.copy_in("COPY engage.events (customer_id, name, properties, occurred_at) FROM STDIN").unwrap();
         for i in 0..100 {
             writeln!(w, "c{i}\tsigned_up\t{{}}\t2025-03-01 10:00:00+00").unwrap();
         }

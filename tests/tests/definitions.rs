@@ -33,11 +33,9 @@ fn with_where(predicate: Value) -> Value {
 fn names_path(message: &str, path: &str) -> bool {
     let variants = [path.to_string(), path.replace('[', ".").replace(']', "")];
     variants.iter().any(|p| {
-        message.match_indices(p.as_str()).any(|(i, _)| {
-            match message[i + p.len()..].chars().next() {
-                None => true,
-                Some(ch) => !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '.' || ch == '['),
-            }
+        message.match_indices(p.as_str()).any(|(i, _)| match message[i + p.len()..].chars().next() {
+            None => true,
+            Some(ch) => !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '.' || ch == '['),
         })
     })
 }
@@ -67,11 +65,7 @@ fn rejects(c: &mut Client, definition: Value, paths: &[&str], also: &[&str]) -> 
     check("validate_trigger", &db);
 
     let create = c.query_one("SELECT engage.create_trigger('bad', $1)", &[&definition]);
-    let created = expect_db_error(
-        create.map(|r| r.get::<_, Option<i32>>(0)),
-        INVALID,
-        "trigger \"bad\"",
-    );
+    let created = expect_db_error(create.map(|r| r.get::<_, Option<i32>>(0)), INVALID, "trigger \"bad\"");
     check("create_trigger", &created);
     assert_eq!(
         count(c, "SELECT count(*) FROM engage.triggers WHERE name = 'bad'"),
@@ -80,28 +74,12 @@ fn rejects(c: &mut Client, definition: Value, paths: &[&str], also: &[&str]) -> 
     );
 
     let update = c.query_one("SELECT engage.update_trigger('good', $1)", &[&definition]);
-    let db = expect_db_error(
-        update.map(|r| r.get::<_, Option<i32>>(0)),
-        INVALID,
-        "trigger \"good\"",
-    );
+    let db = expect_db_error(update.map(|r| r.get::<_, Option<i32>>(0)), INVALID, "trigger \"good\"");
     check("update_trigger", &db);
-    let row = c
-        .query_one(
-            "SELECT version::int8, definition::jsonb FROM engage.triggers WHERE name = 'good'",
-            &[],
-        )
-        .unwrap();
-    assert_eq!(
-        row.get::<_, i64>(0),
-        1,
-        "a rejected update must not bump the version"
-    );
-    assert_eq!(
-        row.get::<_, Value>(1),
-        valid(),
-        "a rejected update must not change the definition"
-    );
+    let row =
+        c.query_one("SELECT version::int8, definition::jsonb FROM engage.triggers WHERE name = 'good'", &[]).unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1, "a rejected update must not bump the version");
+    assert_eq!(row.get::<_, Value>(1), valid(), "a rejected update must not change the definition");
     created
 }
 
@@ -115,136 +93,57 @@ fn db(name: &str) -> Client {
 #[test]
 fn unknown_fields_are_rejected_with_their_path() {
     let mut c = db("def_unknown_field");
-    let e = rejects(
-        &mut c,
-        with("colour", json!("red")),
-        &["$.colour"],
-        &["unknown field"],
-    );
+    let e = rejects(&mut c, with("colour", json!("red")), &["$.colour"], &["unknown field"]);
     let hint = e.hint().unwrap_or_default();
     for field in ["event", "where", "action", "priority", "cap", "wait", "cancel_on", "holdout", "description"] {
         assert!(hint.contains(field), "hint should list the field {field}: {hint:?}");
     }
     rejects(
         &mut c,
-        with(
-            "action",
-            json!({"channel": "email", "template": "t", "colour": 1}),
-        ),
+        with("action", json!({"channel": "email", "template": "t", "colour": 1})),
         &["$.action.colour"],
         &[],
     );
-    rejects(
-        &mut c,
-        with("cap", json!({"max": 1, "per": "1h", "colour": 1})),
-        &["$.cap.colour"],
-        &[],
-    );
+    rejects(&mut c, with("cap", json!({"max": 1, "per": "1h", "colour": 1})), &["$.cap.colour"], &[]);
 }
 
 #[test]
 fn wrong_types_are_rejected_with_their_path() {
     let mut c = db("def_wrong_type");
-    let action =
-        |channel: Value, template: Value| json!({"channel": channel, "template": template});
+    let action = |channel: Value, template: Value| json!({"channel": channel, "template": template});
     let cases: Vec<(Value, &str)> = vec![
-        (
-            json!({"event": 5, "action": {"channel": "email", "template": "t"}}),
-            "$.event",
-        ),
-        (
-            json!({"event": [], "action": {"channel": "email", "template": "t"}}),
-            "$.event",
-        ),
-        (
-            json!({"event": {"name": "e"}, "action": {"channel": "email", "template": "t"}}),
-            "$.event",
-        ),
-        (
-            json!({"event": ["a", 3], "action": {"channel": "email", "template": "t"}}),
-            "$.event[1]",
-        ),
+        (json!({"event": 5, "action": {"channel": "email", "template": "t"}}), "$.event"),
+        (json!({"event": [], "action": {"channel": "email", "template": "t"}}), "$.event"),
+        (json!({"event": {"name": "e"}, "action": {"channel": "email", "template": "t"}}), "$.event"),
+        (json!({"event": ["a", 3], "action": {"channel": "email", "template": "t"}}), "$.event[1]"),
         (with("action", json!("email")), "$.action"),
-        (
-            with("action", action(json!(5), json!("t"))),
-            "$.action.channel",
-        ),
-        (
-            with("action", action(json!("email"), json!(5))),
-            "$.action.template",
-        ),
-        (
-            with(
-                "action",
-                json!({"channel": "email", "template": "t", "payload": [1]}),
-            ),
-            "$.action.payload",
-        ),
-        (
-            with(
-                "action",
-                json!({"channel": "email", "template": "t", "payload": "x"}),
-            ),
-            "$.action.payload",
-        ),
+        (with("action", action(json!(5), json!("t"))), "$.action.channel"),
+        (with("action", action(json!("email"), json!(5))), "$.action.template"),
+        (with("action", json!({"channel": "email", "template": "t", "payload": [1]})), "$.action.payload"),
+        (with("action", json!({"channel": "email", "template": "t", "payload": "x"})), "$.action.payload"),
         (with("priority", json!("high")), "$.priority"),
         (with("priority", json!(1.5)), "$.priority"),
         (with("description", json!(5)), "$.description"),
         (with("where", json!(5)), "$.where"),
-        (
-            with("where", json!([{"property": "x", "eq": 1}])),
-            "$.where",
-        ),
+        (with("where", json!([{"property": "x", "eq": 1}])), "$.where"),
         (with("cap", json!("2/h")), "$.cap"),
         (with("cap", json!({"max": "2", "per": "1h"})), "$.cap.max"),
         (with("cap", json!({"max": 1.5, "per": "1h"})), "$.cap.max"),
-        (
-            with_where(json!({"property": "x", "lt": true})),
-            "$.where.lt",
-        ),
-        (
-            with_where(json!({"property": "x", "gte": [1]})),
-            "$.where.gte",
-        ),
-        (
-            with_where(json!({"property": "x", "exists": "yes"})),
-            "$.where.exists",
-        ),
-        (
-            with_where(json!({"property": "x", "contains": {"a": 1}})),
-            "$.where.contains",
-        ),
-        (
-            with_where(json!({"property": "x", "contains": [1]})),
-            "$.where.contains",
-        ),
-        (
-            with_where(json!({"not": [{"property": "x", "eq": 1}]})),
-            "$.where.not",
-        ),
-        (
-            with_where(json!({"all": {"property": "x", "eq": 1}})),
-            "$.where.all",
-        ),
-        (
-            with_where(json!({"property": 5, "eq": 1})),
-            "$.where.property",
-        ),
-        (
-            with_where(json!({"profile": true, "eq": 1})),
-            "$.where.profile",
-        ),
+        (with_where(json!({"property": "x", "lt": true})), "$.where.lt"),
+        (with_where(json!({"property": "x", "gte": [1]})), "$.where.gte"),
+        (with_where(json!({"property": "x", "exists": "yes"})), "$.where.exists"),
+        (with_where(json!({"property": "x", "contains": {"a": 1}})), "$.where.contains"),
+        (with_where(json!({"property": "x", "contains": [1]})), "$.where.contains"),
+        (with_where(json!({"not": [{"property": "x", "eq": 1}]})), "$.where.not"),
+        (with_where(json!({"all": {"property": "x", "eq": 1}})), "$.where.all"),
+        (with_where(json!({"property": 5, "eq": 1})), "$.where.property"),
+        (with_where(json!({"profile": true, "eq": 1})), "$.where.profile"),
     ];
     for (def, path) in cases {
         rejects(&mut c, def, &[path], &[]);
     }
     // The README's own example.
-    rejects(
-        &mut c,
-        with_where(json!({"property": "cart.value", "gt": "lots"})),
-        &["$.where.gt"],
-        &["\"lots\""],
-    );
+    rejects(&mut c, with_where(json!({"property": "cart.value", "gt": "lots"})), &["$.where.gt"], &["\"lots\""]);
     // The whole definition must be an object.
     rejects(&mut c, json!([valid()]), &["$"], &[]);
     rejects(&mut c, json!("signed_up"), &["$"], &[]);
@@ -267,9 +166,7 @@ fn errors_deep_inside_predicates_name_the_full_path() {
     );
     rejects(
         &mut c,
-        with_where(
-            json!({"all": [{"any": [{"property": "x", "eq": 1}, {"property": "y", "greater": 2}]}]}),
-        ),
+        with_where(json!({"all": [{"any": [{"property": "x", "eq": 1}, {"property": "y", "greater": 2}]}]})),
         &["$.where.all[0].any[1]"],
         &["unknown operator \"greater\""],
     );
@@ -278,17 +175,8 @@ fn errors_deep_inside_predicates_name_the_full_path() {
 #[test]
 fn bad_durations_are_rejected() {
     let mut c = db("def_bad_duration");
-    let soon = rejects(
-        &mut c,
-        with("cap", json!({"max": 1, "per": "soon"})),
-        &["$.cap.per"],
-        &["\"soon\""],
-    );
-    assert!(
-        soon.message().contains("expected a duration"),
-        "README wording: {:?}",
-        soon.message()
-    );
+    let soon = rejects(&mut c, with("cap", json!({"max": 1, "per": "soon"})), &["$.cap.per"], &["\"soon\""]);
+    assert!(soon.message().contains("expected a duration"), "README wording: {:?}", soon.message());
     for per in [
         json!("-2h"),
         json!("0s"),
@@ -300,12 +188,7 @@ fn bad_durations_are_rejected() {
         json!(5),
         json!(null),
     ] {
-        rejects(
-            &mut c,
-            with("cap", json!({"max": 1, "per": per})),
-            &["$.cap.per"],
-            &[],
-        );
+        rejects(&mut c, with("cap", json!({"max": 1, "per": per})), &["$.cap.per"], &[]);
     }
     for ago in [json!("soon"), json!("-2h"), json!("0s"), json!(30)] {
         rejects(
@@ -331,107 +214,39 @@ fn unknown_operators_are_rejected_with_a_hint() {
         hint.contains("eq, ne, in, lt, lte, gt, gte, exists, contains"),
         "hint should list the operators: {hint:?}"
     );
-    rejects(
-        &mut c,
-        with_where(json!({"profile": "plan", "EQ": "pro"})),
-        &["$.where"],
-        &["\"EQ\""],
-    );
+    rejects(&mut c, with_where(json!({"profile": "plan", "EQ": "pro"})), &["$.where"], &["\"EQ\""]);
 }
 
 #[test]
 fn empty_combinator_lists_are_rejected() {
     let mut c = db("def_empty_lists");
-    rejects(
-        &mut c,
-        with_where(json!({"all": []})),
-        &["$.where.all"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with_where(json!({"any": []})),
-        &["$.where.any"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with_where(json!({"not": {"all": []}})),
-        &["$.where.not.all"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"all": []})), &["$.where.all"], &[]);
+    rejects(&mut c, with_where(json!({"any": []})), &["$.where.any"], &[]);
+    rejects(&mut c, with_where(json!({"not": {"all": []}})), &["$.where.not.all"], &[]);
 }
 
 #[test]
 fn in_requires_a_non_empty_array() {
     let mut c = db("def_in");
-    rejects(
-        &mut c,
-        with_where(json!({"property": "country", "in": "DE"})),
-        &["$.where.in"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with_where(json!({"property": "country", "in": []})),
-        &["$.where.in"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with_where(json!({"property": "country", "in": {"DE": true}})),
-        &["$.where.in"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"property": "country", "in": "DE"})), &["$.where.in"], &[]);
+    rejects(&mut c, with_where(json!({"property": "country", "in": []})), &["$.where.in"], &[]);
+    rejects(&mut c, with_where(json!({"property": "country", "in": {"DE": true}})), &["$.where.in"], &[]);
 }
 
 #[test]
 fn missing_required_fields_are_rejected() {
     let mut c = db("def_missing");
-    rejects(
-        &mut c,
-        json!({"action": {"channel": "email", "template": "t"}}),
-        &["$", "$.event"],
-        &["event"],
-    );
-    rejects(
-        &mut c,
-        json!({"event": "e"}),
-        &["$", "$.action"],
-        &["action"],
-    );
+    rejects(&mut c, json!({"action": {"channel": "email", "template": "t"}}), &["$", "$.event"], &["event"]);
+    rejects(&mut c, json!({"event": "e"}), &["$", "$.action"], &["action"]);
     rejects(&mut c, json!({}), &["$", "$.event", "$.action"], &[]);
-    rejects(
-        &mut c,
-        with("action", json!({"template": "t"})),
-        &["$.action", "$.action.channel"],
-        &["channel"],
-    );
+    rejects(&mut c, with("action", json!({"template": "t"})), &["$.action", "$.action.channel"], &["channel"]);
     // template is optional only for webhook
-    rejects(
-        &mut c,
-        with("action", json!({"channel": "email"})),
-        &["$.action", "$.action.template"],
-        &["template"],
-    );
-    rejects(
-        &mut c,
-        with("cap", json!({"max": 1})),
-        &["$.cap", "$.cap.per"],
-        &["per"],
-    );
-    rejects(
-        &mut c,
-        with("cap", json!({"per": "1h"})),
-        &["$.cap", "$.cap.max"],
-        &["max"],
-    );
+    rejects(&mut c, with("action", json!({"channel": "email"})), &["$.action", "$.action.template"], &["template"]);
+    rejects(&mut c, with("cap", json!({"max": 1})), &["$.cap", "$.cap.per"], &["per"]);
+    rejects(&mut c, with("cap", json!({"per": "1h"})), &["$.cap", "$.cap.max"], &["max"]);
     // and the webhook without a template is fine
     let ok: bool = c
-        .query_one(
-            "SELECT engage.validate_trigger($1)",
-            &[&with("action", json!({"channel": "webhook"}))],
-        )
+        .query_one("SELECT engage.validate_trigger($1)", &[&with("action", json!({"channel": "webhook"}))])
         .unwrap()
         .get(0);
     assert!(ok);
@@ -442,78 +257,38 @@ fn unknown_channels_are_rejected() {
     let mut c = db("def_channel");
     rejects(
         &mut c,
-        with(
-            "action",
-            json!({"channel": "carrier-pigeon", "template": "t"}),
-        ),
+        with("action", json!({"channel": "carrier-pigeon", "template": "t"})),
         &["$.action.channel"],
         &["carrier-pigeon"],
     );
-    rejects(
-        &mut c,
-        with("action", json!({"channel": "Email", "template": "t"})),
-        &["$.action.channel"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with("action", json!({"channel": "", "template": "t"})),
-        &["$.action.channel"],
-        &[],
-    );
+    rejects(&mut c, with("action", json!({"channel": "Email", "template": "t"})), &["$.action.channel"], &[]);
+    rejects(&mut c, with("action", json!({"channel": "", "template": "t"})), &["$.action.channel"], &[]);
 }
 
 #[test]
 fn bad_paths_are_rejected() {
     let mut c = db("def_bad_path");
     for path in ["", "a..b", "cart.", ".cart", "$."] {
-        rejects(
-            &mut c,
-            with_where(json!({"property": path, "eq": 1})),
-            &["$.where.property"],
-            &[],
-        );
+        rejects(&mut c, with_where(json!({"property": path, "eq": 1})), &["$.where.property"], &[]);
     }
-    rejects(
-        &mut c,
-        with_where(json!({"profile": "", "eq": 1})),
-        &["$.where.profile"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"profile": "", "eq": 1})), &["$.where.profile"], &[]);
 }
 
 #[test]
 fn a_condition_needs_exactly_one_subject_and_one_operator() {
     let mut c = db("def_condition_shape");
     // two operators
-    rejects(
-        &mut c,
-        with_where(json!({"property": "x", "gt": 1, "lt": 5})),
-        &["$.where"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"property": "x", "gt": 1, "lt": 5})), &["$.where"], &[]);
     // no operator
-    rejects(
-        &mut c,
-        with_where(json!({"property": "x"})),
-        &["$.where"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"property": "x"})), &["$.where"], &[]);
     // no subject
     rejects(&mut c, with_where(json!({"eq": 1})), &["$.where"], &[]);
     // two subjects
-    rejects(
-        &mut c,
-        with_where(json!({"property": "x", "profile": "y", "eq": 1})),
-        &["$.where"],
-        &[],
-    );
+    rejects(&mut c, with_where(json!({"property": "x", "profile": "y", "eq": 1})), &["$.where"], &[]);
     // two combinators in one object
     rejects(
         &mut c,
-        with_where(
-            json!({"all": [{"property": "x", "eq": 1}], "any": [{"property": "y", "eq": 1}]}),
-        ),
+        with_where(json!({"all": [{"property": "x", "eq": 1}], "any": [{"property": "y", "eq": 1}]})),
         &["$.where"],
         &[],
     );
@@ -524,18 +299,8 @@ fn a_condition_needs_exactly_one_subject_and_one_operator() {
 #[test]
 fn cap_max_must_be_positive() {
     let mut c = db("def_cap_max");
-    rejects(
-        &mut c,
-        with("cap", json!({"max": 0, "per": "1h"})),
-        &["$.cap.max"],
-        &[],
-    );
-    rejects(
-        &mut c,
-        with("cap", json!({"max": -1, "per": "1h"})),
-        &["$.cap.max"],
-        &[],
-    );
+    rejects(&mut c, with("cap", json!({"max": 0, "per": "1h"})), &["$.cap.max"], &[]);
+    rejects(&mut c, with("cap", json!({"max": -1, "per": "1h"})), &["$.cap.max"], &[]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,75 +311,28 @@ fn cap_max_must_be_positive() {
 fn unknown_trigger_names_give_undefined_object() {
     let mut c = db("def_unknown_name");
     let def = valid();
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.update_trigger('nope', $1)",
-        &[&def],
-        "42704",
-        "nope",
-    );
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.enable_trigger('nope')",
-        &[],
-        "42704",
-        "nope",
-    );
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.disable_trigger('nope')",
-        &[],
-        "42704",
-        "nope",
-    );
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.drop_trigger('nope')",
-        &[],
-        "42704",
-        "nope",
-    );
+    assert_sql_error(&mut c, "SELECT engage.update_trigger('nope', $1)", &[&def], "42704", "nope");
+    assert_sql_error(&mut c, "SELECT engage.enable_trigger('nope')", &[], "42704", "nope");
+    assert_sql_error(&mut c, "SELECT engage.disable_trigger('nope')", &[], "42704", "nope");
+    assert_sql_error(&mut c, "SELECT engage.drop_trigger('nope')", &[], "42704", "nope");
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers"), 1);
 }
 
 #[test]
 fn dropped_trigger_name_is_unknown_afterwards() {
     let mut c = db("def_dropped_name");
-    c.execute("SELECT engage.drop_trigger('good')", &[])
-        .unwrap();
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.drop_trigger('good')",
-        &[],
-        "42704",
-        "good",
-    );
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.enable_trigger('good')",
-        &[],
-        "42704",
-        "good",
-    );
+    c.execute("SELECT engage.drop_trigger('good')", &[]).unwrap();
+    assert_sql_error(&mut c, "SELECT engage.drop_trigger('good')", &[], "42704", "good");
+    assert_sql_error(&mut c, "SELECT engage.enable_trigger('good')", &[], "42704", "good");
 }
 
 #[test]
 fn duplicate_trigger_name_gives_duplicate_object_and_keeps_the_original() {
     let mut c = db("def_duplicate");
     let other = json!({"event": "other", "action": {"channel": "sms", "template": "x"}});
-    assert_sql_error(
-        &mut c,
-        "SELECT engage.create_trigger('good', $1)",
-        &[&other],
-        "42710",
-        "good",
-    );
-    let row = c
-        .query_one(
-            "SELECT count(*) OVER (), version::int8, definition::jsonb FROM engage.triggers",
-            &[],
-        )
-        .unwrap();
+    assert_sql_error(&mut c, "SELECT engage.create_trigger('good', $1)", &[&other], "42710", "good");
+    let row =
+        c.query_one("SELECT count(*) OVER (), version::int8, definition::jsonb FROM engage.triggers", &[]).unwrap();
     assert_eq!(row.get::<_, i64>(0), 1);
     assert_eq!(row.get::<_, i64>(1), 1);
     assert_eq!(row.get::<_, Value>(2), valid());

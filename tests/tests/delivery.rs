@@ -117,10 +117,7 @@ fn webhook_is_signed_rendered_and_logged() {
     let mut tampered = r.clone();
     tampered.body = tampered.body.replace("lamp", "lamb");
     assert!(verify_standard_webhook(&secret, &tampered).is_err(), "a tampered body must not verify");
-    assert!(
-        verify_standard_webhook(&signing_secret(b"another key"), r).is_err(),
-        "another secret must not verify"
-    );
+    assert!(verify_standard_webhook(&signing_secret(b"another key"), r).is_err(), "another secret must not verify");
 
     let doc = r.json();
     assert_eq!(doc["id"], json!(msg));
@@ -128,10 +125,7 @@ fn webhook_is_signed_rendered_and_logged() {
     assert_eq!(doc["customer_id"], json!("c1"));
     assert_eq!(doc["event"]["name"], json!("purchase"));
     assert_eq!(doc["event"]["properties"], json!({"item": "lamp", "price": 30}));
-    assert!(
-        doc["event"]["occurred_at"].as_str().is_some_and(|s| !s.is_empty()),
-        "event.occurred_at: {doc}"
-    );
+    assert!(doc["event"]["occurred_at"].as_str().is_some_and(|s| !s.is_empty()), "event.occurred_at: {doc}");
     assert_eq!(doc["payload"], json!({"coupon": "SAVE10"}));
     assert_eq!(
         doc["rendered"],
@@ -281,9 +275,7 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     // While the second attempt is in flight, the first failure is recorded.
     receiver.wait_for_requests(2, WAIT, &cluster);
     let during: (String, i32, Option<String>) = {
-        let r = c
-            .query_one("SELECT status, attempts, last_error FROM engage.outbox WHERE id = $1", &[&id])
-            .unwrap();
+        let r = c.query_one("SELECT status, attempts, last_error FROM engage.outbox WHERE id = $1", &[&id]).unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
     assert_eq!((during.0.as_str(), during.1), ("claimed", 2), "{during:?}");
@@ -294,10 +286,8 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     );
     // While the fifth attempt is in flight, the timeout of the fourth is recorded.
     receiver.wait_for_requests(5, Duration::from_secs(40), &cluster);
-    let timeout_error: Option<String> = c
-        .query_one("SELECT last_error FROM engage.outbox WHERE id = $1", &[&id])
-        .unwrap()
-        .get(0);
+    let timeout_error: Option<String> =
+        c.query_one("SELECT last_error FROM engage.outbox WHERE id = $1", &[&id]).unwrap().get(0);
     assert!(
         timeout_error.as_deref().is_some_and(|e| {
             let e = e.to_ascii_lowercase();
@@ -309,10 +299,8 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     let rows = wait_settled(&cluster, &mut c, 1, WAIT);
     let row = &rows[0];
     assert_eq!((row.status.as_str(), row.attempts, row.last_error.as_deref()), ("sent", 5, None), "{row:?}");
-    let logged_attempts: i32 = c
-        .query_one("SELECT attempts FROM engage.messages WHERE outbox_id = $1", &[&id])
-        .unwrap()
-        .get(0);
+    let logged_attempts: i32 =
+        c.query_one("SELECT attempts FROM engage.messages WHERE outbox_id = $1", &[&id]).unwrap().get(0);
     assert_eq!(logged_attempts, 5, "engage.messages counts the attempts");
 
     std::thread::sleep(Duration::from_millis(600));
@@ -353,10 +341,8 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
 #[test]
 fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
     let (cluster, mut c) = start_deliverer("dlv_dead", &[]);
-    let receiver = HttpReceiver::scripted(
-        vec![Reply::status(400).with_body("{\"error\":\"bad payload\"}")],
-        Reply::status(200),
-    );
+    let receiver =
+        HttpReceiver::scripted(vec![Reply::status(400).with_body("{\"error\":\"bad payload\"}")], Reply::status(200));
     let secret = signing_secret(b"dead key");
     webhook_channel(&mut c, &receiver.url("/dead"), &secret, 8, "200 milliseconds");
     create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook", "payload": {"k": 1}}}));
@@ -369,9 +355,7 @@ fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
     assert_eq!((row.status.as_str(), row.attempts, row.sent), ("dead", 1, false), "a 400 is not retried: {row:?}");
     let error = row.last_error.clone().unwrap_or_default();
     assert!(error.contains("400") && error.contains("bad payload"), "last_error: {error:?}");
-    let dead = c
-        .query("SELECT id, customer_id, channel, attempts, last_error FROM engage.dead_letters", &[])
-        .unwrap();
+    let dead = c.query("SELECT id, customer_id, channel, attempts, last_error FROM engage.dead_letters", &[]).unwrap();
     assert_eq!(dead.len(), 1, "one dead letter");
     assert_eq!(dead[0].get::<_, i64>(0), id);
     assert_eq!(dead[0].get::<_, String>(1), "c1");
@@ -440,16 +424,11 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
     for (customer, fallback) in cases {
         let mut tx = c.transaction().unwrap();
         let event: i64 = tx
-            .query_one(
-                "INSERT INTO engage.events (customer_id, name) VALUES ($1, 'signup') RETURNING id",
-                &[&customer],
-            )
+            .query_one("INSERT INTO engage.events (customer_id, name) VALUES ($1, 'signup') RETURNING id", &[&customer])
             .unwrap()
             .get(0);
         let fallback: Vec<String> = fallback.iter().map(|s| s.to_string()).collect();
-        let n = tx
-            .execute("UPDATE engage.outbox SET fallback = $2 WHERE event_id = $1", &[&event, &fallback])
-            .unwrap();
+        let n = tx.execute("UPDATE engage.outbox SET fallback = $2 WHERE event_id = $1", &[&event, &fallback]).unwrap();
         assert_eq!(n, 1);
         tx.commit().unwrap();
     }
@@ -515,10 +494,8 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
 #[test]
 fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
     let db = "dlv_kill";
-    let (cluster, mut c) = start_deliverer(
-        db,
-        &[("engage.lease", "'2s'"), ("engage.concurrency", "4"), ("synchronous_commit", "on")],
-    );
+    let (cluster, mut c) =
+        start_deliverer(db, &[("engage.lease", "'2s'"), ("engage.concurrency", "4"), ("synchronous_commit", "on")]);
     // Slow receiver: a batch of 12 takes three rounds of 1.5 s at concurrency 4.
     let receiver = HttpReceiver::scripted(vec![], Reply::status(200).after(Duration::from_millis(1500)));
     let secret = signing_secret(b"kill key");
@@ -527,8 +504,7 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
     let customers: Vec<String> = (1..=12).map(|i| format!("k{i:02}")).collect();
     // One statement, one transaction: all twelve are queued (and claimable) at once.
     let values: Vec<String> = customers.iter().map(|cu| format!("('{cu}', 'e')")).collect();
-    c.batch_execute(&format!("INSERT INTO engage.events (customer_id, name) VALUES {}", values.join(", ")))
-        .unwrap();
+    c.batch_execute(&format!("INSERT INTO engage.events (customer_id, name) VALUES {}", values.join(", "))).unwrap();
     let ids: BTreeSet<i64> = c.query("SELECT id FROM engage.outbox", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ids.len(), 12);
 
@@ -570,11 +546,7 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
         by_id.entry(header).or_default().push(r);
     }
     let expected: BTreeSet<String> = ids.iter().map(|i| format!("msg_{i}")).collect();
-    assert_eq!(
-        by_id.keys().cloned().collect::<BTreeSet<_>>(),
-        expected,
-        "every queued message arrived at least once"
-    );
+    assert_eq!(by_id.keys().cloned().collect::<BTreeSet<_>>(), expected, "every queued message arrived at least once");
     let duplicated: Vec<&String> = by_id.iter().filter(|(_, v)| v.len() > 1).map(|(k, _)| k).collect();
     assert!(
         !duplicated.is_empty() && requests.len() > 12,
@@ -677,11 +649,7 @@ fn rolled_back_event_sends_nothing() {
 
     let mut tx = c.transaction().unwrap();
     tx.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'e')", &[]).unwrap();
-    assert_eq!(
-        count_in(&mut tx, "SELECT count(*) FROM engage.outbox"),
-        1,
-        "queued inside the transaction"
-    );
+    assert_eq!(count_in(&mut tx, "SELECT count(*) FROM engage.outbox"), 1, "queued inside the transaction");
     tx.rollback().unwrap();
     // A rolled-back savepoint inside a committed transaction sends nothing either.
     let mut tx = c.transaction().unwrap();
@@ -689,8 +657,11 @@ fn rolled_back_event_sends_nothing() {
         "SAVEPOINT s; INSERT INTO engage.events (customer_id, name, properties) VALUES ('c2', 'e', '{\"which\": \"rolled back\"}'); ROLLBACK TO SAVEPOINT s;",
     )
     .unwrap();
-    tx.execute("INSERT INTO engage.events (customer_id, name, properties) VALUES ('c3', 'e', '{\"which\": \"kept\"}')", &[])
-        .unwrap();
+    tx.execute(
+        "INSERT INTO engage.events (customer_id, name, properties) VALUES ('c3', 'e', '{\"which\": \"kept\"}')",
+        &[],
+    )
+    .unwrap();
     tx.commit().unwrap();
 
     let requests = receiver.wait_for_requests(1, WAIT, &cluster);
@@ -843,21 +814,16 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
 
     // A permanent failure with a fallback list moves to the next channel, attempts reset.
     c.execute("UPDATE engage.outbox SET fallback = '{sms,webhook}' WHERE id = $1", &[&b1]).unwrap();
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
+    let s: Option<String> =
+        c.query_one("SELECT engage.fail($1, 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
     assert_eq!(s.as_deref(), Some("pending"));
     let (channel, fallback, attempts, due_now): (String, Vec<String>, i32, bool) = {
         let r = c
-            .query_one(
-                "SELECT channel, fallback, attempts, due_at <= now() FROM engage.outbox WHERE id = $1",
-                &[&b1],
-            )
+            .query_one("SELECT channel, fallback, attempts, due_at <= now() FROM engage.outbox WHERE id = $1", &[&b1])
             .unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3))
     };
-    assert_eq!(
-        (channel.as_str(), fallback, attempts, due_now),
-        ("sms", vec!["webhook".to_string()], 0, true)
-    );
+    assert_eq!((channel.as_str(), fallback, attempts, due_now), ("sms", vec!["webhook".to_string()], 0, true));
     let claimed = c.query("SELECT id, channel, fallback FROM engage.claim(10, '30 seconds', 'ext-5')", &[]).unwrap();
     assert_eq!(claimed.len(), 1);
     assert_eq!(
@@ -948,8 +914,7 @@ fn a_retrying_head_keeps_the_customers_later_messages_waiting() {
     // claimable only once the first has completed (or left the queue for good).
     let mut c = shared().create_db("dlv_head_retry");
     create_trigger(&mut c, "h", json!({"event": "e", "action": {"channel": "webhook"}}));
-    c.batch_execute("INSERT INTO engage.channels (kind, backoff_base) VALUES ('webhook', '1 minute')")
-        .unwrap();
+    c.batch_execute("INSERT INTO engage.channels (kind, backoff_base) VALUES ('webhook', '1 minute')").unwrap();
     let first = insert_event_at(&mut c, "c1", "e", json!({"n": 1}), "2000-01-01T00:00:00Z");
     let second = insert_event_at(&mut c, "c1", "e", json!({"n": 2}), "2000-01-01T00:01:00Z");
     let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
@@ -996,10 +961,8 @@ fn rate_limit_paces_the_sends_of_one_batch() {
     c.batch_execute("UPDATE engage.channels SET rate_limit_per_second = 2 WHERE kind = 'webhook'").unwrap();
     create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
     // Six customers in one statement: one batch of six.
-    c.batch_execute(
-        "INSERT INTO engage.events (customer_id, name) SELECT 'r' || i, 'e' FROM generate_series(1, 6) i",
-    )
-    .unwrap();
+    c.batch_execute("INSERT INTO engage.events (customer_id, name) SELECT 'r' || i, 'e' FROM generate_series(1, 6) i")
+        .unwrap();
     let requests = receiver.wait_for_requests(6, WAIT, &cluster);
     let g = gaps_ms(&requests);
     assert!(g.iter().all(|&gap| gap >= 450), "2 per second means 500 ms apart: gaps {g:?} ms");
@@ -1101,7 +1064,14 @@ fn sms_whatsapp_and_push_use_their_provider_request_shapes() {
     .unwrap();
     template(&mut c, "note", "sms", None, "Hi {{ profile.first_name }}, order {{ event.properties.order }}", None);
     template(&mut c, "note", "whatsapp", None, "WA {{ profile.first_name }} {{ event.properties.order }}", None);
-    template(&mut c, "note", "push", Some("Order {{ event.properties.order }}"), "Shipped, {{ profile.first_name }}", None);
+    template(
+        &mut c,
+        "note",
+        "push",
+        Some("Order {{ event.properties.order }}"),
+        "Shipped, {{ profile.first_name }}",
+        None,
+    );
     for channel in ["sms", "whatsapp", "push"] {
         create_trigger(
             &mut c,
@@ -1116,7 +1086,10 @@ fn sms_whatsapp_and_push_use_their_provider_request_shapes() {
     let requests = receiver.wait_for_requests(3, WAIT, &cluster);
     wait_settled(&cluster, &mut c, 3, WAIT);
     let find = |prefix: &str| {
-        requests.iter().find(|r| r.path.starts_with(prefix)).unwrap_or_else(|| panic!("no request to {prefix}: {requests:#?}"))
+        requests
+            .iter()
+            .find(|r| r.path.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no request to {prefix}: {requests:#?}"))
     };
 
     let sms = find("/2010-04-01/Accounts/ACabc/Messages.json");

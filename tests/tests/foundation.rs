@@ -8,47 +8,19 @@ use pg_engage_it::*;
 #[test]
 fn cluster_runs_postgresql_15() {
     let mut c = shared().connect("postgres");
-    let version: i32 = c
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .unwrap()
-        .get(0);
-    assert!(
-        (150000..160000).contains(&version),
-        "server_version_num = {version}"
-    );
+    let version: i32 = c.query_one("SELECT current_setting('server_version_num')::int", &[]).unwrap().get(0);
+    assert!((150000..160000).contains(&version), "server_version_num = {version}");
 }
 
 #[test]
 fn extension_creates_the_documented_tables_and_columns() {
     let mut c = shared().create_db("found_tables");
     let expected: &[(&str, &[&str])] = &[
-        (
-            "events",
-            &[
-                "id",
-                "customer_id",
-                "name",
-                "properties",
-                "occurred_at",
-                "received_at",
-                "idempotency_key",
-            ],
-        ),
+        ("events", &["id", "customer_id", "name", "properties", "occurred_at", "received_at", "idempotency_key"]),
         ("profiles", &["attributes", "email", "phone", "timezone"]),
-        (
-            "triggers",
-            &["id", "name", "definition", "enabled", "priority", "version"],
-        ),
-        (
-            "decisions",
-            &["event_id", "trigger_id", "outcome", "reason"],
-        ),
-        (
-            "outbox",
-            &[
-                "channel", "template", "payload", "due_at", "status", "attempts",
-            ],
-        ),
+        ("triggers", &["id", "name", "definition", "enabled", "priority", "version"]),
+        ("decisions", &["event_id", "trigger_id", "outcome", "reason"]),
+        ("outbox", &["channel", "template", "payload", "due_at", "status", "attempts"]),
     ];
     for (table, columns) in expected {
         for column in *columns {
@@ -122,11 +94,7 @@ fn a_second_decision_for_the_same_event_and_trigger_is_rejected() {
 #[test]
 fn readme_tour_queues_the_cart_reminder_then_caps_it() {
     let mut c = shared().create_db("found_tour");
-    identify(
-        &mut c,
-        "c42",
-        json!({"email": "ada@example.com", "country": "DE", "plan": "pro"}),
-    );
+    identify(&mut c, "c42", json!({"email": "ada@example.com", "country": "DE", "plan": "pro"}));
     let id = create_trigger(
         &mut c,
         "cart_high_value",
@@ -140,12 +108,7 @@ fn readme_tour_queues_the_cart_reminder_then_caps_it() {
     );
     assert!(id > 0);
 
-    let e1 = insert_event(
-        &mut c,
-        "c42",
-        "cart_updated",
-        json!({"cart": {"value": 180, "items": 3}}),
-    );
+    let e1 = insert_event(&mut c, "c42", "cart_updated", json!({"cart": {"value": 180, "items": 3}}));
     assert_eq!(decisions_for(&mut c, e1), vec![fired("cart_high_value")]);
     let outbox = outbox_for_template(&mut c, Some("cart_reminder"));
     assert_eq!(outbox.len(), 1, "{outbox:?}");
@@ -154,23 +117,10 @@ fn readme_tour_queues_the_cart_reminder_then_caps_it() {
     assert_eq!(outbox[0].status, "pending");
 
     // A second cart within the day is capped (max 1 per 24h).
-    let e2 = insert_event(
-        &mut c,
-        "c42",
-        "cart_updated",
-        json!({"cart": {"value": 250}}),
-    );
-    assert_eq!(
-        decisions_for(&mut c, e2),
-        vec![suppressed("cart_high_value", "cap")]
-    );
+    let e2 = insert_event(&mut c, "c42", "cart_updated", json!({"cart": {"value": 250}}));
+    assert_eq!(decisions_for(&mut c, e2), vec![suppressed("cart_high_value", "cap")]);
     // A small cart does not match at all: no decision.
-    let e3 = insert_event(
-        &mut c,
-        "c42",
-        "cart_updated",
-        json!({"cart": {"value": 20}}),
-    );
+    let e3 = insert_event(&mut c, "c42", "cart_updated", json!({"cart": {"value": 20}}));
     assert_eq!(decisions_for(&mut c, e3), vec![]);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox"), 1);
 }
@@ -178,11 +128,7 @@ fn readme_tour_queues_the_cart_reminder_then_caps_it() {
 #[test]
 fn track_inserts_an_event_and_returns_its_id() {
     let mut c = shared().create_db("found_track");
-    create_trigger(
-        &mut c,
-        "t",
-        json!({"event": "signed_up", "action": email("welcome")}),
-    );
+    create_trigger(&mut c, "t", json!({"event": "signed_up", "action": email("welcome")}));
     let id: Option<i64> = c
         .query_one(
             "SELECT engage.track('c1', 'signed_up', '{\"plan\": \"pro\"}'::jsonb, \
@@ -208,10 +154,7 @@ fn track_inserts_an_event_and_returns_its_id() {
     assert_eq!(decisions_for(&mut c, id), vec![fired("t")]);
 
     // Defaults: properties '{}' and occurred_at now().
-    let id2: i64 = c
-        .query_one("SELECT engage.track('c1', 'other')::int8", &[])
-        .unwrap()
-        .get(0);
+    let id2: i64 = c.query_one("SELECT engage.track('c1', 'other')::int8", &[]).unwrap().get(0);
     let row = c
         .query_one(
             "SELECT properties::jsonb, abs(extract(epoch FROM occurred_at - now())) < 60 \
@@ -226,16 +169,8 @@ fn track_inserts_an_event_and_returns_its_id() {
 #[test]
 fn identify_merges_traits_and_fills_contact_columns() {
     let mut c = shared().create_db("found_identify");
-    identify(
-        &mut c,
-        "c1",
-        json!({"email": "ada@example.com", "country": "DE", "plan": "free"}),
-    );
-    identify(
-        &mut c,
-        "c1",
-        json!({"plan": "pro", "phone": "+4915112345678", "timezone": "Europe/Berlin"}),
-    );
+    identify(&mut c, "c1", json!({"email": "ada@example.com", "country": "DE", "plan": "free"}));
+    identify(&mut c, "c1", json!({"plan": "pro", "phone": "+4915112345678", "timezone": "Europe/Berlin"}));
     let row = c
         .query_one(
             "SELECT attributes::jsonb, email::text, phone::text, timezone::text \
@@ -244,28 +179,11 @@ fn identify_merges_traits_and_fills_contact_columns() {
         )
         .unwrap();
     let attributes: Value = row.get(0);
-    assert_eq!(
-        attributes["country"],
-        json!("DE"),
-        "earlier trait lost: {attributes}"
-    );
-    assert_eq!(
-        attributes["plan"],
-        json!("pro"),
-        "trait not overwritten: {attributes}"
-    );
-    assert_eq!(
-        row.get::<_, Option<String>>(1).as_deref(),
-        Some("ada@example.com")
-    );
-    assert_eq!(
-        row.get::<_, Option<String>>(2).as_deref(),
-        Some("+4915112345678")
-    );
-    assert_eq!(
-        row.get::<_, Option<String>>(3).as_deref(),
-        Some("Europe/Berlin")
-    );
+    assert_eq!(attributes["country"], json!("DE"), "earlier trait lost: {attributes}");
+    assert_eq!(attributes["plan"], json!("pro"), "trait not overwritten: {attributes}");
+    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some("ada@example.com"));
+    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some("+4915112345678"));
+    assert_eq!(row.get::<_, Option<String>>(3).as_deref(), Some("Europe/Berlin"));
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.profiles"), 1);
 }
 
@@ -304,10 +222,7 @@ fn validate_trigger_accepts_the_readme_examples() {
         assert!(ok, "validate_trigger returned false for {def}");
         create_trigger(&mut c, &format!("example_{i}"), def.clone());
     }
-    assert_eq!(
-        count(&mut c, "SELECT count(*) FROM engage.triggers"),
-        examples.len() as i64
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers"), examples.len() as i64);
 }
 
 #[test]
@@ -328,41 +243,21 @@ fn trigger_rows_reflect_management_calls() {
     assert_eq!(row.get::<_, i64>(3), 1, "a new trigger has version 1");
     assert_eq!(row.get::<_, Value>(4)["event"], json!("e"));
 
-    let v2 = update_trigger(
-        &mut c,
-        "t",
-        json!({"event": "e", "action": email("t2"), "priority": 3}),
-    );
+    let v2 = update_trigger(&mut c, "t", json!({"event": "e", "action": email("t2"), "priority": 3}));
     assert_eq!(v2, 2);
     let v3 = update_trigger(&mut c, "t", json!({"event": "e", "action": email("t3")}));
     assert_eq!(v3, 3);
     let row = c
-        .query_one(
-            "SELECT priority::int8, version::int8, definition::jsonb FROM engage.triggers WHERE name = 't'",
-            &[],
-        )
+        .query_one("SELECT priority::int8, version::int8, definition::jsonb FROM engage.triggers WHERE name = 't'", &[])
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 0, "priority defaults to 0");
     assert_eq!(row.get::<_, i64>(1), 3);
     assert_eq!(row.get::<_, Value>(2)["action"]["template"], json!("t3"));
 
-    c.execute("SELECT engage.disable_trigger('t')", &[])
-        .unwrap();
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.triggers WHERE name = 't' AND NOT enabled"
-        ),
-        1
-    );
+    c.execute("SELECT engage.disable_trigger('t')", &[]).unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers WHERE name = 't' AND NOT enabled"), 1);
     c.execute("SELECT engage.enable_trigger('t')", &[]).unwrap();
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.triggers WHERE name = 't' AND enabled"
-        ),
-        1
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers WHERE name = 't' AND enabled"), 1);
 
     // Dropping keeps the past decisions.
     let ev = insert_event(&mut c, "c1", "e", json!({}));
@@ -370,10 +265,7 @@ fn trigger_rows_reflect_management_calls() {
     c.execute("SELECT engage.drop_trigger('t')", &[]).unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers"), 0);
     assert_eq!(
-        count(
-            &mut c,
-            &format!("SELECT count(*) FROM engage.decisions WHERE trigger_id = {id}")
-        ),
+        count(&mut c, &format!("SELECT count(*) FROM engage.decisions WHERE trigger_id = {id}")),
         1,
         "past decisions must stay after drop_trigger"
     );

@@ -23,11 +23,7 @@ fn fired_row_carries_channel_template_payload_and_is_due_at_occurred_at() {
     assert_eq!(row.payload.as_ref(), Some(&payload));
     assert_eq!(row.status, "pending");
     assert_eq!(row.attempts, 0);
-    assert_eq!(
-        row.due_at_epoch,
-        epoch(&mut c, at),
-        "due_at must equal occurred_at (to the microsecond)"
-    );
+    assert_eq!(row.due_at_epoch, epoch(&mut c, at), "due_at must equal occurred_at (to the microsecond)");
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox"), 1);
 }
 
@@ -39,11 +35,7 @@ fn due_at_is_the_event_time_even_in_the_past() {
     insert_event_at(&mut c, "c1", "e", json!({}), at);
     let rows = outbox_for_template(&mut c, Some("past"));
     assert_eq!(rows.len(), 1);
-    assert_eq!(
-        rows[0].due_at_epoch,
-        epoch(&mut c, at),
-        "due_at is occurred_at, not now()"
-    );
+    assert_eq!(rows[0].due_at_epoch, epoch(&mut c, at), "due_at is occurred_at, not now()");
 }
 
 #[test]
@@ -101,27 +93,13 @@ fn only_fired_decisions_queue_messages() {
         "high",
         json!({"event": "e", "action": email("high"), "priority": 2, "cap": {"max": 1, "per": "1d"}}),
     );
-    create_trigger(
-        &mut c,
-        "low",
-        json!({"event": "e", "action": email("low"), "priority": 1}),
-    );
-    for at in [
-        "2025-03-01T10:00:00Z",
-        "2025-03-01T11:00:00Z",
-        "2025-03-01T12:00:00Z",
-    ] {
+    create_trigger(&mut c, "low", json!({"event": "e", "action": email("low"), "priority": 1}));
+    for at in ["2025-03-01T10:00:00Z", "2025-03-01T11:00:00Z", "2025-03-01T12:00:00Z"] {
         insert_event_at(&mut c, "c1", "e", json!({}), at);
     }
     // decisions: high fired + low conflict; then high cap + low fired, twice
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.decisions"), 6);
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.decisions WHERE outcome::text = 'fired'"
-        ),
-        3
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.decisions WHERE outcome::text = 'fired'"), 3);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox"), 3);
     let high = outbox_for_template(&mut c, Some("high"));
     let low = outbox_for_template(&mut c, Some("low"));
@@ -150,12 +128,6 @@ fn updated_action_is_used_for_later_events_only() {
     let v1 = outbox_for_template(&mut c, Some("v1"));
     let v2 = outbox_for_template(&mut c, Some("v2"));
     assert_eq!((v1.len(), v2.len()), (1, 1));
-    assert_eq!(
-        (v1[0].channel.as_str(), v1[0].payload.clone()),
-        ("email", Some(json!({"v": 1})))
-    );
-    assert_eq!(
-        (v2[0].channel.as_str(), v2[0].payload.clone()),
-        ("push", Some(json!({"v": 2})))
-    );
+    assert_eq!((v1[0].channel.as_str(), v1[0].payload.clone()), ("email", Some(json!({"v": 1}))));
+    assert_eq!((v2[0].channel.as_str(), v2[0].payload.clone()), ("push", Some(json!({"v": 2}))));
 }

@@ -21,11 +21,7 @@ fn property_case(
     matching: &[Value],
     not_matching: &[Value],
 ) {
-    create_trigger(
-        c,
-        case,
-        json!({"event": case, "where": predicate, "action": email(case)}),
-    );
+    create_trigger(c, case, json!({"event": case, "where": predicate, "action": email(case)}));
     for (i, props) in matching.iter().enumerate() {
         let customer = format!("{case}-yes-{i}");
         let id = insert(c, &customer, case, props.clone(), occurred_at);
@@ -38,11 +34,7 @@ fn property_case(
     for (i, props) in not_matching.iter().enumerate() {
         let customer = format!("{case}-no-{i}");
         let id = insert(c, &customer, case, props.clone(), occurred_at);
-        assert_eq!(
-            decisions_for(c, id),
-            vec![],
-            "case {case}: {predicate} should not hold for properties {props}"
-        );
+        assert_eq!(decisions_for(c, id), vec![], "case {case}: {predicate} should not hold for properties {props}");
     }
     let queued = outbox_for_template(c, Some(case)).len();
     assert_eq!(queued, matching.len(), "case {case}: outbox rows");
@@ -59,11 +51,7 @@ fn profile_case(
     matching: &[Option<Value>],
     not_matching: &[Option<Value>],
 ) {
-    create_trigger(
-        c,
-        case,
-        json!({"event": case, "where": predicate, "action": email(case)}),
-    );
+    create_trigger(c, case, json!({"event": case, "where": predicate, "action": email(case)}));
     for (expect, profiles) in [(true, matching), (false, not_matching)] {
         for (i, traits) in profiles.iter().enumerate() {
             let customer = format!("{case}-{expect}-{i}");
@@ -104,12 +92,7 @@ fn eq_matches_equal_strings_numbers_booleans_and_objects() {
         json!({"property": "plan", "eq": "pro"}),
         None,
         &[json!({"plan": "pro"})],
-        &[
-            json!({"plan": "free"}),
-            json!({}),
-            json!({"plan": ["pro"]}),
-            json!({"plan": null}),
-        ],
+        &[json!({"plan": "free"}), json!({}), json!({"plan": ["pro"]}), json!({"plan": null})],
     );
     property_case(
         &mut c,
@@ -133,10 +116,7 @@ fn eq_matches_equal_strings_numbers_booleans_and_objects() {
         json!({"property": "meta", "eq": {"a": 1, "b": [1, 2]}}),
         None,
         &[json!({"meta": {"b": [1, 2], "a": 1}})],
-        &[
-            json!({"meta": {"a": 1}}),
-            json!({"meta": {"a": 1, "b": [2, 1]}}),
-        ],
+        &[json!({"meta": {"a": 1}}), json!({"meta": {"a": 1, "b": [2, 1]}})],
     );
 }
 
@@ -148,12 +128,7 @@ fn ne_matches_missing_or_different_values() {
         "ne_string",
         json!({"property": "plan", "ne": "pro"}),
         None,
-        &[
-            json!({"plan": "free"}),
-            json!({}),
-            json!({"plan": null}),
-            json!({"plan": ["pro"]}),
-        ],
+        &[json!({"plan": "free"}), json!({}), json!({"plan": null}), json!({"plan": ["pro"]})],
         &[json!({"plan": "pro"})],
     );
     property_case(
@@ -175,12 +150,7 @@ fn in_matches_any_listed_value() {
         json!({"property": "country", "in": ["DE", "AT", "CH"]}),
         None,
         &[json!({"country": "AT"}), json!({"country": "CH"})],
-        &[
-            json!({"country": "FR"}),
-            json!({}),
-            json!({"country": ["DE"]}),
-            json!({"country": "de"}),
-        ],
+        &[json!({"country": "FR"}), json!({}), json!({"country": ["DE"]}), json!({"country": "de"})],
     );
     property_case(
         &mut c,
@@ -205,13 +175,7 @@ fn number_comparisons_respect_their_boundaries() {
         json!({"property": "v", "gt": 100}),
         None,
         &[json!({"v": 100.5}), json!({"v": 101}), json!({"v": 1e9})],
-        &[
-            json!({"v": 100}),
-            json!({"v": 99}),
-            json!({"v": "150"}),
-            json!({"v": null}),
-            json!({}),
-        ],
+        &[json!({"v": 100}), json!({"v": 99}), json!({"v": "150"}), json!({"v": null}), json!({})],
     );
     property_case(
         &mut c,
@@ -227,12 +191,7 @@ fn number_comparisons_respect_their_boundaries() {
         json!({"property": "v", "lt": 10}),
         None,
         &[json!({"v": 9}), json!({"v": -3}), json!({"v": 9.999})],
-        &[
-            json!({"v": 10}),
-            json!({"v": 11}),
-            json!({"v": "5"}),
-            json!({"v": false}),
-        ],
+        &[json!({"v": 10}), json!({"v": 11}), json!({"v": "5"}), json!({"v": false})],
     );
     property_case(
         &mut c,
@@ -297,10 +256,7 @@ fn timestamp_comparisons_compare_instants_not_strings() {
         "gte_ts",
         json!({"property": "at", "gte": "2026-01-01T00:00:00Z"}),
         None,
-        &[
-            json!({"at": "2026-01-01T00:00:00Z"}),
-            json!({"at": "2026-01-01T01:00:00+01:00"}),
-        ],
+        &[json!({"at": "2026-01-01T00:00:00Z"}), json!({"at": "2026-01-01T01:00:00+01:00"})],
         &[json!({"at": "2025-12-31T23:59:59Z"})],
     );
     property_case(
@@ -308,10 +264,7 @@ fn timestamp_comparisons_compare_instants_not_strings() {
         "lte_ts",
         json!({"property": "at", "lte": "2026-01-01T00:00:00Z"}),
         None,
-        &[
-            json!({"at": "2026-01-01T00:00:00Z"}),
-            json!({"at": "2020-01-01T00:00:00Z"}),
-        ],
+        &[json!({"at": "2026-01-01T00:00:00Z"}), json!({"at": "2020-01-01T00:00:00Z"})],
         &[json!({"at": "2026-01-01T00:00:00.001Z"})],
     );
 }
@@ -327,10 +280,7 @@ fn ago_compares_with_event_time_minus_duration() {
         "seen_within_30d",
         json!({"property": "last_seen", "gt": {"ago": "30d"}}),
         at,
-        &[
-            json!({"last_seen": "2020-05-20T00:00:00Z"}),
-            json!({"last_seen": "2020-05-31T23:00:00-02:00"}),
-        ],
+        &[json!({"last_seen": "2020-05-20T00:00:00Z"}), json!({"last_seen": "2020-05-31T23:00:00-02:00"})],
         &[
             json!({"last_seen": "2020-04-01T00:00:00Z"}),
             json!({"last_seen": "2020-05-01T23:59:59Z"}),
@@ -344,10 +294,7 @@ fn ago_compares_with_event_time_minus_duration() {
         json!({"property": "signed_up_at", "lt": {"ago": "7d"}}),
         at,
         &[json!({"signed_up_at": "2020-05-01T00:00:00Z"})],
-        &[
-            json!({"signed_up_at": "2020-05-30T00:00:00Z"}),
-            json!({"signed_up_at": 5}),
-        ],
+        &[json!({"signed_up_at": "2020-05-30T00:00:00Z"}), json!({"signed_up_at": 5})],
     );
     property_case(
         &mut c,
@@ -355,10 +302,7 @@ fn ago_compares_with_event_time_minus_duration() {
         json!({"property": "at", "gte": {"ago": "1h 30m"}}),
         at,
         // threshold 2020-05-31T22:30:00Z
-        &[
-            json!({"at": "2020-05-31T22:30:00Z"}),
-            json!({"at": "2020-05-31T23:00:00Z"}),
-        ],
+        &[json!({"at": "2020-05-31T22:30:00Z"}), json!({"at": "2020-05-31T23:00:00Z"})],
         &[json!({"at": "2020-05-31T22:29:59Z"})],
     );
     property_case(
@@ -367,10 +311,7 @@ fn ago_compares_with_event_time_minus_duration() {
         json!({"property": "at", "lte": {"ago": "1w"}}),
         at,
         // threshold 2020-05-25T00:00:00Z
-        &[
-            json!({"at": "2020-05-25T00:00:00Z"}),
-            json!({"at": "2019-01-01T00:00:00Z"}),
-        ],
+        &[json!({"at": "2020-05-25T00:00:00Z"}), json!({"at": "2019-01-01T00:00:00Z"})],
         &[json!({"at": "2020-05-25T00:00:01Z"})],
     );
 }
@@ -387,12 +328,7 @@ fn exists_true_means_present_and_not_null() {
         "exists_true",
         json!({"property": "coupon", "exists": true}),
         None,
-        &[
-            json!({"coupon": "X"}),
-            json!({"coupon": 0}),
-            json!({"coupon": false}),
-            json!({"coupon": ""}),
-        ],
+        &[json!({"coupon": "X"}), json!({"coupon": 0}), json!({"coupon": false}), json!({"coupon": ""})],
         &[json!({}), json!({"coupon": null}), json!({"other": "X"})],
     );
     property_case(
@@ -409,11 +345,7 @@ fn exists_true_means_present_and_not_null() {
         json!({"property": "a.b", "exists": true}),
         None,
         &[json!({"a": {"b": 1}})],
-        &[
-            json!({"a": {"c": 1}}),
-            json!({"a": 1}),
-            json!({"a": {"b": null}}),
-        ],
+        &[json!({"a": {"c": 1}}), json!({"a": 1}), json!({"a": {"b": null}})],
     );
 }
 
@@ -426,28 +358,16 @@ fn contains_matches_substrings_and_array_elements() {
         json!({"property": "title", "contains": "sale"}),
         None,
         &[json!({"title": "summer sale!"}), json!({"title": "sale"})],
-        &[
-            json!({"title": "summer"}),
-            json!({}),
-            json!({"title": 5}),
-            json!({"title": {"sale": 1}}),
-        ],
+        &[json!({"title": "summer"}), json!({}), json!({"title": 5}), json!({"title": {"sale": 1}})],
     );
     property_case(
         &mut c,
         "contains_string_element",
         json!({"property": "items", "contains": "gift-card"}),
         None,
-        &[
-            json!({"items": ["a", "gift-card"]}),
-            json!({"items": ["gift-card"]}),
-        ],
+        &[json!({"items": ["a", "gift-card"]}), json!({"items": ["gift-card"]})],
         // array elements compare by equality, not by substring
-        &[
-            json!({"items": ["a", "gift-card-x"]}),
-            json!({"items": []}),
-            json!({"items": [["gift-card"]]}),
-        ],
+        &[json!({"items": ["a", "gift-card-x"]}), json!({"items": []}), json!({"items": [["gift-card"]]})],
     );
     property_case(
         &mut c,
@@ -455,11 +375,7 @@ fn contains_matches_substrings_and_array_elements() {
         json!({"property": "codes", "contains": 2}),
         None,
         &[json!({"codes": [1, 2, 3]})],
-        &[
-            json!({"codes": [1, 3]}),
-            json!({"codes": 2}),
-            json!({"codes": ["2"]}),
-        ],
+        &[json!({"codes": [1, 3]}), json!({"codes": 2}), json!({"codes": ["2"]})],
     );
     property_case(
         &mut c,
@@ -484,11 +400,7 @@ fn property_paths_follow_nested_keys_array_indexes_and_dollar_prefix() {
         json!({"property": "cart.value", "gt": 100}),
         None,
         &[json!({"cart": {"value": 180, "items": 3}})],
-        &[
-            json!({"cart": {"value": 50}}),
-            json!({"cart": 180}),
-            json!({"value": 180}),
-        ],
+        &[json!({"cart": {"value": 50}}), json!({"cart": 180}), json!({"value": 180})],
     );
     property_case(
         &mut c,
@@ -504,11 +416,7 @@ fn property_paths_follow_nested_keys_array_indexes_and_dollar_prefix() {
         json!({"property": "items.0.sku", "eq": "A-1"}),
         None,
         &[json!({"items": [{"sku": "A-1"}, {"sku": "B-2"}]})],
-        &[
-            json!({"items": [{"sku": "B-2"}, {"sku": "A-1"}]}),
-            json!({"items": []}),
-            json!({"items": "A-1"}),
-        ],
+        &[json!({"items": [{"sku": "B-2"}, {"sku": "A-1"}]}), json!({"items": []}), json!({"items": "A-1"})],
     );
     property_case(
         &mut c,
@@ -524,10 +432,7 @@ fn property_paths_follow_nested_keys_array_indexes_and_dollar_prefix() {
         json!({"property": "$.address.city", "eq": "Berlin"}),
         None,
         &[json!({"address": {"city": "Berlin"}})],
-        &[
-            json!({"address": {"city": "Paris"}}),
-            json!({"city": "Berlin"}),
-        ],
+        &[json!({"address": {"city": "Paris"}}), json!({"city": "Berlin"})],
     );
     property_case(
         &mut c,
@@ -575,14 +480,8 @@ fn profile_predicates_read_identify_traits() {
         "profile_dollar_index",
         json!({"profile": "$.scores.0", "gte": 10}),
         None,
-        &[
-            Some(json!({"scores": [12, 3]})),
-            Some(json!({"scores": [10]})),
-        ],
-        &[
-            Some(json!({"scores": [3, 12]})),
-            Some(json!({"scores": []})),
-        ],
+        &[Some(json!({"scores": [12, 3]})), Some(json!({"scores": [10]}))],
+        &[Some(json!({"scores": [3, 12]})), Some(json!({"scores": []}))],
     );
     profile_case(
         &mut c,
@@ -605,11 +504,7 @@ fn profile_predicates_read_identify_traits() {
         "profile_ne",
         json!({"profile": "plan", "ne": "free"}),
         None,
-        &[
-            Some(json!({"plan": "pro"})),
-            Some(json!({"country": "DE"})),
-            None,
-        ],
+        &[Some(json!({"plan": "pro"})), Some(json!({"country": "DE"})), None],
         &[Some(json!({"plan": "free"}))],
     );
     profile_case(
@@ -642,34 +537,14 @@ fn customer_without_profile_row_has_empty_attributes() {
     let mut c = shared().create_db("pred_no_profile");
     let cases = [
         ("np_ne", json!({"profile": "country", "ne": "DE"}), true),
-        (
-            "np_exists_false",
-            json!({"profile": "country", "exists": false}),
-            true,
-        ),
-        (
-            "np_not_eq",
-            json!({"not": {"profile": "country", "eq": "DE"}}),
-            true,
-        ),
-        (
-            "np_exists_true",
-            json!({"profile": "country", "exists": true}),
-            false,
-        ),
+        ("np_exists_false", json!({"profile": "country", "exists": false}), true),
+        ("np_not_eq", json!({"not": {"profile": "country", "eq": "DE"}}), true),
+        ("np_exists_true", json!({"profile": "country", "exists": true}), false),
         ("np_eq", json!({"profile": "country", "eq": "DE"}), false),
         ("np_in", json!({"profile": "country", "in": ["DE"]}), false),
         ("np_lt", json!({"profile": "score", "lt": 5}), false),
-        (
-            "np_gt_ago",
-            json!({"profile": "signed_up_at", "gt": {"ago": "30d"}}),
-            false,
-        ),
-        (
-            "np_contains",
-            json!({"profile": "tags", "contains": "x"}),
-            false,
-        ),
+        ("np_gt_ago", json!({"profile": "signed_up_at", "gt": {"ago": "30d"}}), false),
+        ("np_contains", json!({"profile": "tags", "contains": "x"}), false),
     ];
     for (name, predicate, holds) in cases {
         if holds {
@@ -678,11 +553,7 @@ fn customer_without_profile_row_has_empty_attributes() {
             profile_case(&mut c, name, predicate, None, &[], &[None]);
         }
     }
-    assert_eq!(
-        count(&mut c, "SELECT count(*) FROM engage.profiles"),
-        0,
-        "no profile rows were created"
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.profiles"), 0, "no profile rows were created");
 }
 
 #[test]
@@ -702,11 +573,8 @@ fn profile_changes_apply_to_the_next_event() {
     let e3 = insert_event(&mut c, "c1", "visit", json!({}));
     assert_eq!(decisions_for(&mut c, e3), vec![]);
     // Profiles written directly (not through identify) count as well.
-    c.execute(
-        "INSERT INTO engage.profiles (customer_id, attributes) VALUES ('c2', '{\"plan\": \"pro\"}')",
-        &[],
-    )
-    .unwrap();
+    c.execute("INSERT INTO engage.profiles (customer_id, attributes) VALUES ('c2', '{\"plan\": \"pro\"}')", &[])
+        .unwrap();
     let e4 = insert_event(&mut c, "c2", "visit", json!({}));
     assert_eq!(decisions_for(&mut c, e4), vec![fired("pro_only")]);
 }
@@ -848,24 +716,9 @@ fn readme_example_combines_property_and_profile_conditions() {
     identify(&mut c, "ch", json!({"country": "CH"}));
     identify(&mut c, "fr", json!({"country": "FR"}));
     identify(&mut c, "at", json!({"country": "AT"}));
-    let yes = insert_event(
-        &mut c,
-        "de",
-        "cart_updated",
-        json!({"cart": {"value": 150}}),
-    );
-    let coupon = insert_event(
-        &mut c,
-        "ch",
-        "cart_updated",
-        json!({"cart": {"value": 150}, "coupon": "X"}),
-    );
-    let wrong_country = insert_event(
-        &mut c,
-        "fr",
-        "cart_updated",
-        json!({"cart": {"value": 150}}),
-    );
+    let yes = insert_event(&mut c, "de", "cart_updated", json!({"cart": {"value": 150}}));
+    let coupon = insert_event(&mut c, "ch", "cart_updated", json!({"cart": {"value": 150}, "coupon": "X"}));
+    let wrong_country = insert_event(&mut c, "fr", "cart_updated", json!({"cart": {"value": 150}}));
     let small = insert_event(&mut c, "at", "cart_updated", json!({"cart": {"value": 50}}));
     let other_event = insert_event(&mut c, "at", "cart_viewed", json!({"cart": {"value": 150}}));
     assert_eq!(decisions_for(&mut c, yes), vec![fired("cart_reminder")]);
@@ -888,11 +741,7 @@ fn event_may_be_a_list_of_names_and_other_names_never_match() {
         json!({"event": ["order_completed", "order_shipped"],
                "action": {"channel": "webhook", "payload": {"team": "success"}}}),
     );
-    create_trigger(
-        &mut c,
-        "signup",
-        json!({"event": "signed_up", "action": email("welcome")}),
-    );
+    create_trigger(&mut c, "signup", json!({"event": "signed_up", "action": email("welcome")}));
     let a = insert_event(&mut c, "c1", "order_completed", json!({}));
     let b = insert_event(&mut c, "c2", "order_shipped", json!({}));
     let other = insert_event(&mut c, "c3", "order_cancelled", json!({}));
@@ -901,12 +750,6 @@ fn event_may_be_a_list_of_names_and_other_names_never_match() {
     assert_eq!(decisions_for(&mut c, b), vec![fired("orders")]);
     assert_eq!(decisions_for(&mut c, other), vec![]);
     assert_eq!(decisions_for(&mut c, signup), vec![fired("signup")]);
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.outbox WHERE channel::text = 'webhook'"
-        ),
-        2
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE channel::text = 'webhook'"), 2);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox"), 3);
 }

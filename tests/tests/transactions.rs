@@ -15,11 +15,7 @@ fn totals(c: &mut Client) -> (i64, i64, i64) {
 }
 
 fn welcome(c: &mut Client) {
-    create_trigger(
-        c,
-        "welcome",
-        json!({"event": "signed_up", "action": email("welcome")}),
-    );
+    create_trigger(c, "welcome", json!({"event": "signed_up", "action": email("welcome")}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -47,8 +43,7 @@ fn rollback_of_track_leaves_nothing() {
     let mut c = shared().create_db("tx_rollback_track");
     welcome(&mut c);
     let mut tx = c.transaction().unwrap();
-    tx.execute("SELECT engage.track('c1', 'signed_up')", &[])
-        .unwrap();
+    tx.execute("SELECT engage.track('c1', 'signed_up')", &[]).unwrap();
     tx.rollback().unwrap();
     assert_eq!(totals(&mut c), (0, 0, 0));
 }
@@ -67,13 +62,7 @@ fn rolled_back_savepoint_keeps_only_the_rest_of_the_transaction() {
     )
     .unwrap();
     assert_eq!(totals(&mut c), (1, 1, 1));
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(*) FROM engage.events WHERE customer_id = 'kept'"
-        ),
-        1
-    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.events WHERE customer_id = 'kept'"), 1);
 }
 
 #[test]
@@ -129,13 +118,8 @@ fn same_key_in_separate_statements_is_stored_and_decided_once() {
     insert_keyed(&mut c, "c1", "k1", json!({"n": 1}));
     insert_keyed(&mut c, "c1", "k1", json!({"n": 2}));
     assert_eq!(totals(&mut c), (1, 1, 1));
-    let kept: Value = c
-        .query_one(
-            "SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let kept: Value =
+        c.query_one("SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'", &[]).unwrap().get(0);
     assert_eq!(kept, json!({"n": 1}), "the first event is the one kept");
 }
 
@@ -152,13 +136,8 @@ fn same_key_twice_in_one_statement_keeps_the_first() {
     )
     .unwrap();
     assert_eq!(totals(&mut c), (2, 2, 2));
-    let kept: Value = c
-        .query_one(
-            "SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let kept: Value =
+        c.query_one("SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'", &[]).unwrap().get(0);
     assert_eq!(kept, json!({"n": 1}));
 }
 
@@ -192,13 +171,8 @@ fn track_returns_null_for_a_key_seen_before() {
     assert_eq!(decisions_for(&mut c, first), vec![fired("welcome")]);
     // A key first stored by a plain INSERT is seen by track too.
     insert_keyed(&mut c, "c2", "k2", json!({}));
-    let third: Option<i64> = c
-        .query_one(
-            "SELECT engage.track('c2', 'signed_up', '{}'::jsonb, now(), 'k2')::int8",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let third: Option<i64> =
+        c.query_one("SELECT engage.track('c2', 'signed_up', '{}'::jsonb, now(), 'k2')::int8", &[]).unwrap().get(0);
     assert_eq!(third, None);
     assert_eq!(totals(&mut c), (2, 2, 2));
 }
@@ -215,10 +189,8 @@ fn events_without_a_key_are_never_deduplicated() {
         )
         .unwrap();
     }
-    c.execute("SELECT engage.track('c1', 'signed_up')", &[])
-        .unwrap();
-    c.execute("SELECT engage.track('c1', 'signed_up')", &[])
-        .unwrap();
+    c.execute("SELECT engage.track('c1', 'signed_up')", &[]).unwrap();
+    c.execute("SELECT engage.track('c1', 'signed_up')", &[]).unwrap();
     assert_eq!(totals(&mut c), (4, 4, 4));
 }
 
@@ -227,9 +199,7 @@ fn copy_skips_keys_seen_before_and_carries_on() {
     let mut c = shared().create_db("idem_copy");
     welcome(&mut c);
     insert_keyed(&mut c, "c0", "k0", json!({}));
-    let mut w = c
-        .copy_in("COPY engage.events (customer_id, name, properties, idempotency_key) FROM STDIN")
-        .unwrap();
+    let mut w = c.copy_in("COPY engage.events (customer_id, name, properties, idempotency_key) FROM STDIN").unwrap();
     use std::io::Write;
     // k0 was stored before; k1 appears twice in the COPY; k2 once; one row without a key.
     w.write_all(
@@ -240,16 +210,10 @@ fn copy_skips_keys_seen_before_and_carries_on() {
           c3\tsigned_up\t{\"n\": 5}\t\\N\n",
     )
     .unwrap();
-    w.finish()
-        .unwrap_or_else(|e| panic!("COPY failed: {}", error_text(&e)));
+    w.finish().unwrap_or_else(|e| panic!("COPY failed: {}", error_text(&e)));
     assert_eq!(totals(&mut c), (4, 4, 4));
-    let kept: Value = c
-        .query_one(
-            "SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let kept: Value =
+        c.query_one("SELECT properties::jsonb FROM engage.events WHERE idempotency_key = 'k1'", &[]).unwrap().get(0);
     assert_eq!(kept, json!({"n": 2}));
 }
 
@@ -276,23 +240,13 @@ fn concurrent_inserts_of_one_key_store_exactly_one() {
                         &[&format!("c{round}"), &json!({"thread": t}), &format!("key-{round}")],
                     )
                     .unwrap_or_else(|e| panic!("thread {t} round {round}: {}", error_text(&e)));
-                    tx.commit()
-                        .unwrap_or_else(|e| panic!("thread {t} round {round} commit: {}", error_text(&e)));
+                    tx.commit().unwrap_or_else(|e| panic!("thread {t} round {round} commit: {}", error_text(&e)));
                 }
             });
         }
     });
-    assert_eq!(
-        totals(&mut c),
-        (ROUNDS as i64, ROUNDS as i64, ROUNDS as i64)
-    );
-    assert_eq!(
-        count(
-            &mut c,
-            "SELECT count(DISTINCT idempotency_key) FROM engage.events"
-        ),
-        ROUNDS as i64
-    );
+    assert_eq!(totals(&mut c), (ROUNDS as i64, ROUNDS as i64, ROUNDS as i64));
+    assert_eq!(count(&mut c, "SELECT count(DISTINCT idempotency_key) FROM engage.events"), ROUNDS as i64);
 }
 
 #[test]
@@ -322,11 +276,7 @@ fn concurrent_track_of_one_key_returns_one_id_and_nulls() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(
-        results.iter().filter(|r| r.is_some()).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_some()).count(), 1, "{results:?}");
     assert_eq!(totals(&mut c), (1, 1, 1));
 }
 
@@ -357,10 +307,7 @@ fn concurrent_insert_waits_and_is_stored_when_the_first_rolls_back() {
         });
     });
     assert_eq!(totals(&mut c), (1, 1, 1));
-    let who: Value = c
-        .query_one("SELECT properties::jsonb FROM engage.events", &[])
-        .unwrap()
-        .get(0);
+    let who: Value = c.query_one("SELECT properties::jsonb FROM engage.events", &[]).unwrap().get(0);
     assert_eq!(who, json!({"who": "second"}));
 }
 
@@ -391,10 +338,7 @@ fn concurrent_insert_waits_and_is_skipped_when_the_first_commits() {
         });
     });
     assert_eq!(totals(&mut c), (1, 1, 1));
-    let who: Value = c
-        .query_one("SELECT properties::jsonb FROM engage.events", &[])
-        .unwrap()
-        .get(0);
+    let who: Value = c.query_one("SELECT properties::jsonb FROM engage.events", &[]).unwrap().get(0);
     assert_eq!(who, json!({"who": "first"}));
 }
 
@@ -461,10 +405,7 @@ fn concurrent_inserts_of_one_key_under_repeatable_read_store_at_most_one() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert!(
-        per_key.is_empty(),
-        "keys stored more than once under REPEATABLE READ: {per_key:?}"
-    );
+    assert!(per_key.is_empty(), "keys stored more than once under REPEATABLE READ: {per_key:?}");
     assert_eq!(
         count(&mut c, "SELECT count(*) FROM engage.events"),
         ROUNDS as i64,

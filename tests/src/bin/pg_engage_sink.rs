@@ -20,7 +20,8 @@ fn main() {
     let answer = r#"{"sid": "SM-sink", "messages": [{"id": "wamid.sink"}], "name": "projects/demo/messages/sink"}"#;
     let http = HttpReceiver::scripted(Vec::new(), Reply::status(200).with_body(answer));
     let smtp = SmtpReceiver::new();
-    std::fs::write(file, format!("http_base={}\nsmtp_port={}\n", http.url(""), smtp.port())).expect("write the addresses file");
+    std::fs::write(file, format!("http_base={}\nsmtp_port={}\n", http.url(""), smtp.port()))
+        .expect("write the addresses file");
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut seen_http, mut seen_smtp) = (0, 0);
