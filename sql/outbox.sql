@@ -112,6 +112,20 @@ LANGUAGE sql AS $$
     RETURNING o.status
 $$;
 
+CREATE FUNCTION engage.defer(message_id bigint, until timestamptz, reason text DEFAULT 'deferred')
+RETURNS boolean
+LANGUAGE sql AS $$
+    -- Gives a claimed message back, due later, without spending an attempt (quiet hours).
+    WITH deferred AS (
+        UPDATE engage.outbox o
+           SET status = 'pending', due_at = defer.until, lease_until = NULL,
+               attempts = greatest(o.attempts - 1, 0), last_error = defer.reason
+         WHERE o.id = defer.message_id AND o.status = 'claimed'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM deferred)
+$$;
+
 CREATE FUNCTION engage.redrive(message_id bigint) RETURNS boolean
 LANGUAGE sql AS $$
     WITH redriven AS (
@@ -134,5 +148,7 @@ COMMENT ON FUNCTION engage.complete(bigint, text) IS
     'Marks a claimed message sent and logs it in engage.messages; false if it was not claimed (e.g. already completed).';
 COMMENT ON FUNCTION engage.fail(bigint, text, boolean) IS
     'Records a failed attempt: retryable failures back off exponentially with jitter; permanent or exhausted ones move to the next fallback channel or to dead. Returns the new status.';
+COMMENT ON FUNCTION engage.defer(bigint, timestamptz, text) IS
+    'Gives a claimed message back, due at until, without spending an attempt (used for quiet hours); false if it was not claimed.';
 COMMENT ON FUNCTION engage.redrive(bigint) IS 'Puts a dead message back in the queue, due now, with its attempts reset; false if it was not dead.';
 COMMENT ON VIEW engage.dead_letters IS 'Messages that could not be delivered, with the last error; engage.redrive(id) retries one.';

@@ -143,8 +143,13 @@ CREATE TABLE engage.channels (
     cost_per_message      numeric(12, 6) NOT NULL DEFAULT 0,
     max_attempts          integer NOT NULL DEFAULT 8 CHECK (max_attempts >= 1),
     backoff_base          interval NOT NULL DEFAULT '10 seconds',
-    backoff_max           interval NOT NULL DEFAULT '1 hour'
+    backoff_max           interval NOT NULL DEFAULT '1 hour',
+    quiet_hours_start     time,
+    quiet_hours_end       time,
+    CHECK ((quiet_hours_start IS NULL) = (quiet_hours_end IS NULL))
 );
+COMMENT ON COLUMN engage.channels.quiet_hours_start IS
+    'Quiet hours in the customer''s own time zone (profiles.timezone, else engage.default_timezone), e.g. 21:00 to 08:00: a message due inside them is deferred to their end.';
 COMMENT ON TABLE engage.channels IS
     'Delivery channels: provider settings (base URL, sender, SMTP host), rate limit, cost and retry policy. Secrets live in engage.channel_secrets.';
 

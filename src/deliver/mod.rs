@@ -28,6 +28,7 @@ pub mod settings {
     static POLL_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
     static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
     static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+    static DEFAULT_TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
 
     pub fn database() -> String {
         DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".into())
@@ -47,6 +48,9 @@ pub mod settings {
     pub fn http_timeout() -> Duration {
         Duration::from_millis(HTTP_TIMEOUT_MS.get().max(100) as u64)
     }
+    pub fn default_timezone() -> String {
+        DEFAULT_TIMEZONE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "UTC".into())
+    }
     pub fn lease_seconds() -> f64 {
         f64::from(LEASE_S.get().max(1))
     }
@@ -63,6 +67,14 @@ pub mod settings {
                 GucFlags::default(),
             );
         }
+        GucRegistry::define_string_guc(
+            c"engage.default_timezone",
+            c"IANA time zone for customers whose profile has none (quiet hours).",
+            c"",
+            &DEFAULT_TIMEZONE,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
         GucRegistry::define_bool_guc(
             c"engage.worker_enabled",
             c"Whether the built-in deliverer sends messages.",

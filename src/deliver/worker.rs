@@ -4,6 +4,7 @@
 
 use super::channels::{self, Outgoing, SendError};
 use super::{settings, status, template};
+use crate::policy::quiet_hours::{self, QuietHours};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 enum Prepared {
     Send(Outgoing),
     Fail(i64, SendError),
+    /// Inside the customer's quiet hours: give it back, due at this RFC 3339 instant.
+    Defer(i64, String),
 }
 
 #[pg_guard]
@@ -56,8 +59,10 @@ fn deliver_one_batch(pacing: &RateLimits) -> usize {
         return 0;
     }
     let results = send_all(&batch, pacing);
-    let handled = results.len();
-    BackgroundWorker::transaction(|| record(&results));
+    let deferred: Vec<(i64, String)> =
+        batch.iter().filter_map(|p| if let Prepared::Defer(id, until) = p { Some((*id, until.clone())) } else { None }).collect();
+    let handled = results.len() + deferred.len();
+    BackgroundWorker::transaction(|| record(&results, &deferred));
     status::batch_done(&results);
     handled
 }
@@ -78,6 +83,7 @@ fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
                 let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
                 let Some(item) = next else { break };
                 let outcome = match item {
+                    Prepared::Defer(..) => continue,
                     Prepared::Fail(id, error) => (*id, Err(error.clone())),
                     Prepared::Send(msg) => {
                         pacing.wait_turn(msg);
@@ -114,8 +120,8 @@ impl RateLimits {
     }
 }
 
-/// Records a batch's outcomes with two set-based calls of the public API.
-fn record(results: &[Outcome]) {
+/// Records a batch's outcomes with set-based calls of the public API.
+fn record(results: &[Outcome], deferred: &[(i64, String)]) {
     let (mut sent_ids, mut provider_ids) = (Vec::new(), Vec::new());
     let (mut failed_ids, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new());
     for (id, result) in results {
@@ -139,6 +145,15 @@ fn record(results: &[Outcome]) {
                 &[sent_ids.into(), provider_ids.into()],
             )?;
         }
+        if !deferred.is_empty() {
+            let (ids, until): (Vec<i64>, Vec<String>) = deferred.iter().cloned().unzip();
+            client.update(
+                "SELECT engage.defer(u.id, u.until::timestamptz, 'deferred: quiet hours until ' || u.until) \
+                   FROM unnest($1::int8[], $2::text[]) AS u(id, until)",
+                None,
+                &[ids.into(), until.into()],
+            )?;
+        }
         if !failed_ids.is_empty() {
             client.update(
                 "SELECT engage.fail(u.id, u.error, u.retryable) FROM unnest($1::int8[], $2::text[], $3::bool[]) AS u(id, error, retryable)",
@@ -156,7 +171,8 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload::text, c.trigger_id
        t.name AS trigger_name,
        e.name AS event_name, e.properties::text, e.occurred_at::text,
        p.attributes::text, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent::text,
-       ch.config::text, coalesce(s.secrets, '{}')::text, ch.enabled, ch.rate_limit_per_second::float8
+       ch.config::text, coalesce(s.secrets, '{}')::text, ch.enabled, ch.rate_limit_per_second::float8,
+       p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS')
   FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer') c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
@@ -191,6 +207,11 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
                 secrets: json_text(row.get(18)?),
                 enabled: row.get(19)?.unwrap_or(false),
                 rate: row.get(20)?,
+                timezone: row.get(21)?,
+                quiet: match (row.get::<String>(22)?, row.get::<String>(23)?) {
+                    (Some(start), Some(end)) => QuietHours::parse(&start, &end),
+                    _ => None,
+                },
             });
         }
         if claimed.is_empty() {
@@ -205,6 +226,11 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
         Ok(claimed.into_iter().map(|c| c.prepare(&templates)).collect())
     })
     .unwrap_or_else(|e| error!("pg_engage deliverer could not claim messages: {e}"))
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
 fn json_text(text: Option<String>) -> Value {
@@ -231,6 +257,8 @@ struct Claimed {
     secrets: Value,
     enabled: bool,
     rate: Option<f64>,
+    timezone: Option<String>,
+    quiet: Option<QuietHours>,
 }
 
 /// Templates by (name, channel, locale): (subject, body, html).
@@ -238,6 +266,12 @@ type Templates = HashMap<(String, String, String), (Option<String>, String, Opti
 
 impl Claimed {
     fn prepare(self, templates: &Templates) -> Prepared {
+        if let Some(quiet) = &self.quiet {
+            let zone = quiet_hours::zone(self.timezone.as_deref(), &settings::default_timezone());
+            if let Some(until) = quiet.deferral(now(), zone) {
+                return Prepared::Defer(self.id, until.to_rfc3339());
+            }
+        }
         match self.try_prepare(templates) {
             Ok(msg) => Prepared::Send(msg),
             Err(e) => Prepared::Fail(self.id, e),

@@ -1,8 +1,11 @@
-//! Policy: which matching candidates of one statement fire, and why the others do not.
+//! Policy: which matching candidates of one statement fire, and why the others do not; holdout
+//! groups; quiet hours (`quiet_hours`).
 //!
 //! Pure arithmetic over candidates; the caller supplies, for each capped candidate, how many
 //! fired decisions already exist in its window (read from the database under a per-customer
 //! lock). No SPI here.
+
+pub mod quiet_hours;
 
 /// Why a matching trigger did not fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1166,3 +1166,54 @@ fn too_many_requests_is_retried_locale_picks_the_template_and_sigterm_stops_clea
     let log = cluster.log_tail(400);
     assert!(log.contains("pg_engage deliverer stopped"), "clean stop on SIGTERM not logged:\n{log}");
 }
+
+/// Quiet hours are the customer's own local time (profiles.timezone, else engage.default_timezone):
+/// a message due inside them is deferred to their end without spending an attempt, never dropped,
+/// and goes out once they are over; a customer whose local time is outside them gets it at once.
+#[test]
+fn quiet_hours_defer_by_the_customers_own_time_zone() {
+    let (cluster, mut c) = start_deliverer("dlv_quiet", &[]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/hook"), &signing_secret(b"k"), 5, "1 second");
+    // Quiet from an hour ago to an hour from now, UTC wall clock.
+    c.batch_execute(
+        "UPDATE engage.channels SET quiet_hours_start = (now() AT TIME ZONE 'UTC')::time - interval '1 hour',
+                                    quiet_hours_end = (now() AT TIME ZONE 'UTC')::time + interval '1 hour'",
+    )
+    .unwrap();
+    create_trigger(&mut c, "note", json!({"event": "e", "action": {"channel": "webhook"}}));
+    identify(&mut c, "utc", json!({"timezone": "UTC"}));
+    identify(&mut c, "tokyo", json!({"timezone": "Asia/Tokyo"})); // local time is 9 hours later: not quiet
+    identify(&mut c, "nozone", json!({})); // engage.default_timezone, UTC by default
+    for customer in ["utc", "tokyo", "nozone"] {
+        insert_event(&mut c, customer, "e", json!({}));
+    }
+    let requests = receiver.wait_for_requests(1, WAIT, &cluster);
+    let deferred = |c: &mut Client| -> i64 {
+        count(
+            c,
+            "SELECT count(*) FROM engage.outbox WHERE status = 'pending' AND attempts = 0
+               AND last_error LIKE 'deferred: quiet hours%'
+               AND due_at BETWEEN now() + interval '55 minutes' AND now() + interval '65 minutes'",
+        )
+    };
+    wait_for(
+        "two messages deferred to the end of quiet hours",
+        WAIT,
+        || if deferred(&mut c) == 2 { Ok(()) } else { Err(format!("{:?}", outbox(&mut c))) },
+        || cluster.log_tail(20),
+    );
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].json()["customer_id"], json!("tokyo"));
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE customer_id = 'tokyo' AND status = 'sent'"), 1);
+
+    // When the hour has passed (simulated: quiet hours over, the deferred messages due now), they go out.
+    c.batch_execute(
+        "UPDATE engage.channels SET quiet_hours_start = NULL, quiet_hours_end = NULL;
+         UPDATE engage.outbox SET due_at = now() WHERE status = 'pending';",
+    )
+    .unwrap();
+    receiver.wait_for_requests(3, WAIT, &cluster);
+    wait_settled(&cluster, &mut c, 3, WAIT);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 3);
+}
