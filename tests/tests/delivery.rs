@@ -1217,3 +1217,32 @@ fn quiet_hours_defer_by_the_customers_own_time_zone() {
     wait_settled(&cluster, &mut c, 3, WAIT);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 3);
 }
+
+/// A receiver that is down (connection refused) is a retryable failure: the message stays in the
+/// queue with growing attempts and the error, and is not dead while attempts remain.
+#[test]
+fn a_refused_connection_is_retried_not_dead() {
+    let (cluster, mut c) = start_deliverer("dlv_refused", &[]);
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    webhook_channel(&mut c, &format!("http://127.0.0.1:{port}/hook"), &signing_secret(b"k"), 50, "100 milliseconds");
+    create_trigger(&mut c, "note", json!({"event": "e", "action": {"channel": "webhook"}}));
+    insert_event(&mut c, "c1", "e", json!({}));
+    wait_for(
+        "at least three failed attempts, still pending",
+        WAIT,
+        || {
+            let row = c
+                .query_one("SELECT status, attempts, coalesce(last_error, '') FROM engage.outbox", &[])
+                .map_err(|e| e.to_string())?;
+            let (status, attempts, error): (String, i32, String) = (row.get(0), row.get(1), row.get(2));
+            if attempts >= 3 && status != "dead" && error.contains("HTTP") {
+                Ok(())
+            } else {
+                Err(format!("status {status}, attempts {attempts}, last_error {error:?}"))
+            }
+        },
+        || cluster.log_tail(20),
+    );
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.dead_letters"), 0);
+}
