@@ -59,8 +59,10 @@ fn deliver_one_batch(pacing: &RateLimits) -> usize {
         return 0;
     }
     let results = send_all(&batch, pacing);
-    let deferred: Vec<(i64, String)> =
-        batch.iter().filter_map(|p| if let Prepared::Defer(id, until) = p { Some((*id, until.clone())) } else { None }).collect();
+    let deferred: Vec<(i64, String)> = batch
+        .iter()
+        .filter_map(|p| if let Prepared::Defer(id, until) = p { Some((*id, until.clone())) } else { None })
+        .collect();
     let handled = results.len() + deferred.len();
     BackgroundWorker::transaction(|| record(&results, &deferred));
     status::batch_done(&results);
