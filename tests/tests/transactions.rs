@@ -280,10 +280,9 @@ fn concurrent_track_of_one_key_returns_one_id_and_nulls() {
     assert_eq!(totals(&mut c), (1, 1, 1));
 }
 
-/// The second insert waits for the first; when the first rolls back, the second is stored.
-#[test]
-fn concurrent_insert_waits_and_is_stored_when_the_first_rolls_back() {
-    let db = "idem_wait_rollback";
+/// Two transactions insert the same key; the second starts while the first is still open, then
+/// the first commits or rolls back. Returns whose event was stored.
+fn race_on_one_key(db: &str, first_commits: bool) -> Value {
     let mut c = shared().create_db(db);
     welcome(&mut c);
     let inserted = Rendezvous::new(2);
@@ -295,7 +294,11 @@ fn concurrent_insert_waits_and_is_stored_when_the_first_rolls_back() {
             insert_tx(&mut tx, "first");
             inserted.wait();
             std::thread::sleep(Duration::from_millis(500));
-            tx.rollback().unwrap();
+            if first_commits {
+                tx.commit().unwrap();
+            } else {
+                tx.rollback().unwrap();
+            }
         });
         s.spawn(|| {
             let _guard = inserted.join();
@@ -307,39 +310,19 @@ fn concurrent_insert_waits_and_is_stored_when_the_first_rolls_back() {
         });
     });
     assert_eq!(totals(&mut c), (1, 1, 1));
-    let who: Value = c.query_one("SELECT properties::jsonb FROM engage.events", &[]).unwrap().get(0);
-    assert_eq!(who, json!({"who": "second"}));
+    c.query_one("SELECT properties::jsonb FROM engage.events", &[]).unwrap().get(0)
+}
+
+/// The second insert waits for the first; when the first rolls back, the second is stored.
+#[test]
+fn concurrent_insert_waits_and_is_stored_when_the_first_rolls_back() {
+    assert_eq!(race_on_one_key("idem_wait_rollback", false), json!({"who": "second"}));
 }
 
 /// The second insert waits for the first; when the first commits, the second is skipped.
 #[test]
 fn concurrent_insert_waits_and_is_skipped_when_the_first_commits() {
-    let db = "idem_wait_commit";
-    let mut c = shared().create_db(db);
-    welcome(&mut c);
-    let inserted = Rendezvous::new(2);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let _guard = inserted.join();
-            let mut conn = shared().connect(db);
-            let mut tx = conn.transaction().unwrap();
-            insert_tx(&mut tx, "first");
-            inserted.wait();
-            std::thread::sleep(Duration::from_millis(500));
-            tx.commit().unwrap();
-        });
-        s.spawn(|| {
-            let _guard = inserted.join();
-            let mut conn = shared().connect(db);
-            inserted.wait();
-            let mut tx = conn.transaction().unwrap();
-            insert_tx(&mut tx, "second");
-            tx.commit().unwrap();
-        });
-    });
-    assert_eq!(totals(&mut c), (1, 1, 1));
-    let who: Value = c.query_one("SELECT properties::jsonb FROM engage.events", &[]).unwrap().get(0);
-    assert_eq!(who, json!({"who": "first"}));
+    assert_eq!(race_on_one_key("idem_wait_commit", true), json!({"who": "first"}));
 }
 
 fn insert_tx(tx: &mut postgres::Transaction<'_>, who: &str) {
