@@ -17,7 +17,9 @@ CREATE FUNCTION engage.claim(
     event_id    bigint,
     trigger_id  integer,
     attempts    integer,
-    due_at      timestamptz
+    due_at      timestamptz,
+    category    text,
+    variant     text
 )
 LANGUAGE sql AS $$
     -- Only the head of each customer's queue (by scheduled_at, kept across retries) is claimable,
@@ -49,7 +51,7 @@ LANGUAGE sql AS $$
       FROM heads
      WHERE o.id = heads.id
     RETURNING o.id, o.customer_id, o.channel, o.fallback, o.template, o.payload, o.event_id,
-              o.trigger_id, o.attempts, o.due_at
+              o.trigger_id, o.attempts, o.due_at, o.category, o.variant
 $$;
 
 CREATE FUNCTION engage.complete(message_id bigint, provider_message_id text DEFAULT NULL)
@@ -64,9 +66,9 @@ LANGUAGE sql AS $$
          WHERE o.id = complete.message_id AND o.status = 'claimed'
         RETURNING o.*
     ), logged AS (
-        INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template,
-                                     queued_at, claimed_at, sent_at, attempts, provider_message_id, cost)
-        SELECT s.id, s.event_id, s.trigger_id, s.customer_id, s.channel, s.template,
+        INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, category,
+                                     variant, queued_at, claimed_at, sent_at, attempts, provider_message_id, cost)
+        SELECT s.id, s.event_id, s.trigger_id, s.customer_id, s.channel, s.template, s.category, s.variant,
                s.created_at, s.claimed_at, s.sent_at, s.attempts, s.provider_message_id,
                coalesce((SELECT c.cost_per_message FROM engage.channels c WHERE c.kind = s.channel), 0)
           FROM sent s
@@ -126,6 +128,21 @@ LANGUAGE sql AS $$
     SELECT EXISTS (SELECT 1 FROM deferred)
 $$;
 
+CREATE FUNCTION engage.suppress(message_id bigint, reason text, detail text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE sql AS $$
+    -- The send-time re-check: a claimed message that no longer passes the policy is recorded as
+    -- suppressed with its reason, not sent and not failed.
+    WITH suppressed AS (
+        UPDATE engage.outbox o
+           SET status = 'suppressed', reason = suppress.reason, lease_until = NULL,
+               last_error = coalesce(suppress.detail, suppress.reason)
+         WHERE o.id = suppress.message_id AND o.status = 'claimed'
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM suppressed)
+$$;
+
 CREATE FUNCTION engage.redrive(message_id bigint) RETURNS boolean
 LANGUAGE sql AS $$
     WITH redriven AS (
@@ -150,5 +167,7 @@ COMMENT ON FUNCTION engage.fail(bigint, text, boolean) IS
     'Records a failed attempt: retryable failures back off exponentially with jitter; permanent or exhausted ones move to the next fallback channel or to dead. Returns the new status.';
 COMMENT ON FUNCTION engage.defer(bigint, timestamptz, text) IS
     'Gives a claimed message back, due at until, without spending an attempt (used for quiet hours); false if it was not claimed.';
+COMMENT ON FUNCTION engage.suppress(bigint, text, text) IS
+    'Records a claimed message as suppressed at send time (reason: consent, suppression or frequency) instead of sending it; false if it was not claimed.';
 COMMENT ON FUNCTION engage.redrive(bigint) IS 'Puts a dead message back in the queue, due now, with its attempts reset; false if it was not dead.';
 COMMENT ON VIEW engage.dead_letters IS 'Messages that could not be delivered, with the last error; engage.redrive(id) retries one.';

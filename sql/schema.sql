@@ -45,7 +45,7 @@ CREATE TABLE engage.profiles (
 COMMENT ON TABLE engage.profiles IS
     'One row per customer: attributes for "profile" predicates, addresses, time zone, locale, preferred channel and consent.';
 COMMENT ON COLUMN engage.profiles.consent IS
-    'Per channel: {"sms": false} means opted out of that channel; a channel not named is allowed.';
+    'Marketing consent: {"sms": false} opts out of a channel, {"all": false} out of every channel not named with true; a channel not named is allowed unless it requires opt-in. Set by unsubscribe/subscribe events.';
 
 CREATE TABLE engage.triggers (
     id          integer     GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -69,15 +69,19 @@ CREATE TABLE engage.decisions (
     occurred_at     timestamptz NOT NULL,
     decided_at      timestamptz NOT NULL DEFAULT now(),
     outcome         text        COLLATE "C" NOT NULL CHECK (outcome IN ('fired', 'held_out', 'suppressed')),
-    reason          text        CHECK (reason IN ('cap', 'conflict')),
-    -- One index serves both purposes: customer_id and occurred_at are those of the event, so the
-    -- key is unique per (event_id, trigger_id) (nothing is decided twice), and its order is the
-    -- cap look-up: fired decisions of one customer and trigger in an event-time window.
-    PRIMARY KEY (customer_id, trigger_id, outcome, occurred_at, event_id),
+    reason          text        CHECK (reason IN ('cap', 'conflict', 'frequency', 'consent', 'suppression')),
+    variant         text,
+    -- customer_id and occurred_at are those of the event, so the key is unique per
+    -- (event_id, trigger_id): nothing is decided twice. Its order serves the insert path's
+    -- look-ups: a customer's decisions in an event-time window (caps, conflicts).
+    PRIMARY KEY (customer_id, occurred_at, trigger_id, event_id),
     CHECK ((outcome = 'suppressed') = (reason IS NOT NULL))
 );
 COMMENT ON TABLE engage.decisions IS
     'One row per (event, matching trigger): fired, held_out (control group: would have fired, not sent), or suppressed and why. The primary key means nothing is decided twice.';
+COMMENT ON COLUMN engage.decisions.reason IS
+    'Why it was suppressed: cap (the trigger''s own cap), conflict (a higher-priority trigger won), frequency (a cap across triggers, engage.frequency_caps), consent (opted out of every channel the action could use), suppression (on engage.suppressions).';
+COMMENT ON COLUMN engage.decisions.variant IS 'The experiment variant the customer was assigned (stable per customer and trigger), when the trigger has variants.';
 
 CREATE TABLE engage.outbox (
     id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -91,8 +95,11 @@ CREATE TABLE engage.outbox (
     scheduled_at timestamptz NOT NULL,
     cancel_on   jsonb,
     cancelled_by bigint,
+    category    text        NOT NULL DEFAULT 'marketing' CHECK (category IN ('marketing', 'transactional')),
+    variant     text,
     status      text        NOT NULL DEFAULT 'pending'
-                            CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled')),
+                            CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled', 'suppressed')),
+    reason      text,
     fallback    text[]      NOT NULL DEFAULT '{}',
     attempts    integer     NOT NULL DEFAULT 0,
     lease_until timestamptz,
@@ -111,6 +118,9 @@ COMMENT ON COLUMN engage.outbox.scheduled_at IS 'When the message was first due:
 COMMENT ON COLUMN engage.outbox.cancel_on IS
     'Events that cancel this message while it is pending: [{"event": name, "same": {properties that must match}}].';
 COMMENT ON COLUMN engage.outbox.cancelled_by IS 'The event that cancelled this message.';
+COMMENT ON COLUMN engage.outbox.reason IS
+    'Why a cancelled or suppressed message was not sent: cancel_on, conflict (superseded by a higher-priority trigger), or, at send time, consent, suppression or frequency.';
+COMMENT ON COLUMN engage.outbox.category IS 'marketing (consent, frequency caps, conflicts and quiet hours apply) or transactional (they do not).';
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
@@ -124,6 +134,8 @@ CREATE TABLE engage.messages (
     customer_id text        COLLATE "C" NOT NULL,
     channel     text        NOT NULL,
     template    text,
+    category    text        NOT NULL DEFAULT 'marketing',
+    variant     text,
     queued_at   timestamptz NOT NULL,
     claimed_at  timestamptz,
     sent_at     timestamptz NOT NULL,
@@ -146,8 +158,11 @@ CREATE TABLE engage.channels (
     backoff_max           interval NOT NULL DEFAULT '1 hour',
     quiet_hours_start     time,
     quiet_hours_end       time,
+    requires_opt_in       boolean NOT NULL DEFAULT false,
     CHECK ((quiet_hours_start IS NULL) = (quiet_hours_end IS NULL))
 );
+COMMENT ON COLUMN engage.channels.requires_opt_in IS
+    'When true, marketing messages on this channel need an explicit opt-in (profiles.consent ->> kind = true), as SMS and WhatsApp often do by law.';
 COMMENT ON COLUMN engage.channels.quiet_hours_start IS
     'Quiet hours in the customer''s own time zone (profiles.timezone, else engage.default_timezone), e.g. 21:00 to 08:00: a message due inside them is deferred to their end.';
 COMMENT ON TABLE engage.channels IS
@@ -173,6 +188,28 @@ CREATE TABLE engage.templates (
 COMMENT ON TABLE engage.templates IS
     'Liquid templates per channel and locale, rendered with profile, event and payload; a template that does not parse is rejected.';
 
+CREATE TABLE engage.suppressions (
+    customer_id text        COLLATE "C" NOT NULL,
+    channel     text        NOT NULL DEFAULT 'all'
+                            CHECK (channel IN ('all', 'email', 'sms', 'whatsapp', 'push', 'webhook')),
+    reason      text        NOT NULL CHECK (reason IN ('hard_bounce', 'complaint', 'legal', 'manual')),
+    note        text,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (customer_id, channel)
+);
+COMMENT ON TABLE engage.suppressions IS
+    'The global suppression list: nothing (marketing or transactional) goes to a customer on a listed channel (or any channel, for ''all''). Checked when a trigger fires and again at send time.';
+
+CREATE TABLE engage.frequency_caps (
+    id           integer  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel      text     CHECK (channel IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    max_messages integer  NOT NULL CHECK (max_messages >= 1),
+    per          interval NOT NULL CHECK (per > interval '0')
+);
+CREATE UNIQUE INDEX frequency_caps_channel_per ON engage.frequency_caps (coalesce(channel, 'all'), per);
+COMMENT ON TABLE engage.frequency_caps IS
+    'Caps across triggers: at most max_messages marketing messages per customer in any rolling window of length per, on one channel or (channel NULL) on all. Counted from messages sent or queued; enforced when a trigger fires and again at send time.';
+
 -- pg_dump keeps the data of extension tables only when they are marked as configuration.
 SELECT pg_catalog.pg_extension_config_dump('engage.events', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.events_id_seq', '');
@@ -186,6 +223,9 @@ SELECT pg_catalog.pg_extension_config_dump('engage.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.channels', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.channel_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.templates', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.suppressions', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.frequency_caps', '');
+SELECT pg_catalog.pg_extension_config_dump('engage.frequency_caps_id_seq', '');
 
 -- Idempotency: engage.skip_duplicate_event (Rust) skips an event whose key is already stored.
 CREATE TRIGGER skip_duplicate_event
@@ -200,11 +240,45 @@ CREATE TRIGGER evaluate_events
     FOR EACH STATEMENT
     EXECUTE FUNCTION engage.evaluate_events();
 
--- Any change to trigger definitions makes every backend recompile its rules.
+-- Any change to trigger definitions, channel policies or frequency caps makes every backend
+-- reload them before its next evaluated statement.
 CREATE TRIGGER rules_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON engage.triggers
     FOR EACH STATEMENT
     EXECUTE FUNCTION engage.rules_changed();
+CREATE TRIGGER rules_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON engage.channels
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION engage.rules_changed();
+CREATE TRIGGER rules_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON engage.frequency_caps
+    FOR EACH STATEMENT
+    EXECUTE FUNCTION engage.rules_changed();
+
+-- Consent events: an `unsubscribe` or `subscribe` event (properties.channel, or every channel
+-- when absent) updates the customer's profile consent before the statement is decided.
+CREATE FUNCTION engage.apply_consent_event() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    channel text := NEW.properties ->> 'channel';
+    granted boolean := NEW.name = 'subscribe';
+    change jsonb := CASE WHEN channel IS NULL THEN jsonb_build_object('all', granted)
+                         ELSE jsonb_build_object(channel, granted) END;
+BEGIN
+    INSERT INTO engage.profiles AS p (customer_id, consent) VALUES (NEW.customer_id, change)
+    ON CONFLICT ON CONSTRAINT profiles_pkey DO UPDATE
+       -- Every channel at once replaces the per-channel answers; one channel overrides "all".
+       SET consent = CASE WHEN channel IS NULL THEN change ELSE p.consent || change END,
+           updated_at = now();
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION engage.apply_consent_event() IS
+    'Trigger function: an unsubscribe/subscribe event sets profiles.consent for its channel (properties.channel) or for all channels.';
+CREATE TRIGGER apply_consent_event
+    AFTER INSERT ON engage.events
+    FOR EACH ROW WHEN (NEW.name IN ('unsubscribe', 'subscribe'))
+    EXECUTE FUNCTION engage.apply_consent_event();
 
 CREATE FUNCTION engage.track(
     customer_id     text,
@@ -236,6 +310,21 @@ LANGUAGE sql AS $$
            preferred_channel = coalesce(excluded.preferred_channel, p.preferred_channel),
            updated_at = now()
 $$;
+
+CREATE FUNCTION engage.unsubscribe(customer_id text, channel text DEFAULT NULL) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT engage.track(unsubscribe.customer_id, 'unsubscribe',
+                        jsonb_strip_nulls(jsonb_build_object('channel', unsubscribe.channel)))
+$$;
+CREATE FUNCTION engage.subscribe(customer_id text, channel text DEFAULT NULL) RETURNS bigint
+LANGUAGE sql AS $$
+    SELECT engage.track(subscribe.customer_id, 'subscribe',
+                        jsonb_strip_nulls(jsonb_build_object('channel', subscribe.channel)))
+$$;
+COMMENT ON FUNCTION engage.unsubscribe(text, text) IS
+    'Opts a customer out of marketing on one channel, or all channels when channel is NULL, by recording an unsubscribe event; returns the event id.';
+COMMENT ON FUNCTION engage.subscribe(text, text) IS
+    'Opts a customer in on one channel (needed where engage.channels.requires_opt_in), or all channels when channel is NULL, by recording a subscribe event.';
 
 COMMENT ON FUNCTION engage.track(text, text, jsonb, timestamptz, text) IS
     'Records one event (Segment-style track) and returns its id, or NULL when its idempotency_key was seen before.';

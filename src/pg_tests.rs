@@ -252,4 +252,174 @@ mod tests {
         );
         assert_eq!(missing, None);
     }
+
+    /// "customer:outcome-or-reason:channel" per decision of trigger `t`, in customer order.
+    fn outcomes() -> Option<String> {
+        text(
+            "SELECT string_agg(d.customer_id || ':' || coalesce(d.reason, d.outcome) || ':' || coalesce(o.channel, '-'), ','
+                                ORDER BY d.customer_id, d.occurred_at)
+               FROM engage.decisions d
+               LEFT JOIN engage.outbox o ON o.event_id = d.event_id AND o.trigger_id = d.trigger_id",
+        )
+    }
+
+    #[pg_test]
+    fn consent_and_the_suppression_list_pick_the_channel_or_suppress_with_a_reason() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e",
+                "action": {"channel": "email", "fallback": ["sms"], "template": "x"}}')"#);
+        run(r#"SELECT engage.create_trigger('receipt', '{"event": "order", "category": "transactional",
+                "action": {"channel": "email", "template": "r"}}')"#);
+        run(r#"INSERT INTO engage.profiles (customer_id, consent) VALUES
+               ('a_ok', '{}'), ('b_no_email', '{"email": false}'), ('c_no_all', '{"all": false}'),
+               ('d_all_but_sms', '{"all": false, "sms": true}'), ('e_listed', '{}'), ('f_listed_all', '{}')"#);
+        run("INSERT INTO engage.suppressions (customer_id, channel, reason) VALUES
+               ('e_listed', 'email', 'hard_bounce'), ('f_listed_all', 'all', 'legal')");
+        run("INSERT INTO engage.events (customer_id, name)
+             SELECT customer_id, 'e' FROM engage.profiles UNION ALL SELECT 'g_no_profile', 'e'");
+        assert_eq!(
+            outcomes().as_deref(),
+            Some(
+                "a_ok:fired:email,b_no_email:fired:sms,c_no_all:consent:-,d_all_but_sms:fired:sms,\
+                  e_listed:fired:sms,f_listed_all:suppression:-,g_no_profile:fired:email"
+            )
+        );
+        // A transactional message ignores opt-outs, not the suppression list.
+        run("DELETE FROM engage.decisions; DELETE FROM engage.outbox");
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('c_no_all', 'order'), ('f_listed_all', 'order')");
+        assert_eq!(outcomes().as_deref(), Some("c_no_all:fired:email,f_listed_all:suppression:-"));
+    }
+
+    #[pg_test]
+    fn an_opt_in_channel_needs_a_subscribe_and_an_unsubscribe_event_opts_out() {
+        run("INSERT INTO engage.channels (kind, requires_opt_in) VALUES ('sms', true)");
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "sms", "template": "x"}}')"#);
+        run("SELECT engage.subscribe('yes', 'sms')");
+        run("INSERT INTO engage.events (customer_id, name) VALUES ('yes', 'e'), ('silent', 'e')");
+        assert_eq!(outcomes().as_deref(), Some("silent:consent:-,yes:fired:sms"));
+        // Unsubscribing and an event in the same statement: the opt-out applies to that statement.
+        run(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES
+               ('yes', 'unsubscribe', '{"channel": "sms"}'), ('yes', 'e', '{}')"#);
+        assert_eq!(
+            text("SELECT consent::text FROM engage.profiles WHERE customer_id = 'yes'").as_deref(),
+            Some(r#"{"sms": false}"#)
+        );
+        assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE customer_id = 'yes' AND reason = 'consent'"), 1);
+        run("SELECT engage.unsubscribe('yes')");
+        assert_eq!(
+            text("SELECT consent::text FROM engage.profiles WHERE customer_id = 'yes'").as_deref(),
+            Some(r#"{"all": false}"#)
+        );
+    }
+
+    #[pg_test]
+    fn frequency_caps_count_messages_across_triggers_per_customer_and_channel() {
+        run("INSERT INTO engage.frequency_caps (channel, max_messages, per) VALUES (NULL, 2, '24 hours'), ('sms', 1, '24 hours')");
+        for (name, channel, priority) in [("a", "email", 1), ("b", "sms", 2), ("c", "sms", 3), ("d", "push", 4)] {
+            run(&format!(
+                r#"SELECT engage.create_trigger('{name}', '{{"event": "{name}", "priority": {priority},
+                    "action": {{"channel": "{channel}", "template": "x"}}}}')"#
+            ));
+        }
+        run(r#"SELECT engage.create_trigger('receipt', '{"event": "r", "category": "transactional",
+                "action": {"channel": "sms", "template": "x"}}')"#);
+        // Spread over a day, each in its own statement (so no conflicts: 10 minutes apart or more).
+        for (name, at) in [("a", "00:00"), ("b", "01:00"), ("r", "01:30"), ("c", "02:00"), ("d", "03:00")] {
+            run(&format!("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', '{name}', '2026-01-01 {at}+00')"));
+        }
+        // a, b fired (2 of 2); r is transactional (not counted); c over the sms cap; d over the global one.
+        assert_eq!(
+            text(
+                "SELECT string_agg(t.name || '=' || coalesce(d.reason, d.outcome), ',' ORDER BY d.occurred_at)
+                    FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id"
+            )
+            .as_deref(),
+            Some("a=fired,b=fired,receipt=fired,c=frequency,d=frequency")
+        );
+        // A day after the first message, the window has room again.
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'd', '2026-01-02 00:00+00')");
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM engage.decisions WHERE occurred_at = '2026-01-02 00:00+00' AND outcome = 'fired'"
+            ),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn a_higher_priority_trigger_in_a_later_statement_replaces_a_pending_message() {
+        run(
+            r#"SELECT engage.create_trigger('low', '{"event": "browse", "priority": 1, "action": {"channel": "email", "template": "x"}}')"#,
+        );
+        run(
+            r#"SELECT engage.create_trigger('high', '{"event": "cart", "priority": 9, "action": {"channel": "email", "template": "y"}}')"#,
+        );
+        run(
+            r#"SELECT engage.create_trigger('lowest', '{"event": "view", "priority": 0, "action": {"channel": "email", "template": "z"}}')"#,
+        );
+        run(
+            "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'browse', '2026-01-01 10:00+00')",
+        );
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'cart', '2026-01-01 10:05+00')");
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'view', '2026-01-01 10:07+00')");
+        assert_eq!(
+            text("SELECT string_agg(t.name || '=' || coalesce(d.reason, d.outcome) || '/' || o.status || coalesce('/' || o.reason, ''), ','
+                                    ORDER BY d.occurred_at)
+                    FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id
+                    LEFT JOIN engage.outbox o ON o.event_id = d.event_id AND o.trigger_id = d.trigger_id").as_deref(),
+            Some("low=conflict/suppressed/conflict,high=fired/pending")
+        );
+        // A message already handed to a deliverer stands: the better trigger is the conflict then.
+        run("UPDATE engage.outbox SET status = 'claimed' WHERE status = 'pending'");
+        run(
+            r#"SELECT engage.create_trigger('top', '{"event": "vip", "priority": 99, "action": {"channel": "email", "template": "v"}}')"#,
+        );
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'vip', '2026-01-01 10:08+00')");
+        assert_eq!(count("SELECT count(*) FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id WHERE t.name = 'top' AND d.reason = 'conflict'"), 1);
+        assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE status IN ('pending', 'claimed')"), 1);
+    }
+
+    #[pg_test]
+    fn variants_are_recorded_on_the_decision_and_the_message_with_their_own_wait() {
+        run(r#"SELECT engage.create_trigger('cart', '{"event": "cart", "wait": "1h", "holdout": 0.2,
+                "action": {"channel": "email", "template": "x"},
+                "variants": [{"name": "1h"}, {"name": "6h", "wait": "6h", "template": "y"}]}')"#);
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) SELECT 'c' || i, 'cart', '2026-01-01 00:00+00' FROM generate_series(1, 400) i");
+        assert_eq!(
+            count("SELECT count(*) FROM engage.decisions WHERE variant IS NULL"),
+            0,
+            "control decisions carry their variant too"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM engage.outbox o JOIN engage.decisions d USING (event_id, trigger_id)
+                    WHERE o.variant IS DISTINCT FROM d.variant
+                       OR (o.variant, o.template, o.due_at) NOT IN (('1h', 'x', '2026-01-01 01:00+00'), ('6h', 'y', '2026-01-01 06:00+00'))"),
+            0
+        );
+        let six = count("SELECT count(*) FROM engage.decisions WHERE variant = '6h'");
+        assert!((150..=250).contains(&six), "about half of 400 in each variant, got {six}");
+        // Stable: the same customers again get the same variants.
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) SELECT 'c' || i, 'cart', '2026-01-02 00:00+00' FROM generate_series(1, 400) i");
+        assert_eq!(count("SELECT count(*) FROM (SELECT customer_id FROM engage.decisions GROUP BY 1 HAVING count(DISTINCT variant) > 1) t"), 0);
+    }
+
+    #[pg_test]
+    fn a_marketing_message_due_in_quiet_hours_is_queued_for_their_local_end() {
+        run("INSERT INTO engage.channels (kind, quiet_hours_start, quiet_hours_end) VALUES ('sms', '21:00', '08:00')");
+        run(
+            r#"SELECT engage.create_trigger('promo', '{"event": "e", "action": {"channel": "sms", "template": "x"}}')"#,
+        );
+        run(
+            r#"SELECT engage.create_trigger('otp', '{"event": "login", "category": "transactional", "action": {"channel": "sms", "template": "x"}}')"#,
+        );
+        run(r#"SELECT engage.identify('ny', '{"timezone": "America/New_York"}')"#);
+        run(r#"SELECT engage.identify('tokyo', '{"timezone": "Asia/Tokyo"}')"#);
+        // 03:00 UTC: 22:00 in New York (quiet until 08:00 EST = 13:00 UTC); 12:00 in Tokyo (not quiet).
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+               ('ny', 'e', '2026-01-10 03:00+00'), ('tokyo', 'e', '2026-01-10 03:00+00'), ('ny', 'login', '2026-01-10 03:00+00')");
+        assert_eq!(
+            text("SELECT string_agg(customer_id || '@' || to_char(due_at AT TIME ZONE 'UTC', 'HH24:MI') || '=' || to_char(scheduled_at AT TIME ZONE 'UTC', 'HH24:MI'), ','
+                                    ORDER BY customer_id, due_at) FROM engage.outbox").as_deref(),
+            Some("ny@03:00=03:00,ny@13:00=13:00,tokyo@03:00=03:00")
+        );
+    }
 }

@@ -19,6 +19,8 @@ enum Prepared {
     Fail(i64, SendError),
     /// Inside the customer's quiet hours: give it back, due at this RFC 3339 instant.
     Defer(i64, String),
+    /// No longer passes the policy (consent, suppression list, frequency cap): reason, detail.
+    Suppress(i64, &'static str, String),
 }
 
 #[pg_guard]
@@ -27,6 +29,11 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // The claim's correlated policy sub-queries have a high estimated cost over the (unknown)
+    // batch, which would cross jit_above_cost and spend most of a second compiling a query that
+    // runs in a millisecond. The worker's statements are all short: no JIT for this session.
+    BackgroundWorker::transaction(|| Spi::run("SET jit = off"))
+        .unwrap_or_else(|e| error!("pg_engage deliverer could not configure its session: {e}"));
     status::worker_started();
     log!("pg_engage deliverer started on database \"{database}\"");
 
@@ -63,8 +70,12 @@ fn deliver_one_batch(pacing: &RateLimits) -> usize {
         .iter()
         .filter_map(|p| if let Prepared::Defer(id, until) = p { Some((*id, until.clone())) } else { None })
         .collect();
-    let handled = results.len() + deferred.len();
-    BackgroundWorker::transaction(|| record(&results, &deferred));
+    let suppressed: Vec<(i64, &str, String)> = batch
+        .iter()
+        .filter_map(|p| if let Prepared::Suppress(id, r, d) = p { Some((*id, *r, d.clone())) } else { None })
+        .collect();
+    let handled = results.len() + deferred.len() + suppressed.len();
+    BackgroundWorker::transaction(|| record(&results, &deferred, &suppressed));
     status::batch_done(&results);
     handled
 }
@@ -85,7 +96,7 @@ fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
                 let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
                 let Some(item) = next else { break };
                 let outcome = match item {
-                    Prepared::Defer(..) => continue,
+                    Prepared::Defer(..) | Prepared::Suppress(..) => continue,
                     Prepared::Fail(id, error) => (*id, Err(error.clone())),
                     Prepared::Send(msg) => {
                         pacing.wait_turn(msg);
@@ -123,7 +134,7 @@ impl RateLimits {
 }
 
 /// Records a batch's outcomes with set-based calls of the public API.
-fn record(results: &[Outcome], deferred: &[(i64, String)]) {
+fn record(results: &[Outcome], deferred: &[(i64, String)], suppressed: &[(i64, &str, String)]) {
     let (mut sent_ids, mut provider_ids) = (Vec::new(), Vec::new());
     let (mut failed_ids, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new());
     for (id, result) in results {
@@ -156,6 +167,16 @@ fn record(results: &[Outcome], deferred: &[(i64, String)]) {
                 &[ids.into(), until.into()],
             )?;
         }
+        if !suppressed.is_empty() {
+            let ids: Vec<i64> = suppressed.iter().map(|s| s.0).collect();
+            let reasons: Vec<&str> = suppressed.iter().map(|s| s.1).collect();
+            let details: Vec<&str> = suppressed.iter().map(|s| s.2.as_str()).collect();
+            client.update(
+                "SELECT engage.suppress(u.id, u.reason, u.detail) FROM unnest($1::int8[], $2::text[], $3::text[]) AS u(id, reason, detail)",
+                None,
+                &[ids.into(), reasons.into(), details.into()],
+            )?;
+        }
         if !failed_ids.is_empty() {
             client.update(
                 "SELECT engage.fail(u.id, u.error, u.retryable) FROM unnest($1::int8[], $2::text[], $3::bool[]) AS u(id, error, retryable)",
@@ -174,7 +195,20 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload::text, c.trigger_id
        e.name AS event_name, e.properties::text, e.occurred_at::text,
        p.attributes::text, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent::text,
        ch.config::text, coalesce(s.secrets, '{}')::text, ch.enabled, ch.rate_limit_per_second::float8,
-       p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS')
+       p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS'),
+       c.category = 'transactional', coalesce(ch.requires_opt_in, false), cardinality(c.fallback) > 0,
+       EXISTS (SELECT 1 FROM engage.suppressions x
+                WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)),
+       CASE WHEN c.category = 'marketing' THEN
+         (SELECT format('frequency cap: %s messages per %s%s', f.max_messages, f.per, ' on ' || f.channel)
+            FROM engage.frequency_caps f
+           WHERE (f.channel IS NULL OR f.channel = c.channel)
+             AND f.max_messages <= (SELECT count(*) FROM engage.messages m
+                                     WHERE m.customer_id = c.customer_id AND m.category = 'marketing'
+                                       AND (f.channel IS NULL OR m.channel = f.channel)
+                                       AND m.sent_at > now() - f.per)
+           ORDER BY f.id LIMIT 1)
+       END
   FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer') c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
@@ -214,6 +248,11 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
                     (Some(start), Some(end)) => QuietHours::parse(&start, &end),
                     _ => None,
                 },
+                transactional: row.get(24)?.unwrap_or(false),
+                requires_opt_in: row.get(25)?.unwrap_or(false),
+                has_fallback: row.get(26)?.unwrap_or(false),
+                suppressed: row.get(27)?.unwrap_or(false),
+                over_frequency_cap: row.get(28)?,
             });
         }
         if claimed.is_empty() {
@@ -261,18 +300,45 @@ struct Claimed {
     rate: Option<f64>,
     timezone: Option<String>,
     quiet: Option<QuietHours>,
+    transactional: bool,
+    requires_opt_in: bool,
+    has_fallback: bool,
+    /// On the suppression list for this channel or all.
+    suppressed: bool,
+    /// The frequency cap that sending now would exceed, described.
+    over_frequency_cap: Option<String>,
 }
 
 /// Templates by (name, channel, locale): (subject, body, html).
 type Templates = HashMap<(String, String, String), (Option<String>, String, Option<String>)>;
 
 impl Claimed {
+    /// The send-time re-check, then rendering. A message whose channel is no longer allowed moves
+    /// to its next fallback channel, or is suppressed when it has none.
     fn prepare(self, templates: &Templates) -> Prepared {
-        if let Some(quiet) = &self.quiet {
+        let marketing = !self.transactional;
+        let refused = if self.suppressed {
+            Some(("suppression", format!("customer is on the suppression list for {}", self.channel)))
+        } else if marketing && !crate::policy::consents(&self.consent, &self.channel, self.requires_opt_in) {
+            Some(("consent", format!("customer has not consented to marketing on {}", self.channel)))
+        } else {
+            None
+        };
+        if let Some((reason, detail)) = refused {
+            return if self.has_fallback {
+                Prepared::Fail(self.id, SendError { retryable: false, message: detail })
+            } else {
+                Prepared::Suppress(self.id, reason, detail)
+            };
+        }
+        if let (true, Some(quiet)) = (marketing, &self.quiet) {
             let zone = quiet_hours::zone(self.timezone.as_deref(), &settings::default_timezone());
             if let Some(until) = quiet.deferral(now(), zone) {
                 return Prepared::Defer(self.id, until.to_rfc3339());
             }
+        }
+        if let (true, Some(cap)) = (marketing, &self.over_frequency_cap) {
+            return Prepared::Suppress(self.id, "frequency", cap.clone());
         }
         match self.try_prepare(templates) {
             Ok(msg) => Prepared::Send(msg),
@@ -287,9 +353,6 @@ impl Claimed {
         };
         if !self.enabled {
             return Err(SendError { retryable: true, message: format!("channel \"{}\" is disabled", self.channel) });
-        }
-        if self.consent.get(&self.channel) == Some(&Value::Bool(false)) {
-            return Err(permanent(format!("customer opted out of {}", self.channel)));
         }
         let to = match self.channel.as_str() {
             "email" => self.email.clone(),

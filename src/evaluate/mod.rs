@@ -2,18 +2,20 @@
 //! in the inserting transaction, which triggers fire for the statement's new events.
 //!
 //! Per statement: read the transition table once; match events against the cached rules;
-//! fetch profiles once if a rule needs them; lock and count for capped candidates once; apply the
-//! policy; write all decisions and outbox rows with one statement.
+//! fetch the matched customers' profiles once (profile rules, consent, suppression, time zone);
+//! plan each match (variant, channel, send time); lock the customers and read their history with
+//! index probes; apply the policy; write all decisions and outbox rows with one statement.
 
+mod history;
 mod lock;
 mod probe;
 pub mod rules;
 mod store;
 mod transition;
 
-use crate::policy::{self, Candidate, Outcome};
+use crate::policy::{self, quiet_hours, Candidate, Outcome};
 use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
-use crate::rule::{Action, Channel, ChannelChoice, Facts};
+use crate::rule::{Action, Category, Channel, ChannelChoice, Facts};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
@@ -99,13 +101,14 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         }
     });
 
-    let mut profiles: HashMap<String, store::Profile> = HashMap::new();
-    if !needs_profile.is_empty() {
+    if !matched.is_empty() || !needs_profile.is_empty() {
+        // One look-up for every customer with a match: profile rules, consent, suppression,
+        // preferred channel and time zone all come from it.
         let mut wanted: Vec<&str> =
-            needs_profile.iter().map(|&(e, _)| customers[events[e].customer].as_str()).collect();
+            matched.iter().chain(&needs_profile).map(|&(e, _)| customers[events[e].customer].as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        profiles = store::profiles(wanted).into_iter().collect();
+        let profiles: HashMap<String, store::Profile> = store::profiles(wanted).into_iter().collect();
         for (e, r) in needs_profile {
             let event = &events[e];
             let profile = profiles.get(&customers[event.customer]).map_or(&null, |p| &p.attributes);
@@ -118,14 +121,23 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
                 matched.push((e, r));
             }
         }
-    }
-    if !matched.is_empty() {
-        decide_and_write(rules, &events, &customers, &profiles, &matched);
+        if !matched.is_empty() {
+            decide_and_write(rules, &events, &customers, &profiles, &matched);
+        }
     }
     // After the write, so an event also cancels what an earlier event of its own statement queued.
     if !cancels.event_id.is_empty() {
         store::cancel(cancels);
     }
+}
+
+/// One match, planned: the variant drawn, the action and channel it would use, when it would go.
+struct Plan<'r> {
+    variant: Option<&'r str>,
+    action: &'r Action,
+    /// The chosen channel and the fallbacks left after it, or why no channel is allowed.
+    channel: Result<(Channel, String), policy::Reason>,
+    send_at: i64,
 }
 
 /// Applies the policy to the statement's matches and writes decisions and outbox rows.
@@ -136,9 +148,20 @@ fn decide_and_write(
     profiles: &HashMap<String, store::Profile>,
     matched: &[(usize, usize)],
 ) {
-    let mut candidates: Vec<Candidate> = matched
+    let default_zone = crate::deliver::settings::default_timezone();
+    let no_profile = store::Profile::default();
+    let plans: Vec<Plan> = matched
         .iter()
         .map(|&(e, r)| {
+            let rule = &rules.rules[r];
+            let customer_id = customers[events[e].customer].as_str();
+            plan(rules, rule, customer_id, profiles.get(customer_id).unwrap_or(&no_profile), &events[e], &default_zone)
+        })
+        .collect();
+    let mut candidates: Vec<Candidate> = matched
+        .iter()
+        .zip(&plans)
+        .map(|(&(e, r), plan)| {
             let rule = &rules.rules[r];
             Candidate {
                 customer: events[e].customer,
@@ -148,13 +171,45 @@ fn decide_and_write(
                 occurred_at: events[e].occurred_at,
                 cap: rule.definition.cap.map(|c| (c.max, c.per_micros)),
                 prior_fired: 0,
+                transactional: rule.definition.category == Category::Transactional,
+                blocked: plan.channel.as_ref().err().copied(),
+                channel: plan.channel.as_ref().map_or(Channel::Webhook, |(c, _)| *c),
+                send_at: plan.send_at,
             }
         })
         .collect();
+
+    // Serialise the statement's customers against concurrent statements, then read their history.
+    lock::lock_customers(candidates.iter().map(|c| customers[c.customer].as_str()));
     let holdouts: Vec<bool> = matched.iter().map(|&(_, r)| rules.rules[r].definition.holdout > 0.0).collect();
-    count_prior_fired(&mut candidates, customers, &holdouts);
+    history::count_prior_fired(&mut candidates, customers, &holdouts);
     let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
-    let mut outcomes = policy::decide(&candidates, conflict_window);
+    let mut history = history::read(&candidates, customers, rules, conflict_window);
+
+    // A replaced rival's pending message must still be pending when we withdraw it: lock those
+    // rows first; one a deliverer claimed meanwhile stands, and the policy decides again.
+    let mut verdict;
+    loop {
+        verdict = policy::decide(&candidates, &history.rivals, &history.queued, &rules.frequency_caps, conflict_window);
+        let unlocked: Vec<i64> = verdict
+            .replaced
+            .iter()
+            .filter_map(|&r| history.rival_messages[r])
+            .filter(|m| !history.locked.contains(m))
+            .collect();
+        if unlocked.is_empty() {
+            break;
+        }
+        let locked = store::lock_pending(unlocked.clone());
+        for m in unlocked {
+            if locked.contains(&m) {
+                history.locked.push(m);
+            } else if let Some(r) = history.rival_messages.iter().position(|&x| x == Some(m)) {
+                history.rivals[r].replaceable = false;
+            }
+        }
+    }
+    let mut outcomes = verdict.outcomes;
     for ((&(_, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes.iter_mut()) {
         let rule = &rules.rules[r];
         if *outcome == Outcome::Fired
@@ -164,33 +219,63 @@ fn decide_and_write(
         }
     }
 
+    if !verdict.replaced.is_empty() {
+        store::replace(
+            verdict
+                .replaced
+                .iter()
+                .map(|&r| {
+                    let rival = &history.rivals[r];
+                    let winner = candidates
+                        .iter()
+                        .zip(&outcomes)
+                        .filter(|(c, o)| {
+                            **o != Outcome::Suppressed(policy::Reason::Conflict) && c.customer == rival.customer
+                        })
+                        .max_by_key(|(c, _)| (c.priority, std::cmp::Reverse(c.trigger_id)));
+                    store::Replaced {
+                        customer_id: &customers[rival.customer],
+                        occurred_at: rival.occurred_at,
+                        trigger_id: rival.trigger_id,
+                        event_id: rival.event_id,
+                        message: history.rival_messages[r],
+                        detail: winner.map_or_else(
+                            || "conflict: replaced by a higher-priority trigger".to_string(),
+                            |(w, _)| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
+                        ),
+                    }
+                })
+                .collect(),
+        );
+    }
+
     let mut decisions = store::Decisions::default();
     let mut outbox = store::Outbox::default();
-    for ((&(e, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes) {
+    for (((&(e, r), candidate), outcome), plan) in matched.iter().zip(&candidates).zip(outcomes).zip(&plans) {
         let rule = &rules.rules[r];
         let customer_id = customers[candidate.customer].as_str();
-        let occurred_at = store::timestamptz(events[e].occurred_at);
         decisions.event_id.push(candidate.event_id);
         decisions.trigger_id.push(rule.id);
         decisions.trigger_version.push(rule.version);
         decisions.customer_id.push(customer_id);
-        decisions.occurred_at.push(occurred_at);
+        decisions.occurred_at.push(store::timestamptz(events[e].occurred_at));
+        decisions.variant.push(plan.variant);
         match outcome {
             Outcome::Fired => {
                 decisions.outcome.push("fired");
                 decisions.reason.push(None);
-                let action = &rule.definition.action;
-                let preferred = profiles.get(customer_id).and_then(|p| p.preferred_channel.as_deref());
-                let (channel, fallback) = choose_channel(action, preferred);
+                let Ok((channel, fallback)) = &plan.channel else { continue };
                 outbox.event_id.push(candidate.event_id);
                 outbox.trigger_id.push(rule.id);
                 outbox.customer_id.push(customer_id);
-                outbox.channel.push(channel);
-                outbox.fallback.push(fallback);
-                outbox.template.push(action.template.as_deref());
-                outbox.payload.push(&action.payload);
-                outbox.due_at.push(store::timestamptz(events[e].occurred_at + rule.definition.wait_micros));
+                outbox.channel.push(channel.as_str());
+                outbox.fallback.push(fallback.clone());
+                outbox.template.push(plan.action.template.as_deref());
+                outbox.payload.push(&plan.action.payload);
+                outbox.due_at.push(store::timestamptz(plan.send_at));
                 outbox.cancel_on.push(cancel_conditions(&rule.definition, &events[e].properties));
+                outbox.category.push(rule.definition.category.as_str());
+                outbox.variant.push(plan.variant);
             }
             Outcome::HeldOut => {
                 decisions.outcome.push("held_out");
@@ -207,6 +292,69 @@ fn decide_and_write(
     if queued {
         crate::deliver::wake_after_commit();
     }
+}
+
+/// Plans one match: draws its variant, picks the first channel the customer may receive on
+/// (preferred channel, then fallbacks; skipping suppressed channels and, for marketing, channels
+/// without consent), and sets its send time: the event time plus the wait, moved to the end of the
+/// customer's local quiet hours on that channel for marketing messages.
+fn plan<'r>(
+    rules: &'r rules::RuleSet,
+    rule: &'r rules::CompiledRule,
+    customer_id: &str,
+    profile: &store::Profile,
+    event: &Pending,
+    default_zone: &str,
+) -> Plan<'r> {
+    let definition = &rule.definition;
+    let (variant, action, wait) = if definition.variants.is_empty() {
+        (None, &definition.action, definition.wait_micros)
+    } else {
+        let weights: Vec<f64> = definition.variants.iter().map(|v| v.weight).collect();
+        let v = &definition.variants[policy::variant_index(&rule.name, customer_id, &weights)];
+        (Some(v.name.as_str()), &v.action, v.wait_micros)
+    };
+    let marketing = definition.category == Category::Marketing;
+    let (first, fallback) = choose_channel(action, profile.preferred_channel.as_deref());
+    let options = std::iter::once(first).chain(fallback.iter().copied());
+    let mut blocked = None;
+    let mut channel = None;
+    for (position, option) in options.enumerate() {
+        let refusal = if profile.suppressed.iter().any(|s| s == "all" || s == option.as_str()) {
+            Some(policy::Reason::Suppression)
+        } else if marketing
+            && !policy::consents(
+                &profile.consent,
+                option.as_str(),
+                rules.channels.get(&option).is_some_and(|p| p.requires_opt_in),
+            )
+        {
+            Some(policy::Reason::Consent)
+        } else {
+            None
+        };
+        match refusal {
+            Some(reason) => {
+                blocked.get_or_insert(reason);
+            }
+            None => {
+                let rest: Vec<&str> = fallback.iter().skip(position).map(|c| c.as_str()).collect();
+                channel = Some((option, rest.join(",")));
+                break;
+            }
+        }
+    }
+    let mut send_at = event.occurred_at + wait;
+    if let (true, Some((c, _))) = (marketing, &channel) {
+        if let Some(quiet) = rules.channels.get(c).and_then(|p| p.quiet_hours) {
+            let zone = quiet_hours::zone(profile.timezone.as_deref(), default_zone);
+            let unix = send_at + PG_EPOCH_OFFSET_MICROS;
+            if let Some(until) = chrono::DateTime::from_timestamp_micros(unix).and_then(|t| quiet.deferral(t, zone)) {
+                send_at = until.timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
+            }
+        }
+    }
+    Plan { variant, action, channel: channel.ok_or(blocked.unwrap_or(policy::Reason::Consent)), send_at }
 }
 
 /// The outbox row's cancel conditions: per cancel_on entry, the event name and, under `same`, the
@@ -243,51 +391,14 @@ fn cancel_conditions(definition: &crate::rule::Definition, properties: &serde_js
     Some(serde_json::Value::Array(conditions).to_string())
 }
 
-/// The channel to queue on and the comma-separated fallbacks left after it: a `preferred` action
-/// takes the customer's preferred channel when it is a known one, else its first fallback.
-fn choose_channel(action: &Action, preferred: Option<&str>) -> (&'static str, String) {
+/// The first channel to try and the fallbacks after it: a `preferred` action takes the customer's
+/// preferred channel when it is a known one, else its first fallback.
+fn choose_channel(action: &Action, preferred: Option<&str>) -> (Channel, Vec<Channel>) {
     let first = match action.channel {
         ChannelChoice::Fixed(c) => c,
         ChannelChoice::Preferred => preferred.and_then(Channel::parse).unwrap_or(action.fallback[0]),
     };
-    let rest: Vec<&str> = action.fallback.iter().filter(|c| **c != first).map(|c| c.as_str()).collect();
-    (first.as_str(), rest.join(","))
-}
-
-/// Fills `prior_fired` of capped candidates: locks their customers (so concurrent statements
-/// cannot both pass one cap), then counts stored fired decisions in each window with a direct
-/// probe of the decisions primary key (customer_id, trigger_id, outcome, occurred_at, event_id).
-fn count_prior_fired(candidates: &mut [Candidate], customers: &[String], holdouts: &[bool]) {
-    let capped: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].cap.is_some()).collect();
-    if capped.is_empty() {
-        return;
-    }
-    // A held-out decision is one that would have fired: it counts toward the cap like a fired one.
-    let counted_outcomes = |i: usize| -> &'static [&'static str] {
-        if holdouts[i] {
-            &["fired", "held_out"]
-        } else {
-            &["fired"]
-        }
-    };
-    lock::lock_customers(capped.iter().map(|&i| customers[candidates[i].customer].as_str()));
-    let mut probe = probe::Probe::open(c"decisions", c"decisions_pkey", 5);
-    for &i in &capped {
-        let c = &candidates[i];
-        let (_, window) = c.cap.unwrap_or_default();
-        let mut prior = 0;
-        for outcome in counted_outcomes(i) {
-            let keys = [
-                probe::Key::text_eq(1, &customers[c.customer]),
-                probe::Key::int4_eq(2, c.trigger_id),
-                probe::Key::text_eq(3, outcome),
-                probe::Key::timestamptz_gt(4, c.occurred_at.saturating_sub(window)),
-                probe::Key::timestamptz_le(4, c.occurred_at),
-            ];
-            prior += probe.count(&keys);
-        }
-        candidates[i].prior_fired = prior;
-    }
+    (first, action.fallback.iter().copied().filter(|c| *c != first).collect())
 }
 
 /// BEFORE INSERT row trigger on engage.events (only for rows with an idempotency_key): skips the

@@ -42,6 +42,14 @@ impl Key {
             value: pg_sys::Datum::from(value),
         }
     }
+    pub fn timestamptz_ge(column: i16, micros: i64) -> Key {
+        Key {
+            column,
+            strategy: pg_sys::BTGreaterEqualStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_GE,
+            value: pg_sys::Datum::from(micros),
+        }
+    }
     pub fn timestamptz_gt(column: i16, micros: i64) -> Key {
         Key {
             column,
@@ -91,8 +99,25 @@ impl Probe {
         }
     }
 
+    /// The attribute number of a column of the table.
+    pub fn column(&self, name: &CStr) -> i16 {
+        // SAFETY: the relation is open; get_attnum only reads the catalog.
+        let attnum = unsafe { pg_sys::get_attnum((*self.heap).rd_id, name.as_ptr()) };
+        if attnum <= 0 {
+            sql_error::internal(&format!("missing column {}", name.to_string_lossy()));
+        }
+        attnum
+    }
+
     /// How many rows match all `keys`.
     pub fn count(&mut self, keys: &[Key]) -> i64 {
+        let mut found = 0;
+        self.for_each(keys, |_| found += 1);
+        found
+    }
+
+    /// Calls `f` with each row matching all `keys`.
+    pub fn for_each(&mut self, keys: &[Key], mut f: impl FnMut(&Row)) {
         assert_eq!(keys.len() as i32, self.nkeys, "probe opened for a different number of keys");
         // SAFETY: `entries` lives through the rescan and the fetches that read it.
         unsafe {
@@ -109,12 +134,40 @@ impl Probe {
                 entries.push(entry);
             }
             pg_sys::index_rescan(self.scan, entries.as_mut_ptr(), self.nkeys, std::ptr::null_mut(), 0);
-            let mut found = 0;
             while pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, self.slot) {
-                found += 1;
+                f(&Row(self.slot));
             }
-            found
         }
+    }
+}
+
+/// The current row of a probe, read by attribute number (see `Probe::column`).
+pub struct Row(*mut pg_sys::TupleTableSlot);
+
+impl Row {
+    fn datum(&self, attnum: i16) -> Option<pg_sys::Datum> {
+        let mut is_null = false;
+        // SAFETY: the slot holds the row just fetched; attnum comes from Probe::column.
+        let datum = unsafe { pg_sys::slot_getattr(self.0, i32::from(attnum), &mut is_null) };
+        (!is_null).then_some(datum)
+    }
+
+    pub fn int4(&self, attnum: i16) -> Option<i32> {
+        self.datum(attnum).map(|d| d.value() as i32)
+    }
+
+    pub fn int8(&self, attnum: i16) -> Option<i64> {
+        self.datum(attnum).map(|d| d.value() as i64)
+    }
+
+    /// A timestamptz column, microseconds since 2000-01-01.
+    pub fn timestamptz(&self, attnum: i16) -> Option<i64> {
+        self.int8(attnum)
+    }
+
+    pub fn text(&self, attnum: i16) -> Option<String> {
+        // SAFETY: the column is of type text; from_datum detoasts and copies it.
+        self.datum(attnum).and_then(|d| unsafe { String::from_datum(d, false) })
     }
 }
 

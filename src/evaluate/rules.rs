@@ -1,12 +1,16 @@
-//! The per-backend cache of compiled trigger definitions.
+//! The per-backend cache of compiled trigger definitions and the policy settings the insert path
+//! needs (channels' quiet hours and opt-in rule, frequency caps).
 //!
-//! Rules are read from `engage.triggers` and compiled once, then reused by every statement until
-//! the table changes. A statement trigger on `engage.triggers` calls `engage.rules_changed()`,
-//! which queues a relcache invalidation for the table: PostgreSQL delivers it to this backend at
-//! the next command and to every other backend when the change commits, and our relcache callback
-//! marks the cache stale. So the check on the hot path is one atomic load.
+//! They are read from `engage.triggers`, `engage.channels` and `engage.frequency_caps` once, then
+//! reused by every statement until one of those tables changes. A statement trigger on each calls
+//! `engage.rules_changed()`, which queues a relcache invalidation for the table: PostgreSQL
+//! delivers it to this backend at the next command and to every other backend when the change
+//! commits, and our relcache callback marks the cache stale. So the check on the hot path is one
+//! atomic load.
 
-use crate::rule::{self, Definition, Source};
+use crate::policy::quiet_hours::QuietHours;
+use crate::policy::FrequencyCap;
+use crate::rule::{self, Channel, Definition, Source};
 use crate::sql_error;
 use pgrx::prelude::*;
 use std::cell::RefCell;
@@ -31,6 +35,25 @@ pub struct RuleSet {
     by_event: HashMap<String, Vec<usize>>,
     /// Event names that cancel some trigger's pending messages.
     cancelling: HashSet<String>,
+    /// Every trigger, enabled or not, as a rival in conflicts with stored decisions.
+    pub contenders: HashMap<i32, Contender>,
+    pub channels: HashMap<Channel, ChannelPolicy>,
+    pub frequency_caps: Vec<FrequencyCap>,
+}
+
+/// How a trigger ranks against others in a conflict.
+#[derive(Debug, Clone, Copy)]
+pub struct Contender {
+    pub priority: i32,
+    /// Transactional triggers take no part in conflicts.
+    pub transactional: bool,
+}
+
+/// What the insert path applies per channel when a marketing trigger fires.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChannelPolicy {
+    pub quiet_hours: Option<QuietHours>,
+    pub requires_opt_in: bool,
 }
 
 impl RuleSet {
@@ -50,7 +73,8 @@ impl RuleSet {
 }
 
 static STALE: AtomicBool = AtomicBool::new(true);
-static TRIGGERS_RELID: AtomicU32 = AtomicU32::new(0);
+/// The relations whose changes make the cache stale: triggers, channels, frequency_caps.
+static WATCHED_RELIDS: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
 static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
@@ -83,45 +107,98 @@ fn register_callback() {
 
 /// Called by PostgreSQL for every relcache invalidation; `relid` 0 means "all relations".
 unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    let watched = TRIGGERS_RELID.load(Ordering::Acquire);
-    if relid == pg_sys::InvalidOid || watched == 0 || relid.to_u32() == watched {
+    let watched = |w: &AtomicU32| {
+        let w = w.load(Ordering::Acquire);
+        w == 0 || w == relid.to_u32()
+    };
+    if relid == pg_sys::InvalidOid || WATCHED_RELIDS.iter().any(watched) {
         STALE.store(true, Ordering::Release);
     }
 }
 
+/// One row of engage.triggers, as read.
+struct TriggerRow {
+    id: i32,
+    version: i32,
+    name: String,
+    definition: String,
+    enabled: bool,
+    contender: Contender,
+}
+
 fn load() -> RuleSet {
-    let rows: Vec<(i32, i32, String, String)> = Spi::connect(|client| {
-        let relid =
-            client.select("SELECT 'engage.triggers'::regclass::oid", None, &[])?.first().get_one::<pg_sys::Oid>()?;
-        if let Some(oid) = relid {
-            TRIGGERS_RELID.store(oid.to_u32(), Ordering::Release);
+    let mut set = RuleSet::default();
+    let rows = Spi::connect(|client| -> Result<Vec<TriggerRow>, pgrx::spi::Error> {
+        let relids = client.select(
+            "SELECT array['engage.triggers'::regclass::oid, 'engage.channels'::regclass::oid, \
+                          'engage.frequency_caps'::regclass::oid]",
+            None,
+            &[],
+        )?;
+        let relids: Vec<pg_sys::Oid> = relids.first().get_one::<Vec<pg_sys::Oid>>()?.unwrap_or_default();
+        for (watched, oid) in WATCHED_RELIDS.iter().zip(relids) {
+            watched.store(oid.to_u32(), Ordering::Release);
+        }
+        for row in client.select(
+            "SELECT kind, to_char(quiet_hours_start, 'HH24:MI:SS'), to_char(quiet_hours_end, 'HH24:MI:SS'), \
+                    requires_opt_in FROM engage.channels",
+            None,
+            &[],
+        )? {
+            let Some(kind) = row.get::<String>(1)?.as_deref().and_then(Channel::parse) else { continue };
+            let quiet_hours = match (row.get::<String>(2)?, row.get::<String>(3)?) {
+                (Some(start), Some(end)) => QuietHours::parse(&start, &end),
+                _ => None,
+            };
+            set.channels.insert(kind, ChannelPolicy { quiet_hours, requires_opt_in: row.get(4)?.unwrap_or(false) });
+        }
+        for row in client.select(
+            "SELECT channel, max_messages, (extract(epoch FROM per) * 1000000)::int8 FROM engage.frequency_caps ORDER BY id",
+            None,
+            &[],
+        )? {
+            set.frequency_caps.push(FrequencyCap {
+                channel: row.get::<String>(1)?.as_deref().and_then(Channel::parse),
+                max: i64::from(row.get::<i32>(2)?.unwrap_or(1)),
+                per_micros: row.get(3)?.unwrap_or(0),
+            });
         }
         client
             .select(
-                "SELECT id, version, name, definition::text FROM engage.triggers WHERE enabled ORDER BY id",
+                "SELECT id, version, name, definition::text, enabled, priority, \
+                        definition ->> 'category' IS NOT DISTINCT FROM 'transactional' \
+                   FROM engage.triggers ORDER BY id",
                 None,
                 &[],
             )?
             .map(|row| {
-                Ok((
-                    row.get(1)?.unwrap_or(0),
-                    row.get(2)?.unwrap_or(1),
-                    row.get(3)?.unwrap_or_default(),
-                    row.get(4)?.unwrap_or_default(),
-                ))
+                Ok(TriggerRow {
+                    id: row.get(1)?.unwrap_or(0),
+                    version: row.get(2)?.unwrap_or(1),
+                    name: row.get(3)?.unwrap_or_default(),
+                    definition: row.get(4)?.unwrap_or_default(),
+                    enabled: row.get(5)?.unwrap_or(false),
+                    contender: Contender {
+                        priority: row.get(6)?.unwrap_or(0),
+                        transactional: row.get(7)?.unwrap_or(false),
+                    },
+                })
             })
-            .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            .collect()
     })
-    .unwrap_or_else(|e| sql_error::internal(&format!("could not read engage.triggers: {e}")));
+    .unwrap_or_else(|e| sql_error::internal(&format!("could not read trigger definitions and policies: {e}")));
 
-    let mut set = RuleSet::default();
-    for (id, version, name, text) in rows {
-        let definition = serde_json::from_str(&text)
+    for row in rows {
+        set.contenders.insert(row.id, row.contender);
+        if !row.enabled {
+            continue;
+        }
+        let definition = serde_json::from_str(&row.definition)
             .map_err(|e| rule::DefinitionError::new("$", e.to_string()))
             .and_then(|value| rule::parse(&value));
         let definition = match definition {
             Ok(d) => d,
-            Err(e) => sql_error::invalid_definition(Some(&name), &e),
+            Err(e) => sql_error::invalid_definition(Some(&row.name), &e),
         };
         let index = set.rules.len();
         for event in &definition.events {
@@ -129,9 +206,9 @@ fn load() -> RuleSet {
         }
         set.cancelling.extend(definition.cancel_on.iter().map(|c| c.event.clone()));
         set.rules.push(CompiledRule {
-            id,
-            version,
-            name,
+            id: row.id,
+            version: row.version,
+            name: row.name,
             uses_properties: definition.uses(Source::Property),
             uses_profile: definition.uses(Source::Profile),
             definition,

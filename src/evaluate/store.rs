@@ -1,5 +1,5 @@
-//! The insert path's SQL: two statements, each prepared once per backend and run at most once
-//! per evaluated statement, with arrays as parameters (set-based, no per-row planning).
+//! The insert path's SQL: statements prepared once per backend and run at most once per evaluated
+//! statement, with arrays as parameters (set-based, no per-row planning).
 
 use crate::sql_error;
 use pgrx::datum::DatumWithOid;
@@ -7,27 +7,52 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use std::cell::OnceCell;
 
+/// What the insert path needs to know about the statement's customers: profile attributes,
+/// preferred channel, consent, time zone, and the channels they are suppressed on.
 const PROFILES: &str = "\
-SELECT customer_id, attributes::text, preferred_channel FROM engage.profiles WHERE customer_id = ANY($1)";
+SELECT q.customer_id, p.attributes::text, p.preferred_channel, p.consent::text, p.timezone,
+       (SELECT array_agg(s.channel) FROM engage.suppressions s WHERE s.customer_id = q.customer_id)
+  FROM unnest($1::text[]) AS q(customer_id)
+  LEFT JOIN engage.profiles p ON p.customer_id = q.customer_id";
 
 /// All decisions and all outbox rows of a statement, in one statement.
 const WRITE: &str = "\
 WITH decided AS (
-  INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason)
-  SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[])
+  INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason, variant)
+  SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])
 )
-INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at, cancel_on)
+INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at,
+                           cancel_on, category, variant)
 SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
-       u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb
-  FROM unnest($8::int8[], $9::int4[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::timestamptz[], $16::text[])
-       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on)";
+       u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb, u.category, u.variant
+  FROM unnest($9::int8[], $10::int4[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::timestamptz[],
+              $17::text[], $18::text[], $19::text[])
+       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on, category, variant)";
+
+/// Locks the pending messages a better candidate is about to replace, so no deliverer claims them
+/// meanwhile (claim skips locked rows); returns the ids that were still pending.
+const LOCK_PENDING: &str = "\
+SELECT id FROM engage.outbox WHERE id = ANY($1) AND status = 'pending' FOR UPDATE";
+
+/// Turns replaced decisions into conflicts and withdraws their messages.
+const REPLACE: &str = "\
+WITH replaced AS (
+  UPDATE engage.decisions d SET outcome = 'suppressed', reason = 'conflict'
+    FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int8[]) AS r(customer_id, occurred_at, trigger_id, event_id)
+   WHERE d.customer_id = r.customer_id COLLATE \"C\" AND d.occurred_at = r.occurred_at
+     AND d.trigger_id = r.trigger_id AND d.event_id = r.event_id
+)
+UPDATE engage.outbox o
+   SET status = 'suppressed', reason = 'conflict', last_error = m.detail
+  FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
+ WHERE o.id = m.id AND o.status = 'pending'";
 
 /// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
 /// the event's name, its properties containing the triggering event's `same` values, and an
 /// event time between the triggering event and the message's due time.
 const CANCEL: &str = "\
 UPDATE engage.outbox o
-   SET status = 'cancelled', cancelled_by = c.event_id,
+   SET status = 'cancelled', cancelled_by = c.event_id, reason = 'cancel_on',
        last_error = 'cancelled by event ' || c.event_id || ' (' || c.name || ')'
   FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
        AS c(event_id, customer_id, name, occurred_at, properties)
@@ -106,6 +131,7 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                             T::TIMESTAMPTZARRAYOID,
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
                             T::INT8ARRAYOID,
                             T::INT4ARRAYOID,
                             T::TEXTARRAYOID,
@@ -114,6 +140,8 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
                             T::TIMESTAMPTZARRAYOID,
+                            T::TEXTARRAYOID,
+                            T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
                         ],
                     ),
@@ -135,10 +163,15 @@ pub fn timestamptz(micros: i64) -> TimestampWithTimeZone {
         .unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
 }
 
-/// What the insert path reads of a customer's profile.
+/// What the insert path reads of a customer (all empty for a customer without a profile).
+#[derive(Default)]
 pub struct Profile {
     pub attributes: serde_json::Value,
     pub preferred_channel: Option<String>,
+    pub consent: serde_json::Value,
+    pub timezone: Option<String>,
+    /// Channels (or "all") the customer is on the suppression list for.
+    pub suppressed: Vec<String>,
 }
 
 /// Profiles of the given customers, by customer id.
@@ -150,9 +183,19 @@ pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, Profile)> {
                 .select(&plans.profiles, None, &args)?
                 .map(|row| {
                     let id: String = row.get(1)?.unwrap_or_default();
-                    let text: String = row.get(2)?.unwrap_or_default();
-                    let attributes = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
-                    Ok((id, Profile { attributes, preferred_channel: row.get(3)? }))
+                    let json = |text: Option<String>| {
+                        text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
+                    };
+                    Ok((
+                        id,
+                        Profile {
+                            attributes: json(row.get(2)?),
+                            preferred_channel: row.get(3)?,
+                            consent: json(row.get(4)?),
+                            timezone: row.get(5)?,
+                            suppressed: row.get(6)?.unwrap_or_default(),
+                        },
+                    ))
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()
         })
@@ -170,6 +213,7 @@ pub struct Decisions<'a> {
     pub occurred_at: Vec<TimestampWithTimeZone>,
     pub outcome: Vec<&'static str>,
     pub reason: Vec<Option<&'static str>>,
+    pub variant: Vec<Option<&'a str>>,
 }
 
 /// Column arrays for `engage.outbox`.
@@ -186,6 +230,8 @@ pub struct Outbox<'a> {
     pub due_at: Vec<TimestampWithTimeZone>,
     /// The resolved cancel conditions (JSON), when the trigger has cancel_on.
     pub cancel_on: Vec<Option<String>>,
+    pub category: Vec<&'static str>,
+    pub variant: Vec<Option<&'a str>>,
 }
 
 /// Events of the statement that may cancel pending messages.
@@ -225,6 +271,7 @@ pub fn write(d: Decisions, o: Outbox) {
                 d.occurred_at.into_datum(),
                 d.outcome.into_datum(),
                 d.reason.into_datum(),
+                d.variant.into_datum(),
                 o.event_id.into_datum(),
                 o.trigger_id.into_datum(),
                 o.customer_id.into_datum(),
@@ -234,7 +281,57 @@ pub fn write(d: Decisions, o: Outbox) {
                 o.payload.into_datum(),
                 o.due_at.into_datum(),
                 o.cancel_on.into_datum(),
+                o.category.into_datum(),
+                o.variant.into_datum(),
             ])
         })
     })
+}
+
+/// Locks the given pending messages against claims; returns those that were still pending.
+pub fn lock_pending(ids: Vec<i64>) -> Vec<i64> {
+    Spi::connect_mut(|client| {
+        client
+            .update(LOCK_PENDING, None, &[ids.into()])?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap_or_else(|e| sql_error::internal(&format!("could not lock replaced messages: {e}")))
+}
+
+/// A stored decision a better candidate replaces, and its pending message if any.
+pub struct Replaced<'a> {
+    pub customer_id: &'a str,
+    pub occurred_at: i64,
+    pub trigger_id: i32,
+    pub event_id: i64,
+    pub message: Option<i64>,
+    /// Why, for the message's last_error.
+    pub detail: String,
+}
+
+/// Records the replacements: decisions become conflicts, pending messages are suppressed.
+pub fn replace(replaced: Vec<Replaced>) {
+    let customer_id: Vec<&str> = replaced.iter().map(|r| r.customer_id).collect();
+    let occurred_at: Vec<TimestampWithTimeZone> = replaced.iter().map(|r| timestamptz(r.occurred_at)).collect();
+    let trigger_id: Vec<i32> = replaced.iter().map(|r| r.trigger_id).collect();
+    let event_id: Vec<i64> = replaced.iter().map(|r| r.event_id).collect();
+    let (message, detail): (Vec<i64>, Vec<String>) =
+        replaced.iter().filter_map(|r| r.message.map(|m| (m, r.detail.clone()))).unzip();
+    Spi::connect_mut(|client| {
+        client.update(
+            REPLACE,
+            None,
+            &[
+                customer_id.into(),
+                occurred_at.into(),
+                trigger_id.into(),
+                event_id.into(),
+                message.into(),
+                detail.into(),
+            ],
+        )?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| sql_error::internal(&format!("could not record replaced decisions: {e}")))
 }

@@ -1,19 +1,29 @@
 //! Policy: which matching candidates of one statement fire, and why the others do not; holdout
-//! groups; quiet hours (`quiet_hours`).
+//! groups and experiment variants; quiet hours (`quiet_hours`).
 //!
-//! Pure arithmetic over candidates; the caller supplies, for each capped candidate, how many
-//! fired decisions already exist in its window (read from the database under a per-customer
-//! lock). No SPI here.
+//! Pure arithmetic over candidates. The caller (the insert path) supplies what the database
+//! knows, read under each customer's lock: fired decisions already stored in each capped
+//! trigger's window, stored decisions of other triggers near each candidate (`Rival`), and the
+//! customer's messages sent or queued (`Queued`). No SPI here.
 
 pub mod quiet_hours;
+
+use crate::rule::Channel;
+use std::cmp::Reverse;
 
 /// Why a matching trigger did not fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The trigger's per-customer cap was reached in its window.
+    /// The trigger's own per-customer cap was reached in its window.
     Cap,
-    /// A higher-priority trigger fired for the same customer in the same statement.
+    /// A higher-priority trigger fired for the same customer within the conflict window.
     Conflict,
+    /// A frequency cap across triggers (engage.frequency_caps) was reached.
+    Frequency,
+    /// The customer opted out of (or never opted in to) every channel the action could use.
+    Consent,
+    /// The customer is on the suppression list for every channel the action could use.
+    Suppression,
 }
 
 impl Reason {
@@ -21,6 +31,9 @@ impl Reason {
         match self {
             Reason::Cap => "cap",
             Reason::Conflict => "conflict",
+            Reason::Frequency => "frequency",
+            Reason::Consent => "consent",
+            Reason::Suppression => "suppression",
         }
     }
 }
@@ -33,22 +46,59 @@ pub enum Outcome {
     Suppressed(Reason),
 }
 
-/// Whether a customer is in a trigger's control group: the first 8 bytes of
-/// SHA-256("<trigger name>:<customer id>") as a fraction of 2^64, below `share`. A fixed, published
-/// hash, so the same customer is in the same group in every session, release and replay.
-pub fn in_holdout(trigger_name: &str, customer_id: &str, share: f64) -> bool {
+/// A number in [0, 1) drawn from SHA-256 of the parts joined with ':': the same parts give the
+/// same number in every session, release and replay.
+fn stable_fraction(parts: &[&str]) -> f64 {
     use sha2::{Digest, Sha256};
-    if share <= 0.0 {
-        return false;
+    let mut hasher = Sha256::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b":");
+        }
+        hasher.update(part.as_bytes());
     }
-    let digest = Sha256::new()
-        .chain_update(trigger_name.as_bytes())
-        .chain_update(b":")
-        .chain_update(customer_id.as_bytes())
-        .finalize();
+    let digest = hasher.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    (u64::from_be_bytes(first) as f64 / 18_446_744_073_709_551_616.0) < share
+    u64::from_be_bytes(first) as f64 / 18_446_744_073_709_551_616.0
+}
+
+/// Whether a customer is in a trigger's control group: SHA-256("<trigger name>:<customer id>")
+/// as a fraction below `share`.
+pub fn in_holdout(trigger_name: &str, customer_id: &str, share: f64) -> bool {
+    share > 0.0 && stable_fraction(&[trigger_name, customer_id]) < share
+}
+
+/// The experiment variant of a customer, by weight: SHA-256("<trigger>:<customer>:variant"), a
+/// draw independent of the holdout's.
+pub fn variant_index(trigger_name: &str, customer_id: &str, weights: &[f64]) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut point = stable_fraction(&[trigger_name, customer_id, "variant"]) * total;
+    for (i, w) in weights.iter().enumerate() {
+        if point < *w {
+            return i;
+        }
+        point -= w;
+    }
+    weights.len().saturating_sub(1)
+}
+
+/// Marketing consent for a channel: the customer's answer for that channel, else their answer for
+/// "all" (`profiles.consent`), else yes unless the channel requires an explicit opt-in.
+pub fn consents(consent: &serde_json::Value, channel: &str, requires_opt_in: bool) -> bool {
+    match consent.get(channel).or_else(|| consent.get("all")).and_then(serde_json::Value::as_bool) {
+        Some(answer) => answer,
+        None => !requires_opt_in,
+    }
+}
+
+/// At most `max` marketing messages per customer in any rolling window of `per_micros`, on one
+/// channel or (None) on all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub channel: Option<Channel>,
+    pub max: i64,
+    pub per_micros: i64,
 }
 
 /// One (event, trigger) match, as the policy sees it.
@@ -65,42 +115,163 @@ pub struct Candidate {
     pub cap: Option<(i64, i64)>,
     /// Fired decisions already stored for this customer and trigger in `(occurred_at - window, occurred_at]`.
     pub prior_fired: i64,
+    /// Transactional: no conflicts, no frequency caps.
+    pub transactional: bool,
+    /// Already decided before the policy runs: no channel the action could use is allowed.
+    pub blocked: Option<Reason>,
+    /// The channel the message would go out on, and when (after its wait and quiet hours).
+    pub channel: Channel,
+    pub send_at: i64,
 }
 
-/// Decides every candidate of a statement.
-///
-/// 1. Caps, per (customer, trigger), in event-time order: a candidate fires only if the stored
-///    fired decisions in its window plus the ones fired earlier in this statement stay below max.
-/// 2. Conflicts, per customer, among the candidates that passed their caps: in priority order
-///    (ties: lower trigger id, then earlier event), a candidate fires unless a candidate of another
-///    trigger already chosen for the same customer lies within `conflict_window` of event time;
-///    then it is suppressed as a conflict. So the best message for a moment wins, and a lower one
-///    still goes out when nothing better competes with it.
-pub fn decide(candidates: &[Candidate], conflict_window: i64) -> Vec<Outcome> {
-    let mut outcomes = apply_caps(candidates);
+/// A decision stored by an earlier statement for a customer of this one, of a trigger that may
+/// compete with a candidate.
+#[derive(Debug, Clone, Copy)]
+pub struct Rival {
+    pub customer: usize,
+    pub trigger_id: i32,
+    pub priority: i32,
+    pub event_id: i64,
+    pub occurred_at: i64,
+    /// Nothing went out for it yet (its message is pending, or it was held out), so a better
+    /// candidate can take its place.
+    pub replaceable: bool,
+}
 
-    let mut order: Vec<usize> = (0..candidates.len()).filter(|&i| outcomes[i] == Outcome::Fired).collect();
-    order.sort_by_key(|&i| {
-        let c = &candidates[i];
-        (c.customer, std::cmp::Reverse(c.priority), c.trigger_id, c.occurred_at, c.event_id)
-    });
-    let mut chosen: Vec<usize> = Vec::new(); // of the current customer
-    for (position, &i) in order.iter().enumerate() {
-        let c = &candidates[i];
-        if position > 0 && candidates[order[position - 1]].customer != c.customer {
-            chosen.clear();
+/// A marketing message of a customer of the statement, sent or still queued.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued {
+    pub customer: usize,
+    pub channel: Channel,
+    /// When it was sent, or when it is scheduled.
+    pub at: i64,
+    /// The rival whose message it is, if any (a replaced rival's message no longer counts).
+    pub rival: Option<usize>,
+}
+
+/// The policy's verdict on a statement.
+#[derive(Debug, PartialEq)]
+pub struct Verdict {
+    pub outcomes: Vec<Outcome>,
+    /// Indexes of rivals that a better candidate replaces: their messages are withdrawn and their
+    /// decisions become conflicts.
+    pub replaced: Vec<usize>,
+}
+
+/// Decides every candidate of a statement, in this order:
+///
+/// 1. `blocked` candidates (no allowed channel) are suppressed with that reason.
+/// 2. Caps, per (customer, trigger), in event-time order: a candidate fires only if the stored
+///    fired decisions in its window plus the ones fired earlier in this statement stay below max.
+/// 3. Conflicts, per customer, among marketing candidates that passed and rivals: rivals whose
+///    message is already out stand. Then, in priority order (ties: lower trigger id, then earlier
+///    event), a candidate or replaceable rival is kept unless something of another trigger kept
+///    before it lies within `conflict_window` of event time. A beaten candidate is a conflict; a
+///    beaten rival is replaced (only a candidate can beat a rival: stored decisions were already
+///    settled among themselves).
+/// 4. Frequency caps, in the same priority order: a marketing candidate fires only if, for each
+///    cap on its channel or on all channels, fewer than max messages (queued, sent, or fired
+///    earlier in this order) lie strictly within `per` of its send time, either side.
+pub fn decide(
+    candidates: &[Candidate],
+    rivals: &[Rival],
+    queued: &[Queued],
+    frequency_caps: &[FrequencyCap],
+    conflict_window: i64,
+) -> Verdict {
+    let mut outcomes = apply_caps(candidates);
+    let mut replaced = vec![false; rivals.len()];
+
+    // Conflicts. Entries are candidates (Ok) and rivals (Err), sorted by customer then rank.
+    let contends = |c: &Candidate| !c.transactional;
+    let mut order: Vec<Result<usize, usize>> = (0..candidates.len())
+        .filter(|&i| outcomes[i] == Outcome::Fired && contends(&candidates[i]))
+        .map(Ok)
+        .chain((0..rivals.len()).map(Err))
+        .collect();
+    let key = |entry: &Result<usize, usize>| match *entry {
+        Ok(i) => {
+            let c = &candidates[i];
+            (c.customer, Reverse(c.priority), c.trigger_id, c.occurred_at, c.event_id)
         }
-        let beaten = chosen.iter().any(|&j| {
-            let other = &candidates[j];
-            other.trigger_id != c.trigger_id && (other.occurred_at - c.occurred_at).abs() <= conflict_window
-        });
-        if beaten {
-            outcomes[i] = Outcome::Suppressed(Reason::Conflict);
-        } else {
-            chosen.push(i);
+        Err(r) => {
+            let r = &rivals[r];
+            (r.customer, Reverse(r.priority), r.trigger_id, r.occurred_at, r.event_id)
+        }
+    };
+    order.sort_by_key(key);
+    // Kept entries of the current customer: (trigger, event time, is a candidate).
+    let mut kept: Vec<(i32, i64, bool)> = Vec::new();
+    let mut customer = None;
+    let near = |a: i64, b: i64| (a - b).abs() <= conflict_window;
+    for entry in &order {
+        let (who, trigger_id, at) = match *entry {
+            Ok(i) => (candidates[i].customer, candidates[i].trigger_id, candidates[i].occurred_at),
+            Err(r) => (rivals[r].customer, rivals[r].trigger_id, rivals[r].occurred_at),
+        };
+        if customer != Some(who) {
+            customer = Some(who);
+            kept.clear();
+            // Rivals whose message is already out stand, whatever their rank.
+            kept.extend(
+                rivals
+                    .iter()
+                    .filter(|r| r.customer == who && !r.replaceable)
+                    .map(|r| (r.trigger_id, r.occurred_at, false)),
+            );
+        }
+        match *entry {
+            Ok(i) => {
+                if kept.iter().any(|&(t, when, _)| t != trigger_id && near(when, at)) {
+                    outcomes[i] = Outcome::Suppressed(Reason::Conflict);
+                } else {
+                    kept.push((trigger_id, at, true));
+                }
+            }
+            Err(r) if rivals[r].replaceable => {
+                if kept.iter().any(|&(t, when, candidate)| candidate && t != trigger_id && near(when, at)) {
+                    replaced[r] = true;
+                } else {
+                    kept.push((trigger_id, at, false));
+                }
+            }
+            Err(_) => {} // already among the kept
         }
     }
-    outcomes
+
+    // Frequency caps, in the same rank order.
+    if !frequency_caps.is_empty() {
+        let mut sent: Vec<(usize, Channel, i64)> = queued
+            .iter()
+            .filter(|q| q.rival.is_none_or(|r| !replaced[r]))
+            .map(|q| (q.customer, q.channel, q.at))
+            .collect();
+        for entry in &order {
+            let Ok(i) = *entry else { continue };
+            if outcomes[i] != Outcome::Fired {
+                continue;
+            }
+            let c = &candidates[i];
+            let over = frequency_caps.iter().filter(|cap| cap.channel.is_none_or(|ch| ch == c.channel)).any(|cap| {
+                let within = sent
+                    .iter()
+                    .filter(|&&(who, channel, at)| {
+                        who == c.customer
+                            && cap.channel.is_none_or(|ch| ch == channel)
+                            && (at - c.send_at).abs() < cap.per_micros
+                    })
+                    .count() as i64;
+                within >= cap.max
+            });
+            if over {
+                outcomes[i] = Outcome::Suppressed(Reason::Frequency);
+            } else {
+                sent.push((c.customer, c.channel, c.send_at));
+            }
+        }
+    }
+
+    Verdict { outcomes, replaced: (0..rivals.len()).filter(|&r| replaced[r]).collect() }
 }
 
 fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
@@ -118,6 +289,10 @@ fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
         if run_key != Some((c.customer, c.trigger_id)) {
             run_key = Some((c.customer, c.trigger_id));
             fired_times.clear();
+        }
+        if let Some(reason) = c.blocked {
+            outcomes[i] = Outcome::Suppressed(reason);
+            continue;
         }
         if let Some((max, window)) = c.cap {
             let since = c.occurred_at.saturating_sub(window);
@@ -138,13 +313,134 @@ mod tests {
 
     const HOUR: i64 = 3_600_000_000;
 
-    /// Decides with a ten-minute conflict window.
+    const MINUTE: i64 = 60_000_000;
+
+    /// Decides with a ten-minute conflict window, no stored state and no frequency caps.
     fn decide_now(candidates: &[Candidate]) -> Vec<Outcome> {
-        decide(candidates, 10 * 60_000_000)
+        decide(candidates, &[], &[], &[], 10 * MINUTE).outcomes
     }
 
     fn cand(customer: usize, trigger_id: i32, priority: i32, event_id: i64, at: i64) -> Candidate {
-        Candidate { customer, trigger_id, priority, event_id, occurred_at: at, cap: None, prior_fired: 0 }
+        Candidate {
+            customer,
+            trigger_id,
+            priority,
+            event_id,
+            occurred_at: at,
+            cap: None,
+            prior_fired: 0,
+            transactional: false,
+            blocked: None,
+            channel: Channel::Email,
+            send_at: at,
+        }
+    }
+
+    fn rival(trigger_id: i32, priority: i32, at: i64, replaceable: bool) -> Rival {
+        Rival { customer: 0, trigger_id, priority, event_id: 100 + i64::from(trigger_id), occurred_at: at, replaceable }
+    }
+
+    #[test]
+    fn a_better_candidate_replaces_a_pending_rival_but_not_one_already_sent() {
+        let new = cand(0, 2, 9, 1, 5 * MINUTE);
+        let v = decide(&[new], &[rival(1, 1, 0, true)], &[], &[], 10 * MINUTE);
+        assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![0] });
+        let v = decide(&[new], &[rival(1, 1, 0, false)], &[], &[], 10 * MINUTE);
+        assert_eq!(v, Verdict { outcomes: vec![Outcome::Suppressed(Reason::Conflict)], replaced: vec![] });
+        // A better rival beats the candidate; a rival outside the window does not compete.
+        let v = decide(&[new], &[rival(1, 10, 0, true)], &[], &[], 10 * MINUTE);
+        assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Conflict)]);
+        let v = decide(&[new], &[rival(1, 10, -6 * MINUTE, true)], &[], &[], 10 * MINUTE);
+        assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![] });
+        // Equal priority: the lower trigger id wins, whichever statement it came in.
+        let v = decide(&[cand(0, 1, 5, 1, 0)], &[rival(2, 5, 0, true)], &[], &[], 10 * MINUTE);
+        assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![0] });
+        let v = decide(&[cand(0, 3, 5, 1, 0)], &[rival(2, 5, 0, true)], &[], &[], 10 * MINUTE);
+        assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Conflict)]);
+    }
+
+    #[test]
+    fn transactional_candidates_neither_compete_nor_count() {
+        let receipt = Candidate { transactional: true, ..cand(0, 1, 0, 1, 0) };
+        let promo = cand(0, 2, 9, 1, 0);
+        let caps = [FrequencyCap { channel: None, max: 1, per_micros: 60 * MINUTE }];
+        let v = decide(&[receipt, promo], &[rival(3, 99, 0, false)], &[], &caps, 10 * MINUTE);
+        assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Conflict)]);
+        let v = decide(&[receipt, promo], &[], &[], &caps, 10 * MINUTE);
+        assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Fired]);
+    }
+
+    #[test]
+    fn frequency_caps_count_queued_sent_and_earlier_candidates_within_the_window() {
+        let day = 24 * 60 * MINUTE;
+        let caps = [
+            FrequencyCap { channel: None, max: 3, per_micros: day },
+            FrequencyCap { channel: Some(Channel::Sms), max: 1, per_micros: day },
+        ];
+        let queued = |at, channel| Queued { customer: 0, channel, at, rival: None };
+        let at = |t: i64, trigger_id, channel| Candidate { channel, send_at: t, ..cand(0, trigger_id, 0, t, t) };
+        // Two emails already out in the last day; a third fits; a fourth does not.
+        let history = [queued(-day + 2, Channel::Email), queued(-60 * MINUTE, Channel::Email)];
+        let v = decide(&[at(0, 1, Channel::Email), at(1, 2, Channel::Email)], &[], &history, &caps, 0);
+        assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Frequency)]);
+        // Exactly one window later the oldest no longer counts.
+        let history = [queued(-day, Channel::Email), queued(-60 * MINUTE, Channel::Email)];
+        let v = decide(&[at(0, 1, Channel::Email), at(1, 2, Channel::Email)], &[], &history, &caps, 0);
+        assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Fired]);
+        // The per-channel cap: one SMS a day, while email still has room.
+        let v = decide(&[at(0, 1, Channel::Sms), at(1, 2, Channel::Sms), at(2, 3, Channel::Email)], &[], &[], &caps, 0);
+        assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Frequency), Outcome::Fired]);
+        // The higher priority takes the last slot; a queued message due later counts too.
+        let high = Candidate { priority: 9, ..at(5, 2, Channel::Email) };
+        let later = [queued(3 * 60 * MINUTE, Channel::Email), queued(4 * 60 * MINUTE, Channel::Email)];
+        let v = decide(&[at(0, 1, Channel::Email), high], &[], &later, &caps, 0);
+        assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Frequency), Outcome::Fired]);
+    }
+
+    #[test]
+    fn a_replaced_rival_frees_its_frequency_slot() {
+        let caps = [FrequencyCap { channel: None, max: 1, per_micros: 60 * MINUTE }];
+        let queued = [Queued { customer: 0, channel: Channel::Email, at: 0, rival: Some(0) }];
+        let v = decide(&[cand(0, 2, 9, 1, MINUTE)], &[rival(1, 1, 0, true)], &queued, &caps, 10 * MINUTE);
+        assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![0] });
+    }
+
+    #[test]
+    fn a_blocked_candidate_is_suppressed_with_its_reason_and_does_not_compete() {
+        let blocked = Candidate { blocked: Some(Reason::Consent), ..cand(0, 1, 9, 1, 0) };
+        assert_eq!(
+            decide_now(&[blocked, cand(0, 2, 1, 1, 0)]),
+            vec![Outcome::Suppressed(Reason::Consent), Outcome::Fired]
+        );
+    }
+
+    #[test]
+    fn consent_per_channel_overrides_all_and_opt_in_channels_need_a_yes() {
+        use serde_json::json;
+        assert!(consents(&json!({}), "email", false));
+        assert!(!consents(&json!({}), "sms", true));
+        assert!(!consents(&json!({"email": false}), "email", false));
+        assert!(consents(&json!({"email": false}), "push", false));
+        assert!(!consents(&json!({"all": false}), "push", false));
+        assert!(consents(&json!({"all": false, "sms": true}), "sms", true));
+        assert!(consents(&json!({"all": true}), "sms", true));
+        assert!(consents(&json!({"sms": "maybe"}), "sms", false), "a non-boolean answer is no answer");
+    }
+
+    #[test]
+    fn variants_are_stable_and_follow_their_weights() {
+        let mut counts = [0usize; 2];
+        for i in 0..100_000 {
+            counts[variant_index("cart", &format!("c{i}"), &[1.0, 3.0])] += 1;
+        }
+        // 25% of 100,000: standard deviation ~137; +-800 is more than 5 sigma.
+        assert!((24_200..=25_800).contains(&counts[0]), "{counts:?}");
+        assert_eq!(variant_index("cart", "c7", &[1.0, 1.0]), variant_index("cart", "c7", &[1.0, 1.0]));
+        // Independent of the holdout draw: among control customers, variants keep their shares.
+        let control: Vec<String> =
+            (0..20_000).map(|i| format!("c{i}")).filter(|c| in_holdout("cart", c, 0.5)).collect();
+        let first = control.iter().filter(|c| variant_index("cart", c, &[1.0, 1.0]) == 0).count();
+        assert!((first as f64 / control.len() as f64 - 0.5).abs() < 0.03, "{first} of {}", control.len());
     }
 
     #[test]

@@ -21,6 +21,15 @@ impl DefinitionError {
         DefinitionError { path: path.to_string(), problem: problem.into(), hint: None }
     }
 
+    /// Re-roots an error found in a variant's merged action (`$.action.template`) at the variant
+    /// (`$.variants[1].template`), where the user wrote the value.
+    pub fn within_variant(mut self, variant_path: &str) -> Self {
+        if let Some(rest) = self.path.strip_prefix("$.action") {
+            self.path = format!("{variant_path}{rest}");
+        }
+        self
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

@@ -14,13 +14,26 @@ pub use predicate::{Facts, Predicate, Source};
 use error::{show, type_name};
 use serde_json::{Map, Value};
 
-const FIELDS: &[&str] = &["event", "where", "action", "priority", "cap", "wait", "cancel_on", "holdout", "description"];
+const FIELDS: &[&str] = &[
+    "event",
+    "where",
+    "action",
+    "priority",
+    "cap",
+    "wait",
+    "cancel_on",
+    "holdout",
+    "category",
+    "variants",
+    "description",
+];
+const VARIANT_FIELDS: &[&str] = &["name", "weight", "wait", "channel", "template", "payload"];
 const CANCEL_FIELDS: &[&str] = &["event", "same"];
 const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
 const CAP_FIELDS: &[&str] = &["max", "per"];
 
 /// A delivery channel an action can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Channel {
     Email,
     Sms,
@@ -82,6 +95,34 @@ pub struct CancelOn {
     pub same: Vec<Vec<String>>,
 }
 
+/// Marketing messages obey consent opt-outs, frequency caps, conflicts and quiet hours;
+/// transactional ones (an order confirmation, a password reset) bypass all four. Both obey the
+/// suppression list and the trigger's own cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Marketing,
+    Transactional,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Marketing => "marketing",
+            Category::Transactional => "transactional",
+        }
+    }
+}
+
+/// One arm of a timing or content experiment: its own wait and action (the trigger's, with this
+/// variant's channel, template and payload where it names them), drawn with `weight`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub name: String,
+    pub weight: f64,
+    pub wait_micros: i64,
+    pub action: Action,
+}
+
 /// A validated trigger definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -95,6 +136,9 @@ pub struct Definition {
     pub cancel_on: Vec<CancelOn>,
     /// Share of customers in the control group (0 = none).
     pub holdout: f64,
+    pub category: Category,
+    /// Experiment arms; empty when the trigger runs no experiment.
+    pub variants: Vec<Variant>,
 }
 
 impl Definition {
@@ -117,7 +161,8 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     reject_unknown(map, "$", FIELDS)?;
     let events = parse_events(required(map, "$", "event")?)?;
     let predicate = map.get("where").map(|w| predicate::parse(w, "$.where")).transpose()?;
-    let action = parse_action(required(map, "$", "action")?)?;
+    let action_value = required(map, "$", "action")?;
+    let action = parse_action(action_value)?;
     let priority = match map.get("priority") {
         None => 0,
         Some(v) => v
@@ -161,7 +206,75 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
             .with_hint("0.1 keeps 10% of customers in a control group that is recorded but not sent")
         })?,
     };
-    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on, holdout })
+    let category = match map.get("category").map(|c| (c, c.as_str())) {
+        None | Some((_, Some("marketing"))) => Category::Marketing,
+        Some((_, Some("transactional"))) => Category::Transactional,
+        Some((other, _)) => {
+            return Err(DefinitionError::new("$.category", format!("unknown category {}", show(other)))
+                .with_hint("categories are \"marketing\" (the default) and \"transactional\""))
+        }
+    };
+    let variants = match map.get("variants") {
+        None => Vec::new(),
+        Some(v) => parse_variants(v, action_value, wait_micros)?,
+    };
+    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on, holdout, category, variants })
+}
+
+/// Parses `variants`: at least two arms with unique names and positive weights; each arm's action
+/// is the trigger's action with the arm's own channel, template and payload put over it.
+fn parse_variants(value: &Value, action: &Value, default_wait: i64) -> Result<Vec<Variant>, DefinitionError> {
+    let hint = r#"for example [{"name": "1h", "wait": "1h"}, {"name": "6h", "wait": "6h"}]"#;
+    let items = match value {
+        Value::Array(items) if items.len() >= 2 => items,
+        other => {
+            return Err(DefinitionError::new(
+                "$.variants",
+                format!("expected an array of at least two variants, got {}", show(other)),
+            )
+            .with_hint(hint))
+        }
+    };
+    let mut variants: Vec<Variant> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("$.variants[{i}]");
+        let map = object(item, &path)?;
+        reject_unknown(map, &path, VARIANT_FIELDS)?;
+        let name = match required(map, &path, "name")? {
+            Value::String(s) if !s.trim().is_empty() && s.len() <= 100 => s.clone(),
+            other => {
+                return Err(DefinitionError::new(
+                    &format!("{path}.name"),
+                    format!("expected a name of 1 to 100 characters, got {}", show(other)),
+                ))
+            }
+        };
+        if variants.iter().any(|v| v.name == name) {
+            return Err(DefinitionError::new(&format!("{path}.name"), format!("variant \"{name}\" is listed twice")));
+        }
+        let weight = match map.get("weight") {
+            None => 1.0,
+            Some(w) => w.as_f64().filter(|w| *w > 0.0 && w.is_finite()).ok_or_else(|| {
+                DefinitionError::new(&format!("{path}.weight"), format!("expected a positive number, got {}", show(w)))
+            })?,
+        };
+        let wait_micros =
+            map.get("wait").map(|w| duration::parse(w, &format!("{path}.wait"))).transpose()?.unwrap_or(default_wait);
+        let mut merged = action.clone();
+        if let Value::Object(target) = &mut merged {
+            for key in ["channel", "template", "payload"] {
+                if let Some(v) = map.get(key) {
+                    target.insert(key.to_string(), v.clone());
+                }
+            }
+            if let (Some(channel), Some(Value::Array(fallback))) = (map.get("channel"), target.get_mut("fallback")) {
+                fallback.retain(|f| f != channel);
+            }
+        }
+        let action = parse_action(&merged).map_err(|e| e.within_variant(&path))?;
+        variants.push(Variant { name, weight, wait_micros, action });
+    }
+    Ok(variants)
 }
 
 fn object<'v>(value: &'v Value, path: &str) -> Result<&'v Map<String, Value>, DefinitionError> {
@@ -360,6 +473,31 @@ mod tests {
     }
 
     #[test]
+    fn variants_override_wait_channel_and_template() {
+        let d = parse(&json!({"event": "cart_updated", "wait": "1h",
+            "cancel_on": [{"event": "order_completed"}],
+            "action": {"channel": "email", "fallback": ["sms"], "template": "cart"},
+            "variants": [{"name": "1h"}, {"name": "6h", "wait": "6h", "weight": 3},
+                         {"name": "sms", "channel": "sms", "template": "cart_sms"}]}))
+        .unwrap();
+        assert_eq!(d.category, Category::Marketing);
+        let waits: Vec<i64> = d.variants.iter().map(|v| v.wait_micros / 3_600_000_000).collect();
+        assert_eq!(waits, vec![1, 6, 1]);
+        assert_eq!(d.variants[1].weight, 3.0);
+        assert_eq!(d.variants[0].action, d.action);
+        assert_eq!(d.variants[2].action.channel, ChannelChoice::Fixed(Channel::Sms));
+        assert_eq!(d.variants[2].action.fallback, Vec::<Channel>::new());
+        assert_eq!(d.variants[2].action.template.as_deref(), Some("cart_sms"));
+    }
+
+    #[test]
+    fn transactional_category_parses() {
+        let d =
+            parse(&json!({"event": "order", "category": "transactional", "action": {"channel": "webhook"}})).unwrap();
+        assert_eq!(d.category, Category::Transactional);
+    }
+
+    #[test]
     fn webhook_needs_no_template() {
         let d = parse(&json!({"event": "x", "action": {"channel": "webhook"}})).unwrap();
         assert_eq!(d.action.template, None);
@@ -407,6 +545,22 @@ mod tests {
             (with("holdout", json!("10%")), "$.holdout", "share"),
             (with("cancel_on", json!([{"event": "buy"}])), "$.cancel_on", "needs a \"wait\""),
             (with("cancel_on", json!([])), "$.cancel_on", "non-empty array"),
+            (with("category", json!("promo")), "$.category", "unknown category"),
+            (with("variants", json!([{"name": "a"}])), "$.variants", "at least two"),
+            (with("variants", json!([{"name": "a"}, {"name": "a"}])), "$.variants[1].name", "twice"),
+            (with("variants", json!([{"name": "a"}, {"weight": 1}])), "$.variants[1]", "\"name\""),
+            (with("variants", json!([{"name": "a"}, {"name": "b", "weight": 0}])), "$.variants[1].weight", "positive"),
+            (with("variants", json!([{"name": "a"}, {"name": "b", "wait": "0s"}])), "$.variants[1].wait", "positive"),
+            (
+                with("variants", json!([{"name": "a"}, {"name": "b", "channel": "fax"}])),
+                "$.variants[1].channel",
+                "unknown channel",
+            ),
+            (
+                with("variants", json!([{"name": "a"}, {"name": "b", "colour": 1}])),
+                "$.variants[1].colour",
+                "unknown field",
+            ),
         ];
         for (definition, path, text) in cases {
             let err = parse(&definition).unwrap_err();

@@ -65,13 +65,24 @@ fn a_dump_restores_data_without_deciding_anything_again() {
         let mut restored = cluster.connect(target);
         let after: String = restored.query_one(SNAPSHOT, &[]).unwrap().get(0);
         assert_eq!(after, before, "restored into {target}");
-        // The restored database keeps deciding new events, with the restored caps.
-        insert_event(&mut restored, "c1", "e", json!({}));
-        let fired: i64 =
-            restored.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
-        let fired_before: i64 =
-            src.query_one("SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'", &[]).unwrap().get(0);
-        assert_eq!(fired, fired_before + 1, "one more fired decision in {target}");
+        // The restored database keeps deciding new events, and the restored decisions still count:
+        // c1's next event is capped (hi2) and in conflict with hi2's restored decision (hi); a new
+        // customer's fires.
+        let e = insert_event(&mut restored, "c1", "e", json!({}));
+        let reasons: String = restored
+            .query_one(
+                "SELECT string_agg(coalesce(reason, outcome), ',' ORDER BY trigger_id) FROM engage.decisions WHERE event_id = $1",
+                &[&e],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(reasons, "conflict,cap", "restored caps and decisions apply in {target}");
+        let e = insert_event(&mut restored, "c2", "e", json!({}));
+        let fired: i64 = restored
+            .query_one("SELECT count(*) FROM engage.decisions WHERE event_id = $1 AND outcome = 'fired'", &[&e])
+            .unwrap()
+            .get(0);
+        assert_eq!(fired, 1, "a new customer's event fires in {target}");
     }
     let _ = std::fs::remove_file(dump);
 }

@@ -87,8 +87,9 @@ fn cap_counts_per_trigger() {
     create_trigger(&mut c, "x", json!({"event": "a", "action": email("x"), "cap": {"max": 1, "per": "1h"}}));
     create_trigger(&mut c, "y", json!({"event": "b", "action": email("y"), "cap": {"max": 1, "per": "1h"}}));
     let x1 = insert_event_at(&mut c, "c1", "a", json!({}), "2025-03-01T10:00:00Z");
-    let y1 = insert_event_at(&mut c, "c1", "b", json!({}), "2025-03-01T10:05:00Z");
-    let x2 = insert_event_at(&mut c, "c1", "a", json!({}), "2025-03-01T10:10:00Z");
+    // 30 minutes apart, beyond the conflict window, so only the caps are at play.
+    let y1 = insert_event_at(&mut c, "c1", "b", json!({}), "2025-03-01T10:30:00Z");
+    let x2 = insert_event_at(&mut c, "c1", "a", json!({}), "2025-03-01T10:45:00Z");
     assert_eq!(decisions_for(&mut c, x1), vec![fired("x")]);
     assert_eq!(decisions_for(&mut c, y1), vec![fired("y")], "x's fired decision must not count for y");
     assert_eq!(decisions_for(&mut c, x2), vec![suppressed("x", "cap")]);

@@ -1,10 +1,11 @@
-//! Priority conflicts: within one statement, candidates of different triggers for one customer
-//! whose events are within `engage.conflict_window` (default 10 minutes) of each other compete:
-//! in order of `priority` (ties: the older trigger, lower id) a candidate fires unless a chosen
-//! candidate of another trigger is that close, else it is `suppressed` with reason `conflict`.
-//! A trigger suppressed by its cap does not block a lower-priority one; a lower-priority
-//! candidate far enough from every better one still fires; different customers and different
-//! statements never conflict; the window follows `SET engage.conflict_window`.
+//! Priority conflicts: candidates of different triggers for one customer whose events are within
+//! `engage.conflict_window` (default 10 minutes) of each other compete, in one statement or
+//! across statements: in order of `priority` (ties: the older trigger, lower id) a candidate fires
+//! unless a chosen candidate of another trigger is that close, else it is `suppressed` with reason
+//! `conflict`; a better trigger in a later statement replaces a pending message. A trigger
+//! suppressed by its cap does not block a lower-priority one; a lower-priority candidate far
+//! enough from every better one still fires; different customers never conflict; the window
+//! follows `SET engage.conflict_window`.
 
 use pg_engage_it::*;
 
@@ -114,22 +115,28 @@ fn conflict_spans_different_events_of_one_customer_in_one_statement() {
 }
 
 #[test]
-fn separate_statements_do_not_conflict() {
+fn a_later_statement_competes_with_stored_decisions() {
     let mut c = shared().create_db("conflict_separate_statements");
     trigger(&mut c, "high", "cart", Some(10), None);
     trigger(&mut c, "low", "view", Some(1), None);
-    let mut tx = c.transaction().unwrap();
-    let view: i64 = tx
-        .query_one("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'view') RETURNING id::int8", &[])
-        .unwrap()
-        .get(0);
-    let cart: i64 = tx
-        .query_one("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'cart') RETURNING id::int8", &[])
-        .unwrap()
-        .get(0);
-    tx.commit().unwrap();
-    assert_eq!(decisions_for(&mut c, view), vec![fired("low")]);
+    // c1: low first, then high (another transaction): high replaces low's pending message.
+    // c2: high first, then low: low is the conflict.
+    let view = insert_event(&mut c, "c1", "view", json!({}));
+    let cart = insert_event(&mut c, "c1", "cart", json!({}));
+    assert_eq!(decisions_for(&mut c, view), vec![suppressed("low", "conflict")]);
     assert_eq!(decisions_for(&mut c, cart), vec![fired("high")]);
+    let replaced: (String, Option<String>, Option<String>) = {
+        let r =
+            c.query_one("SELECT status, reason, last_error FROM engage.outbox WHERE event_id = $1", &[&view]).unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!((replaced.0.as_str(), replaced.1.as_deref()), ("suppressed", Some("conflict")));
+    assert!(replaced.2.unwrap_or_default().contains(&format!("event {cart}")), "names the winner");
+    let cart = insert_event(&mut c, "c2", "cart", json!({}));
+    let view = insert_event(&mut c, "c2", "view", json!({}));
+    assert_eq!(decisions_for(&mut c, cart), vec![fired("high")]);
+    assert_eq!(decisions_for(&mut c, view), vec![suppressed("low", "conflict")]);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 2, "one per customer");
 }
 
 #[test]

@@ -406,13 +406,11 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
     identify(&mut c, "chain", json!({"name": "Chain"}));
     identify(&mut c, "dead_noaddr", json!({"name": "DeadNoAddr"}));
     identify(&mut c, "dead_optout", json!({"name": "DeadOptOut", "email": "deadoptout@example.com"}));
-    c.batch_execute(
-        "UPDATE engage.profiles SET consent = '{\"email\": false}' WHERE customer_id IN ('optout', 'dead_optout')",
-    )
-    .unwrap();
 
     // Each event and its fallback list commit together, before the worker can claim the row.
-    // "chain" first tries sms, which has no engage.channels row, then webhook.
+    // "chain" first tries sms, which has no engage.channels row, then webhook. The two opt-outs
+    // happen after their message was queued (in the same transaction, before the worker sees it):
+    // the send-time re-check catches them.
     let cases: [(&str, &[&str]); 6] = [
         ("ok", &[]),
         ("noaddr", &["webhook"]),
@@ -430,6 +428,11 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
         let fallback: Vec<String> = fallback.iter().map(|s| s.to_string()).collect();
         let n = tx.execute("UPDATE engage.outbox SET fallback = $2 WHERE event_id = $1", &[&event, &fallback]).unwrap();
         assert_eq!(n, 1);
+        tx.execute(
+            "UPDATE engage.profiles SET consent = '{\"email\": false}' WHERE customer_id = $1 AND customer_id LIKE '%optout'",
+            &[&customer],
+        )
+        .unwrap();
         tx.commit().unwrap();
     }
 
@@ -449,17 +452,19 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
     assert_eq!((dead_noaddr.status.as_str(), dead_noaddr.channel.as_str()), ("dead", "email"), "{dead_noaddr:?}");
     let e = dead_noaddr.last_error.clone().unwrap_or_default();
     assert!(e.contains("no email address") && e.contains("dead_noaddr"), "last_error: {e:?}");
+    // Opted out with no fallback: suppressed at send time with its reason, not dead.
     let dead_optout = &by_customer["dead_optout"];
-    assert_eq!((dead_optout.status.as_str(), dead_optout.channel.as_str()), ("dead", "email"), "{dead_optout:?}");
+    assert_eq!((dead_optout.status.as_str(), dead_optout.channel.as_str()), ("suppressed", "email"), "{dead_optout:?}");
     let e = dead_optout.last_error.clone().unwrap_or_default();
-    assert!(e.contains("opted out") && e.contains("email"), "last_error: {e:?}");
+    assert!(e.contains("consented") && e.contains("email"), "last_error: {e:?}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE reason = 'consent'"), 1);
     let dead: BTreeSet<String> = c
         .query("SELECT customer_id FROM engage.dead_letters WHERE last_error IS NOT NULL", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(dead, BTreeSet::from(["dead_noaddr".to_string(), "dead_optout".to_string()]));
+    assert_eq!(dead, BTreeSet::from(["dead_noaddr".to_string()]));
 
     // Let any stray send arrive, then count what each receiver got.
     std::thread::sleep(Duration::from_millis(800));
@@ -1076,7 +1081,9 @@ fn sms_whatsapp_and_push_use_their_provider_request_shapes() {
         create_trigger(
             &mut c,
             &format!("to_{channel}"),
-            json!({"event": format!("shipped_{channel}"), "action": {"channel": channel, "template": "note", "payload": {"n": 1}}}),
+            // Shipping notices are transactional: three at once for one customer do not conflict.
+            json!({"event": format!("shipped_{channel}"), "category": "transactional",
+                   "action": {"channel": channel, "template": "note", "payload": {"n": 1}}}),
         );
     }
     identify(&mut c, "c1", json!({"first_name": "Ada", "phone": "+15557654321", "push_token": "tok-abc"}));
@@ -1189,6 +1196,19 @@ fn quiet_hours_defer_by_the_customers_own_time_zone() {
         insert_event(&mut c, customer, "e", json!({}));
     }
     let requests = receiver.wait_for_requests(1, WAIT, &cluster);
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].json()["customer_id"], json!("tokyo"));
+    // Decided inside quiet hours: queued for their end, without a claim or an attempt.
+    let queued_for_the_end = count(
+        &mut c,
+        "SELECT count(*) FROM engage.outbox WHERE status = 'pending' AND attempts = 0 AND due_at = scheduled_at
+           AND due_at BETWEEN now() + interval '55 minutes' AND now() + interval '65 minutes'",
+    );
+    assert_eq!(queued_for_the_end, 2, "{:?}", outbox(&mut c));
+
+    // Made due now while still quiet (a late retry, or quiet hours set after queueing): the
+    // send-time re-check defers them again, to the end, without spending an attempt.
+    c.batch_execute("UPDATE engage.outbox SET due_at = now() WHERE status = 'pending'").unwrap();
     let deferred = |c: &mut Client| -> i64 {
         count(
             c,
@@ -1198,13 +1218,12 @@ fn quiet_hours_defer_by_the_customers_own_time_zone() {
         )
     };
     wait_for(
-        "two messages deferred to the end of quiet hours",
+        "two messages deferred to the end of quiet hours at send time",
         WAIT,
         || if deferred(&mut c) == 2 { Ok(()) } else { Err(format!("{:?}", outbox(&mut c))) },
         || cluster.log_tail(20),
     );
-    assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].json()["customer_id"], json!("tokyo"));
+    assert_eq!(receiver.requests().len(), 1);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE customer_id = 'tokyo' AND status = 'sent'"), 1);
 
     // When the hour has passed (simulated: quiet hours over, the deferred messages due now), they go out.

@@ -69,8 +69,9 @@ fn every_channel_is_carried_and_webhook_needs_no_template() {
         "hook",
         json!({"event": "e_webhook", "action": {"channel": "webhook", "payload": {"team": "success"}}}),
     );
+    // One customer per channel: five marketing messages for one customer at once would conflict.
     for channel in ["email", "sms", "whatsapp", "push", "webhook"] {
-        insert_event(&mut c, "c1", &format!("e_{channel}"), json!({}));
+        insert_event(&mut c, &format!("c_{channel}"), &format!("e_{channel}"), json!({}));
     }
     for channel in ["email", "sms", "whatsapp", "push"] {
         let rows = outbox_for_template(&mut c, Some(&format!("tpl_{channel}")));

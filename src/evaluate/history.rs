@@ -1,0 +1,207 @@
+//! What the database already holds about the customers of a statement: stored decisions (for
+//! caps and conflicts) and their messages, sent or queued (for frequency caps).
+//!
+//! Read with direct index probes and a dirty snapshot, after the statement has locked its
+//! customers (see `probe` for why that gives exactly the latest rows under every isolation level).
+//! The deliverer does not take customer locks: a message it is claiming or completing at this
+//! moment can show up twice (old and new row version), so rows are de-duplicated by id, keeping the
+//! more advanced status.
+
+use super::probe::{Key, Probe};
+use super::rules::RuleSet;
+use crate::policy::{Candidate, Queued, Rival};
+use crate::rule::Channel;
+use std::collections::HashMap;
+
+/// Fills `prior_fired` of capped candidates: stored decisions of the same customer and trigger in
+/// the cap's window, `(occurred_at - window, occurred_at]`, that fired (or were held out, for a
+/// trigger with a holdout: a control decision is one that would have fired).
+pub fn count_prior_fired(candidates: &mut [Candidate], customers: &[String], holdouts: &[bool]) {
+    if candidates.iter().all(|c| c.cap.is_none()) {
+        return;
+    }
+    let mut probe = Probe::open(c"decisions", c"decisions_pkey", 4);
+    let outcome = probe.column(c"outcome");
+    for (i, c) in candidates.iter_mut().enumerate() {
+        let Some((_, window)) = c.cap else { continue };
+        let keys = [
+            Key::text_eq(1, &customers[c.customer]),
+            Key::timestamptz_gt(2, c.occurred_at.saturating_sub(window)),
+            Key::timestamptz_le(2, c.occurred_at),
+            Key::int4_eq(3, c.trigger_id),
+        ];
+        let mut prior = 0;
+        probe.for_each(&keys, |row| match row.text(outcome).as_deref() {
+            Some("fired") => prior += 1,
+            Some("held_out") if holdouts[i] => prior += 1,
+            _ => {}
+        });
+        c.prior_fired = prior;
+    }
+}
+
+/// Stored decisions that may compete with the statement's candidates, and the customers'
+/// marketing messages.
+#[derive(Default)]
+pub struct History {
+    pub rivals: Vec<Rival>,
+    /// Per rival: the id of its pending message (None when it was held out or its message is
+    /// already claimed, sent or stopped).
+    pub rival_messages: Vec<Option<i64>>,
+    pub queued: Vec<Queued>,
+    /// Pending messages of replaced rivals this transaction has locked (see `store::lock_pending`).
+    pub locked: Vec<i64>,
+}
+
+/// One open outbox row of a customer.
+struct Open {
+    id: i64,
+    event_id: i64,
+    trigger_id: i32,
+    pending: bool,
+    marketing: bool,
+    channel: Option<Channel>,
+    scheduled_at: i64,
+}
+
+/// Reads the history of every customer that has a marketing candidate: decisions of other
+/// triggers within `conflict_window` of its candidates' event times and, when frequency caps are
+/// configured, its marketing messages sent since the earliest window that can matter, and queued.
+pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, conflict_window: i64) -> History {
+    // Per customer: (earliest event, latest event, earliest send time) among marketing candidates.
+    let mut spans: HashMap<usize, (i64, i64, i64)> = HashMap::new();
+    for c in candidates.iter().filter(|c| !c.transactional && c.blocked.is_none()) {
+        let span = spans.entry(c.customer).or_insert((c.occurred_at, c.occurred_at, c.send_at));
+        span.0 = span.0.min(c.occurred_at);
+        span.1 = span.1.max(c.occurred_at);
+        span.2 = span.2.min(c.send_at);
+    }
+    let mut history = History::default();
+    if spans.is_empty() {
+        return history;
+    }
+    let longest_cap = rules.frequency_caps.iter().map(|f| f.per_micros).max();
+    let mut spans: Vec<(usize, (i64, i64, i64))> = spans.into_iter().collect();
+    spans.sort_unstable();
+
+    let mut decisions = Probe::open(c"decisions", c"decisions_pkey", 3);
+    let d = (
+        decisions.column(c"trigger_id"),
+        decisions.column(c"event_id"),
+        decisions.column(c"occurred_at"),
+        decisions.column(c"outcome"),
+    );
+    let mut outbox = Probe::open(c"outbox", c"outbox_open_by_customer", 1);
+    let o = (
+        outbox.column(c"id"),
+        outbox.column(c"event_id"),
+        outbox.column(c"trigger_id"),
+        outbox.column(c"status"),
+        outbox.column(c"category"),
+        outbox.column(c"channel"),
+        outbox.column(c"scheduled_at"),
+    );
+    let mut messages = longest_cap.map(|_| Probe::open(c"messages", c"messages_by_customer", 2));
+
+    for (customer, (first, last, first_send)) in spans {
+        let id = customers[customer].as_str();
+        // Fired or held-out decisions of other contending triggers near the candidates.
+        let first_rival = history.rivals.len();
+        let mut fired_rivals = false;
+        decisions.for_each(
+            &[
+                Key::text_eq(1, id),
+                Key::timestamptz_ge(2, first.saturating_sub(conflict_window)),
+                Key::timestamptz_le(2, last.saturating_add(conflict_window)),
+            ],
+            |row| {
+                let (Some(trigger_id), Some(event_id), Some(occurred_at)) =
+                    (row.int4(d.0), row.int8(d.1), row.timestamptz(d.2))
+                else {
+                    return;
+                };
+                let fired = match row.text(d.3).as_deref() {
+                    Some("fired") => true,
+                    Some("held_out") => false,
+                    _ => return,
+                };
+                // A dropped trigger no longer takes part; transactional ones never do.
+                let Some(contender) = rules.contenders.get(&trigger_id).filter(|c| !c.transactional) else {
+                    return;
+                };
+                fired_rivals |= fired;
+                history.rivals.push(Rival {
+                    customer,
+                    trigger_id,
+                    priority: contender.priority,
+                    event_id,
+                    occurred_at,
+                    // Held out: nothing was queued, so a better candidate can take its place.
+                    replaceable: !fired,
+                });
+                history.rival_messages.push(None);
+            },
+        );
+        if !fired_rivals && longest_cap.is_none() {
+            continue;
+        }
+
+        // Open messages, de-duplicated by id (a concurrent claim shows old and new versions).
+        let mut open: Vec<Open> = Vec::new();
+        outbox.for_each(&[Key::text_eq(1, id)], |row| {
+            let (Some(message), Some(event_id), Some(trigger_id), Some(scheduled_at)) =
+                (row.int8(o.0), row.int8(o.1), row.int4(o.2), row.timestamptz(o.6))
+            else {
+                return;
+            };
+            let pending = row.text(o.3).as_deref() == Some("pending");
+            if let Some(seen) = open.iter_mut().find(|m| m.id == message) {
+                seen.pending &= pending;
+                return;
+            }
+            open.push(Open {
+                id: message,
+                event_id,
+                trigger_id,
+                pending,
+                marketing: row.text(o.4).as_deref() == Some("marketing"),
+                channel: row.text(o.5).as_deref().and_then(Channel::parse),
+                scheduled_at,
+            });
+        });
+        for r in first_rival..history.rivals.len() {
+            let rival = history.rivals[r];
+            if let Some(m) = open.iter().find(|m| m.event_id == rival.event_id && m.trigger_id == rival.trigger_id) {
+                if m.pending {
+                    history.rivals[r].replaceable = true;
+                    history.rival_messages[r] = Some(m.id);
+                }
+            }
+        }
+
+        let (Some(longest), Some(messages)) = (longest_cap, messages.as_mut()) else { continue };
+        for m in open.iter().filter(|m| m.marketing) {
+            let Some(channel) = m.channel else { continue };
+            let rival = (first_rival..history.rivals.len()).find(|&r| history.rival_messages[r] == Some(m.id));
+            history.queued.push(Queued { customer, channel, at: m.scheduled_at, rival });
+        }
+        let (sent_id, sent_channel, sent_category, sent_at) = (
+            messages.column(c"outbox_id"),
+            messages.column(c"channel"),
+            messages.column(c"category"),
+            messages.column(c"sent_at"),
+        );
+        messages.for_each(&[Key::text_eq(1, id), Key::timestamptz_gt(2, first_send.saturating_sub(longest))], |row| {
+            let counted_as_open = row.int8(sent_id).is_some_and(|sent| open.iter().any(|m| m.id == sent));
+            if counted_as_open || row.text(sent_category).as_deref() != Some("marketing") {
+                return;
+            }
+            if let (Some(channel), Some(at)) =
+                (row.text(sent_channel).as_deref().and_then(Channel::parse), row.timestamptz(sent_at))
+            {
+                history.queued.push(Queued { customer, channel, at, rival: None });
+            }
+        });
+    }
+    history
+}
