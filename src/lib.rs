@@ -33,7 +33,7 @@ pub extern "C-unwind" fn _PG_init() {
     GucRegistry::define_int_guc(
         c"engage.conflict_window",
         c"Event-time distance within which different triggers compete for one customer.",
-        c"When several triggers fire for one customer in one statement with events at most this far apart, only the highest priority fires; the others are suppressed as conflicts.",
+        c"When several triggers fire for one customer with events at most this far apart (in one statement or across statements), only the highest priority is sent; the others are suppressed as conflicts.",
         &CONFLICT_WINDOW,
         0,
         i32::MAX,
