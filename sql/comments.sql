@@ -18,3 +18,5 @@ COMMENT ON FUNCTION engage.worker_status() IS
     'The built-in deliverer: running, pid, messages sent and failed since the server started, last batch time.';
 COMMENT ON FUNCTION engage.skip_duplicate_event() IS
     'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
+COMMENT ON FUNCTION engage.duration(text) IS
+    'A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval.';

@@ -55,6 +55,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
+extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

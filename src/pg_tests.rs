@@ -422,4 +422,237 @@ mod tests {
             Some("ny@03:00=03:00,ny@13:00=13:00,tokyo@03:00=03:00")
         );
     }
+
+    // ---- analyst metrics (sql/metrics.sql) -------------------------------------------------
+
+    /// A fabricated history, decided and sent by hand so that every figure can be worked out on
+    /// paper. Goal for both triggers: a purchase within one day, worth properties.amount.
+    ///   alice: cart 10:00 (fired, email sent 10:00:00), browse 12:00 (fired, sms sent 12:00:01),
+    ///          purchase 100 the next day at 10:00 exactly (the edge of the cart message's window)
+    ///   bob:   cart 10:00 (fired, email sent 10:00:00), purchase 40 one second past the window
+    ///   carol: cart 10:00 (held out), purchase 30 at 15:00: a control customer who converts
+    ///   dave:  cart 10:00 (held out), no purchase
+    ///   erin:  cart 10:00 (suppressed: frequency)
+    fn metrics_fixture() {
+        run(r#"SELECT engage.create_trigger('cart', '{"event": "cart", "priority": 5, "holdout": 0.5,
+                "action": {"channel": "email", "template": "c"}, "goal": {"event": "purchase", "within": "1d", "value": "amount"}}')"#);
+        run(r#"SELECT engage.create_trigger('browse', '{"event": "browse", "priority": 1,
+                "action": {"channel": "sms", "template": "b"}, "goal": {"event": "purchase", "within": "1d", "value": "$.amount"}}')"#);
+        run("SET LOCAL session_replication_role = replica"); // history, not live: no insert path
+        run(r#"INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES
+               ('alice', 'cart', '{}', '2026-01-01 10:00+00'), ('alice', 'browse', '{}', '2026-01-01 12:00+00'),
+               ('alice', 'purchase', '{"amount": 100}', '2026-01-02 10:00+00'),
+               ('bob', 'cart', '{}', '2026-01-01 10:00+00'), ('bob', 'purchase', '{"amount": 40}', '2026-01-02 10:00:01+00'),
+               ('carol', 'cart', '{}', '2026-01-01 10:00+00'), ('carol', 'purchase', '{"amount": 30}', '2026-01-01 15:00+00'),
+               ('dave', 'cart', '{}', '2026-01-01 10:00+00'), ('erin', 'cart', '{}', '2026-01-01 10:00+00')"#);
+        run("INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, decided_at, outcome, reason)
+             SELECT e.id, t.id, 1, e.customer_id, e.occurred_at, e.occurred_at + interval '5 ms',
+                    CASE WHEN e.customer_id IN ('carol', 'dave') THEN 'held_out'
+                         WHEN e.customer_id = 'erin' THEN 'suppressed' ELSE 'fired' END,
+                    CASE WHEN e.customer_id = 'erin' THEN 'frequency' END
+               FROM engage.events e JOIN engage.triggers t ON t.name = e.name");
+        run("INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, template, due_at, scheduled_at,
+                                        status, sent_at, created_at, provider_message_id)
+             SELECT d.event_id, d.trigger_id, d.customer_id, CASE t.name WHEN 'cart' THEN 'email' ELSE 'sms' END, t.name,
+                    d.occurred_at, d.occurred_at, 'sent',
+                    d.occurred_at + CASE t.name WHEN 'cart' THEN interval '0' ELSE interval '1 s' END,
+                    d.decided_at, 'P-' || d.customer_id || '-' || t.name
+               FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id
+              WHERE d.outcome = 'fired' ORDER BY d.customer_id, t.name");
+        run("INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, queued_at,
+                                          sent_at, attempts, provider_message_id, cost)
+             SELECT o.id, o.event_id, o.trigger_id, o.customer_id, o.channel, o.template, o.created_at, o.sent_at, 1,
+                    o.provider_message_id, CASE o.channel WHEN 'email' THEN 0.5 ELSE 1.0 END
+               FROM engage.outbox o");
+        run("SET LOCAL session_replication_role = origin");
+    }
+
+    fn message_of(customer: &str, channel: &str) -> i64 {
+        count(&format!("SELECT id FROM engage.outbox WHERE customer_id = '{customer}' AND channel = '{channel}'"))
+    }
+
+    #[pg_test]
+    fn fire_rate_counts_matches_and_the_suppression_mix() {
+        metrics_fixture();
+        assert_eq!(
+            text(
+                "SELECT string_agg(concat_ws('/', trigger, matched, fired, held_out, suppressed, fire_rate,
+                                              suppression_mix ->> 'frequency'), ' ' ORDER BY trigger)
+                    FROM engage.trigger_fire_rate"
+            )
+            .as_deref(),
+            Some("browse/1/1/0/0/1.0000/0.0000 cart/5/2/2/1/0.4000/0.2000")
+        );
+    }
+
+    #[pg_test]
+    fn attribution_is_last_touch_first_touch_or_linear_with_an_inclusive_window_end() {
+        metrics_fixture();
+        // alice's purchase had two messages before it; bob's came one second too late.
+        assert_eq!(
+            text(
+                "SELECT string_agg(concat_ws('/', model, trigger, customer_id, touches, credit, revenue), ' '
+                                    ORDER BY model, trigger) FROM engage.attributed_conversions"
+            )
+            .as_deref(),
+            Some(
+                "first_touch/cart/alice/2/1.0/100.000000 last_touch/browse/alice/2/1.0/100.000000 \
+                  linear/browse/alice/2/0.500000/50.000000 linear/cart/alice/2/0.500000/50.000000"
+            )
+        );
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', model, trigger, conversions, revenue), ' ' ORDER BY model, trigger)
+                    FROM engage.trigger_revenue").as_deref(),
+            Some("first_touch/cart/1/100.000000 last_touch/browse/1/100.000000 linear/browse/1/50.000000 linear/cart/1/50.000000")
+        );
+    }
+
+    #[pg_test]
+    fn uplift_compares_treated_with_control_and_roi_uses_it() {
+        metrics_fixture();
+        // cart: treated alice (converted at the window edge, 100) and bob (too late): 1/2, 50 per
+        // customer; control carol (converted, 30) and dave: 1/2, 15 per customer.
+        assert_eq!(
+            text("SELECT concat_ws('/', treated, treated_conversions, treated_rate, control, control_conversions, control_rate,
+                                   uplift, round(ci_high::numeric, 4), significant, treated_revenue_per_customer,
+                                   control_revenue_per_customer, revenue_uplift_per_customer)
+                    FROM engage.holdout_uplift WHERE trigger = 'cart'").as_deref(),
+            // se = sqrt(0.25/2 + 0.25/2) = 0.5, so the interval is 0 +- 1.96 * 0.5
+            Some("2/1/0.5/2/1/0.5/0/0.9800/f/50/15/35")
+        );
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', trigger, messages, recipients, cost, attributed_revenue, net, roi,
+                                              revenue_per_recipient, incremental_revenue, incremental_net), ' ' ORDER BY trigger)
+                    FROM engage.trigger_roi").as_deref(),
+            Some("browse/1/1/1.000000/100.000000/99.000000/99.0000/100.0000 \
+                  cart/2/2/1.000000/0/-1.000000/-1.0000/0.0000/70/69")
+        );
+    }
+
+    #[pg_test]
+    fn provider_webhooks_become_response_events_once_and_bounces_suppress() {
+        metrics_fixture();
+        let alice_email = message_of("alice", "email");
+        let bob_email = message_of("bob", "email");
+        let recorded = |sql: String| count(&sql);
+        assert_eq!(
+            recorded(format!(
+                r#"SELECT engage.ingest_provider_event('sendgrid', '[
+                     {{"event": "delivered", "timestamp": 1767261600, "smtp-id": "<msg_{alice_email}@shop.example>"}},
+                     {{"event": "open", "timestamp": 1767261700, "smtp-id": "<msg_{alice_email}@shop.example>"}},
+                     {{"event": "click", "timestamp": 1767261800, "message_id": "msg_{alice_email}"}},
+                     {{"event": "bounce", "timestamp": 1767261900, "smtp-id": "<msg_{bob_email}@shop.example>"}},
+                     {{"event": "processed", "timestamp": 1767261900, "smtp-id": "<msg_{bob_email}@shop.example>"}},
+                     {{"event": "open", "timestamp": 1767261900, "smtp-id": "<msg_999999@shop.example>"}}]')::int8"#
+            )),
+            4,
+            "unknown kinds and unknown messages are skipped"
+        );
+        let twilio = r#"SELECT engage.ingest_provider_event('twilio', '{"MessageSid": "P-alice-browse", "MessageStatus": "delivered"}')::int8"#;
+        assert_eq!(count(twilio), 1);
+        assert_eq!(count(twilio), 0, "a retried callback is recorded once");
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', trigger, channel, sent, delivered, opened, clicked, open_rate, click_rate), ' '
+                                    ORDER BY trigger) FROM engage.trigger_response_rates").as_deref(),
+            Some("browse/sms/1/1/0/0/0.0000/0.0000 cart/email/2/1/1/1/0.5000/0.5000")
+        );
+        assert_eq!(
+            text("SELECT customer_id || ':' || channel || ':' || reason FROM engage.suppressions").as_deref(),
+            Some("bob:email:hard_bounce")
+        );
+    }
+
+    #[pg_test]
+    fn latency_percentiles_per_trigger_and_channel() {
+        metrics_fixture();
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', trigger, channel, messages, occurred_to_decided_s[1], due_to_sent_s[1],
+                                              occurred_to_sent_s[3]), ' ' ORDER BY trigger)
+                    FROM engage.trigger_latency_in('2025-12-01')").as_deref(),
+            Some("browse/sms/1/0.005/1/1 cart/email/2/0.005/0/0")
+        );
+    }
+
+    #[pg_test]
+    fn volume_flags_a_runaway_hour_and_a_silent_one_against_the_same_hour_of_previous_days() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "webhook"}}')"#);
+        run("UPDATE engage.triggers SET created_at = now() - interval '10 days'");
+        run("SET LOCAL session_replication_role = replica");
+        // Ten events every hour for ten days, but the hour two hours ago had 60, and the last
+        // full hour none (a tracker that stopped).
+        run("INSERT INTO engage.events (customer_id, name, occurred_at)
+             SELECT 'c' || n, 'e', h + interval '1 minute'
+               FROM generate_series(date_bin('1 hour', now() - interval '10 days', '2000-01-01'),
+                                    date_bin('1 hour', now(), '2000-01-01') - interval '3 hours', '1 hour') h,
+                    generate_series(1, 10) n
+             UNION ALL
+             SELECT 'x' || n, 'e', date_bin('1 hour', now(), '2000-01-01') - interval '2 hours' + interval '1 minute'
+               FROM generate_series(1, 60) n");
+        run("INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome)
+             SELECT e.id, t.id, 1, e.customer_id, e.occurred_at, 'fired' FROM engage.events e, engage.triggers t");
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', extract(hour FROM date_bin('1 hour', now(), '2000-01-01') - bucket_start),
+                                              evaluated, baseline_median, round(robust_z::numeric, 1)), ' ' ORDER BY bucket_start)
+                    FROM engage.trigger_volume WHERE anomaly").as_deref(),
+            // baseline: 10 on every earlier day, MAD 0, so z = (x - 10) / 1
+            Some("2/60/10/50.0 1/0/10/-10.0")
+        );
+        assert_eq!(count("SELECT count(*) FROM engage.trigger_volume WHERE bucket_start < now() - interval '3 hours' AND anomaly"), 0);
+        assert_eq!(
+            count("SELECT count(*) FROM engage.trigger_volume_daily WHERE anomaly"),
+            0,
+            "a day of 10 x 24 looks like the others"
+        );
+    }
+
+    #[pg_test]
+    fn variant_results_compare_each_arm_with_the_first() {
+        run(
+            r#"SELECT engage.create_trigger('timing', '{"event": "cart", "wait": "1h", "action": {"channel": "webhook"},
+                "variants": [{"name": "1h"}, {"name": "6h", "wait": "6h"}],
+                "goal": {"event": "purchase", "within": "2d"}}')"#,
+        );
+        run("INSERT INTO engage.events (customer_id, name, occurred_at)
+             SELECT 'c' || i, 'cart', '2026-01-01 10:00+00' FROM generate_series(1, 200) i");
+        // Everyone in arm 6h buys, nobody in arm 1h.
+        run("INSERT INTO engage.events (customer_id, name, occurred_at)
+             SELECT customer_id, 'purchase', '2026-01-02 10:00+00' FROM engage.decisions WHERE variant = '6h'");
+        let six = count("SELECT count(*) FROM engage.decisions WHERE variant = '6h'");
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('/', variant, position, customers, conversion_rate, compared_with, uplift), ' '
+                                    ORDER BY position) FROM engage.variant_results").as_deref(),
+            Some(format!("1h/1/{}/0/1h/0 6h/2/{six}/1/1h/1", 200 - six).as_str())
+        );
+    }
+
+    /// A generated stream whose true uplift is known by construction: treated customers buy with
+    /// probability 0.30, control customers with 0.20 (true uplift 0.10). The view's 95% interval
+    /// must contain it. The draw is seeded, so the test is deterministic.
+    #[pg_test]
+    fn a_known_uplift_is_recovered_within_its_confidence_interval() {
+        run(
+            r#"SELECT engage.create_trigger('winback', '{"event": "lapsed", "holdout": 0.2, "action": {"channel": "webhook"},
+                "goal": {"event": "purchase", "within": "7d", "value": "amount"}}')"#,
+        );
+        run("INSERT INTO engage.events (customer_id, name, occurred_at)
+             SELECT 'c' || i, 'lapsed', '2026-01-01 00:00+00' FROM generate_series(1, 20000) i");
+        run("SELECT setseed(0.4242)");
+        run("INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+             SELECT customer_id, 'purchase', '{\"amount\": 20}', occurred_at + interval '2 days'
+               FROM engage.decisions
+              WHERE random() < CASE outcome WHEN 'fired' THEN 0.30 ELSE 0.20 END
+              ORDER BY customer_id");
+        let row = text(
+            "SELECT concat_ws('/', control, ci_low < 0.10 AND 0.10 < ci_high, ci_low > 0, abs(uplift - 0.10) < 0.03,
+                              revenue_ci_low < 2.0 AND 2.0 < revenue_ci_high)
+               FROM engage.holdout_uplift WHERE trigger = 'winback'",
+        )
+        .unwrap_or_default();
+        let control: i64 = row.split('/').next().and_then(|c| c.parse().ok()).unwrap_or(0);
+        assert!((3_600..=4_400).contains(&control), "about 20% of 20,000 in control: {row}");
+        assert!(
+            row.ends_with("/t/t/t/t"),
+            "interval contains 0.10, excludes 0, estimate near 0.10, revenue 2.0 inside: {row}"
+        );
+    }
 }

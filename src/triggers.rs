@@ -50,6 +50,20 @@ fn validate_trigger(definition: JsonB) -> bool {
     true
 }
 
+/// A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval; the
+/// analytics views use it to read windows out of definitions.
+#[pg_extern(immutable, parallel_safe, strict)]
+fn duration(text: &str) -> Interval {
+    let value = serde_json::Value::String(text.to_string());
+    match rule::duration::parse(&value, "duration") {
+        Ok(micros) => Interval::from_micros(micros),
+        Err(e) => sql_error::invalid_argument(
+            format!("invalid duration \"{text}\": {}", e.problem),
+            e.hint.as_deref().unwrap_or("durations look like \"30m\", \"2h\" or \"7d\""),
+        ),
+    }
+}
+
 /// Creates a trigger from a JSON definition and returns its id.
 #[pg_extern(volatile)]
 fn create_trigger(name: &str, definition: JsonB) -> i32 {

@@ -1,9 +1,14 @@
 //! Per-customer serialisation of the insert path.
 //!
-//! A transaction-level advisory lock per customer, taken in sorted key order so two statements
-//! locking overlapping sets cannot deadlock each other. The lock tag uses a class number of its
-//! own (`objsubid` 0x6567 in `pg_locks`; 0x6568 for idempotency keys), so it never collides with
-//! an application's advisory locks, which use 1 and 2.
+//! A transaction-level advisory lock per customer *slot*: customers are hashed into 256 slots, and
+//! a statement locks the slots of its customers in sorted order, so two statements locking
+//! overlapping sets cannot deadlock each other. Slots bound the number of locks a transaction
+//! holds: a COPY of a million customers takes 256 locks, not a million (PostgreSQL's shared lock
+//! table holds about `max_locks_per_transaction x max_connections` entries in all). Two customers
+//! sharing a slot only wait for each other; that is the price, 1 in 256 for two concurrent
+//! single-customer statements. Idempotency keys use 256 slots of their own. The lock tag uses a
+//! class number of its own (`objsubid` 0x6567 in `pg_locks`; 0x6568 for idempotency keys), so it
+//! never collides with an application's advisory locks, which use 1 and 2.
 
 use pgrx::prelude::*;
 use std::hash::{DefaultHasher, Hasher};
@@ -11,15 +16,18 @@ use std::hash::{DefaultHasher, Hasher};
 const CUSTOMER_LOCK_CLASS: u16 = 0x6567;
 const IDEMPOTENCY_LOCK_CLASS: u16 = 0x6568;
 
-/// A stable 64-bit key for a customer id. `DefaultHasher::new()` has fixed keys, and every backend
-/// runs the same library, so all sessions agree on the key.
+/// How many lock slots each class has.
+const SLOTS: u64 = 256;
+
+/// A stable slot for a customer id or key. `DefaultHasher::new()` has fixed keys, and every
+/// backend runs the same library, so all sessions agree on the slot.
 fn key(text: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     hasher.write(text.as_bytes());
-    hasher.finish()
+    hasher.finish() % SLOTS
 }
 
-/// Blocks until this transaction holds the lock of each customer.
+/// Blocks until this transaction holds the lock of each customer's slot.
 pub fn lock_customers<'a>(customer_ids: impl Iterator<Item = &'a str>) {
     let mut keys: Vec<u64> = customer_ids.map(key).collect();
     keys.sort_unstable();
@@ -29,7 +37,7 @@ pub fn lock_customers<'a>(customer_ids: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Blocks until this transaction holds the lock of an idempotency key.
+/// Blocks until this transaction holds the lock of an idempotency key's slot.
 pub fn lock_idempotency_key(idempotency_key: &str) {
     lock(IDEMPOTENCY_LOCK_CLASS, key(idempotency_key));
 }

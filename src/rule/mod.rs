@@ -25,8 +25,10 @@ const FIELDS: &[&str] = &[
     "holdout",
     "category",
     "variants",
+    "goal",
     "description",
 ];
+const GOAL_FIELDS: &[&str] = &["event", "within", "value"];
 const VARIANT_FIELDS: &[&str] = &["name", "weight", "wait", "channel", "template", "payload"];
 const CANCEL_FIELDS: &[&str] = &["event", "same"];
 const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
@@ -123,6 +125,16 @@ pub struct Variant {
     pub action: Action,
 }
 
+/// What counts as a conversion for a trigger: a goal event by the same customer within a window
+/// after the message (or, for uplift, after the triggering event), worth the value at a property.
+/// Only the analytics views read it (as JSON); it is validated here like everything else.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    pub event: String,
+    pub within_micros: i64,
+    pub value: Option<Vec<String>>,
+}
+
 /// A validated trigger definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -139,6 +151,7 @@ pub struct Definition {
     pub category: Category,
     /// Experiment arms; empty when the trigger runs no experiment.
     pub variants: Vec<Variant>,
+    pub goal: Option<Goal>,
 }
 
 impl Definition {
@@ -218,7 +231,20 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         None => Vec::new(),
         Some(v) => parse_variants(v, action_value, wait_micros)?,
     };
-    Ok(Definition { events, predicate, action, priority, cap, wait_micros, cancel_on, holdout, category, variants })
+    let goal = map.get("goal").map(parse_goal).transpose()?;
+    Ok(Definition {
+        events,
+        predicate,
+        action,
+        priority,
+        cap,
+        wait_micros,
+        cancel_on,
+        holdout,
+        category,
+        variants,
+        goal,
+    })
 }
 
 /// Parses `variants`: at least two arms with unique names and positive weights; each arm's action
@@ -408,6 +434,20 @@ fn parse_cancel_on(value: &Value, path: &str) -> Result<CancelOn, DefinitionErro
     Ok(CancelOn { event, same })
 }
 
+fn parse_goal(value: &Value) -> Result<Goal, DefinitionError> {
+    let map = object(value, "$.goal")?;
+    reject_unknown(map, "$.goal", GOAL_FIELDS)?;
+    let event = match required(map, "$.goal", "event")? {
+        Value::String(s) if !s.trim().is_empty() => s.clone(),
+        other => {
+            return Err(DefinitionError::new("$.goal.event", format!("expected an event name, got {}", show(other))))
+        }
+    };
+    let within_micros = duration::parse(required(map, "$.goal", "within")?, "$.goal.within")?;
+    let value = map.get("value").map(|v| predicate::parse_path(v, "$.goal.value")).transpose()?;
+    Ok(Goal { event, within_micros, value })
+}
+
 fn parse_cap(value: &Value) -> Result<Cap, DefinitionError> {
     let map = object(value, "$.cap")?;
     reject_unknown(map, "$.cap", CAP_FIELDS)?;
@@ -491,6 +531,21 @@ mod tests {
     }
 
     #[test]
+    fn a_goal_names_the_event_the_window_and_the_value() {
+        let d = parse(&json!({"event": "cart", "action": {"channel": "webhook"},
+            "goal": {"event": "purchase", "within": "7d", "value": "order.amount"}}))
+        .unwrap();
+        assert_eq!(
+            d.goal,
+            Some(Goal {
+                event: "purchase".into(),
+                within_micros: 7 * 86_400_000_000,
+                value: Some(vec!["order".into(), "amount".into()])
+            })
+        );
+    }
+
+    #[test]
     fn transactional_category_parses() {
         let d =
             parse(&json!({"event": "order", "category": "transactional", "action": {"channel": "webhook"}})).unwrap();
@@ -546,6 +601,10 @@ mod tests {
             (with("cancel_on", json!([{"event": "buy"}])), "$.cancel_on", "needs a \"wait\""),
             (with("cancel_on", json!([])), "$.cancel_on", "non-empty array"),
             (with("category", json!("promo")), "$.category", "unknown category"),
+            (with("goal", json!({"within": "7d"})), "$.goal", "\"event\""),
+            (with("goal", json!({"event": "buy"})), "$.goal", "\"within\""),
+            (with("goal", json!({"event": "buy", "within": "soon"})), "$.goal.within", "duration"),
+            (with("goal", json!({"event": "buy", "within": "1d", "value": "a..b"})), "$.goal.value", "empty segment"),
             (with("variants", json!([{"name": "a"}])), "$.variants", "at least two"),
             (with("variants", json!([{"name": "a"}, {"name": "a"}])), "$.variants[1].name", "twice"),
             (with("variants", json!([{"name": "a"}, {"weight": 1}])), "$.variants[1]", "\"name\""),

@@ -1,0 +1,488 @@
+-- Analyst metrics: plain views over events, decisions, outbox and messages.
+--
+-- Conventions (README, "Metrics"):
+--   * A trigger's goal ({"goal": {"event", "within", "value"}} in its definition) defines a
+--     conversion: a goal event by the same customer after the message (attribution) or after the
+--     triggering event (uplift), within `within` (the end inclusive), worth the number at `value`.
+--   * Responses are events carrying the message id in properties.message_id ("msg_<outbox id>",
+--     the id every channel sends): message_delivered, message_opened, message_clicked,
+--     message_replied, message_bounced, message_complained, and unsubscribe.
+--     engage.ingest_provider_event turns provider webhooks into such events.
+--
+-- Speed: volume and latency views read a bounded time range through BRIN indexes on the time
+-- columns (a few pages per million rows, almost free to maintain on the insert path); per-customer
+-- look-ups (goal events, responses) go through btree indexes.
+
+CREATE INDEX decisions_occurred_brin ON engage.decisions USING brin (occurred_at);
+CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
+CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
+    WHERE properties ? 'message_id';
+
+-- Goals, read out of the definitions once per query.
+CREATE VIEW engage.trigger_goals AS
+SELECT t.id AS trigger_id,
+       t.name AS trigger,
+       t.definition -> 'goal' ->> 'event' AS goal_event,
+       engage.duration(t.definition -> 'goal' ->> 'within') AS within,
+       string_to_array(regexp_replace(t.definition -> 'goal' ->> 'value', '^\$\.', ''), '.') AS value_path
+  FROM engage.triggers t
+ WHERE t.definition ? 'goal';
+COMMENT ON VIEW engage.trigger_goals IS
+    'Each trigger''s conversion goal: goal event name, attribution window, and the property path of its value.';
+
+-- 1. Volume over time -------------------------------------------------------------------------
+
+CREATE FUNCTION engage.trigger_volume_in(bucket interval, since timestamptz)
+RETURNS TABLE (
+    trigger text, trigger_id integer, bucket_start timestamptz,
+    evaluated bigint, fired bigint, held_out bigint, suppressed bigint,
+    suppressed_cap bigint, suppressed_conflict bigint, suppressed_frequency bigint,
+    suppressed_consent bigint, suppressed_suppression bigint,
+    sent bigint, failed bigint,
+    baseline_median double precision, robust_z double precision, anomaly boolean
+)
+LANGUAGE sql STABLE AS $$
+    WITH origin AS (
+        -- Seven earlier periods (days) of baseline are read before `since`.
+        SELECT date_bin(bucket, since - interval '7 days', timestamptz '2000-01-01') AS first_bucket,
+               date_bin(bucket, now(), timestamptz '2000-01-01') AS last_bucket,
+               (extract(epoch FROM interval '1 day') / extract(epoch FROM bucket))::integer AS per_day
+    ), decided AS (
+        SELECT d.trigger_id, date_bin(bucket, d.occurred_at, timestamptz '2000-01-01') AS b,
+               count(*) AS evaluated,
+               count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
+               count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
+               count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
+               count(*) FILTER (WHERE d.reason = 'cap') AS cap,
+               count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
+               count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
+               count(*) FILTER (WHERE d.reason = 'consent') AS consent,
+               count(*) FILTER (WHERE d.reason = 'suppression') AS suppression
+          FROM engage.decisions d, origin
+         WHERE d.occurred_at >= origin.first_bucket
+         GROUP BY 1, 2
+    ), sent AS (
+        SELECT m.trigger_id, date_bin(bucket, m.sent_at, timestamptz '2000-01-01') AS b, count(*) AS sent
+          FROM engage.messages m, origin
+         WHERE m.sent_at >= origin.first_bucket
+         GROUP BY 1, 2
+    ), failed AS (
+        SELECT o.trigger_id, date_bin(bucket, o.due_at, timestamptz '2000-01-01') AS b, count(*) AS failed
+          FROM engage.outbox o, origin
+         WHERE o.status = 'dead' AND o.due_at >= origin.first_bucket
+         GROUP BY 1, 2
+    ), grid AS (
+        -- Every bucket of every trigger since it was created (or first decided, for a replayed
+        -- history), zeros included: a tracker that stops is a drop to zero.
+        SELECT t.id AS trigger_id, t.name, g.b
+          FROM engage.triggers t, origin,
+               LATERAL (SELECT min(d.b) AS b FROM decided d WHERE d.trigger_id = t.id) first_decided,
+               generate_series(greatest(origin.first_bucket,
+                                        least(date_bin(bucket, t.created_at, timestamptz '2000-01-01'), first_decided.b)),
+                               origin.last_bucket, bucket) AS g(b)
+    ), filled AS (
+        SELECT g.name, g.trigger_id, g.b,
+               coalesce(d.evaluated, 0) AS evaluated, coalesce(d.fired, 0) AS fired,
+               coalesce(d.held_out, 0) AS held_out, coalesce(d.suppressed, 0) AS suppressed,
+               coalesce(d.cap, 0) AS cap, coalesce(d.conflict, 0) AS conflict,
+               coalesce(d.frequency, 0) AS frequency, coalesce(d.consent, 0) AS consent,
+               coalesce(d.suppression, 0) AS suppression,
+               coalesce(s.sent, 0) AS sent, coalesce(f.failed, 0) AS failed
+          FROM grid g
+          LEFT JOIN decided d ON d.trigger_id = g.trigger_id AND d.b = g.b
+          LEFT JOIN sent s ON s.trigger_id = g.trigger_id AND s.b = g.b
+          LEFT JOIN failed f ON f.trigger_id = g.trigger_id AND f.b = g.b
+    ), with_baseline AS (
+        -- The same bucket on each of the seven previous days (the grid is dense, so a lag).
+        SELECT x.*,
+               array_remove(ARRAY[
+                   lag(x.evaluated, 1 * o.per_day) OVER w, lag(x.evaluated, 2 * o.per_day) OVER w,
+                   lag(x.evaluated, 3 * o.per_day) OVER w, lag(x.evaluated, 4 * o.per_day) OVER w,
+                   lag(x.evaluated, 5 * o.per_day) OVER w, lag(x.evaluated, 6 * o.per_day) OVER w,
+                   lag(x.evaluated, 7 * o.per_day) OVER w], NULL) AS baseline
+          FROM filled x, origin o
+        WINDOW w AS (PARTITION BY x.trigger_id ORDER BY x.b)
+    )
+    SELECT b.name, b.trigger_id, b.b,
+           b.evaluated, b.fired, b.held_out, b.suppressed,
+           b.cap, b.conflict, b.frequency, b.consent, b.suppression,
+           b.sent, b.failed,
+           stats.median,
+           stats.z,
+           -- A complete bucket, at least three days of baseline, and more than 3.5 robust
+           -- standard deviations away (the bucket in progress is shown but never flagged).
+           coalesce(b.b + bucket <= now() AND cardinality(b.baseline) >= 3 AND abs(stats.z) > 3.5, false)
+      FROM with_baseline b
+      LEFT JOIN LATERAL (
+          SELECT m.median,
+                 (b.evaluated - m.median)
+                   / greatest(1.4826 * (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(v - m.median))
+                                          FROM unnest(b.baseline) AS v), 1.0) AS z
+            FROM (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS median FROM unnest(b.baseline) AS v) m
+      ) stats ON cardinality(b.baseline) > 0
+     WHERE b.b >= date_bin(bucket, since, timestamptz '2000-01-01')
+$$;
+COMMENT ON FUNCTION engage.trigger_volume_in(interval, timestamptz) IS
+    'Per trigger and time bucket since a time: events evaluated (by event time), fired, held out, suppressed by reason, sent (by send time), failed; and an anomaly flag: a robust z-score of evaluated against the same bucket on the seven previous days (complete buckets only).';
+
+CREATE VIEW engage.trigger_volume AS
+SELECT * FROM engage.trigger_volume_in(interval '1 hour', now() - interval '14 days');
+COMMENT ON VIEW engage.trigger_volume IS
+    'Hourly volume per trigger over the last 14 days with an anomaly flag (robust z-score vs the same hour of the previous 7 days, |z| > 3.5). Other ranges: engage.trigger_volume_in(bucket, since).';
+
+CREATE VIEW engage.trigger_volume_daily AS
+SELECT * FROM engage.trigger_volume_in(interval '1 day', now() - interval '90 days');
+COMMENT ON VIEW engage.trigger_volume_daily IS
+    'Daily volume per trigger over the last 90 days with an anomaly flag (robust z-score vs the previous 7 days).';
+
+-- 2. Fire rate --------------------------------------------------------------------------------
+
+CREATE VIEW engage.trigger_fire_rate AS
+SELECT t.name AS trigger,
+       d.trigger_id,
+       count(*) AS matched,
+       count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
+       count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
+       count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
+       round(count(*) FILTER (WHERE d.outcome = 'fired') / count(*)::numeric, 4) AS fire_rate,
+       jsonb_strip_nulls(jsonb_build_object(
+           'cap', round(count(*) FILTER (WHERE d.reason = 'cap') / count(*)::numeric, 4),
+           'conflict', round(count(*) FILTER (WHERE d.reason = 'conflict') / count(*)::numeric, 4),
+           'frequency', round(count(*) FILTER (WHERE d.reason = 'frequency') / count(*)::numeric, 4),
+           'consent', round(count(*) FILTER (WHERE d.reason = 'consent') / count(*)::numeric, 4),
+           'suppression', round(count(*) FILTER (WHERE d.reason = 'suppression') / count(*)::numeric, 4)
+       )) AS suppression_mix
+  FROM engage.decisions d
+  JOIN engage.triggers t ON t.id = d.trigger_id
+ GROUP BY t.name, d.trigger_id;
+COMMENT ON VIEW engage.trigger_fire_rate IS
+    'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason.';
+
+-- 3. Responses --------------------------------------------------------------------------------
+
+CREATE VIEW engage.message_responses AS
+SELECT m.outbox_id AS message_id,
+       m.trigger_id,
+       m.customer_id,
+       m.channel,
+       m.variant,
+       m.sent_at,
+       r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.bounced_at, r.complained_at, r.unsubscribed_at
+  FROM engage.messages m
+  LEFT JOIN (
+      SELECT e.properties ->> 'message_id' AS message_key,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_delivered') AS delivered_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_opened') AS opened_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_clicked') AS clicked_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_replied') AS replied_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_bounced') AS bounced_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'message_complained') AS complained_at,
+             min(e.occurred_at) FILTER (WHERE e.name = 'unsubscribe') AS unsubscribed_at
+        FROM engage.events e
+       WHERE e.properties ? 'message_id'
+       GROUP BY 1
+  ) r ON r.message_key = 'msg_' || m.outbox_id;
+COMMENT ON VIEW engage.message_responses IS
+    'Per sent message: when it was first delivered, opened, clicked, replied to, bounced, complained about and unsubscribed from (response events carry properties.message_id = ''msg_<id>'').';
+
+CREATE VIEW engage.trigger_response_rates AS
+SELECT t.name AS trigger,
+       r.trigger_id,
+       r.channel,
+       count(*) AS sent,
+       count(r.delivered_at) AS delivered,
+       count(r.opened_at) AS opened,
+       count(r.clicked_at) AS clicked,
+       count(r.replied_at) AS replied,
+       count(r.unsubscribed_at) AS unsubscribed,
+       round(count(r.delivered_at) / count(*)::numeric, 4) AS delivery_rate,
+       round(count(r.opened_at) / count(*)::numeric, 4) AS open_rate,
+       round(count(r.clicked_at) / count(*)::numeric, 4) AS click_rate,
+       round(count(r.replied_at) / count(*)::numeric, 4) AS reply_rate,
+       round(count(r.unsubscribed_at) / count(*)::numeric, 4) AS unsubscribe_rate
+  FROM engage.message_responses r
+  JOIN engage.triggers t ON t.id = r.trigger_id
+ GROUP BY t.name, r.trigger_id, r.channel;
+COMMENT ON VIEW engage.trigger_response_rates IS
+    'Per trigger and channel: messages sent and the share delivered, opened, clicked, replied to and unsubscribed from.';
+
+-- Provider webhooks -> response events.
+CREATE FUNCTION engage.ingest_provider_event(provider text, payload jsonb) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    item jsonb;
+    kind text;
+    message text;
+    at timestamptz;
+    stamp text;
+    msg record;
+    inserted integer;
+    recorded integer := 0;
+BEGIN
+    FOR item IN
+        SELECT value FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload) = 'array' THEN payload
+                                                    ELSE jsonb_build_array(payload) END)
+    LOOP
+        CASE provider
+        WHEN 'sendgrid' THEN
+            -- Event webhook: our message id as a custom arg, else in the smtp-id "<msg_N@host>".
+            message := coalesce(item ->> 'message_id', substring(item ->> 'smtp-id' FROM '<(msg_[0-9]+)@'));
+            kind := item ->> 'event';
+            stamp := coalesce(item ->> 'sg_event_id', item ->> 'timestamp');
+            at := to_timestamp((item ->> 'timestamp')::double precision);
+        WHEN 'twilio' THEN
+            -- Status callback (SMS, WhatsApp): matched by the provider's message id.
+            SELECT 'msg_' || m.outbox_id INTO message
+              FROM engage.messages m WHERE m.provider_message_id = item ->> 'MessageSid';
+            kind := lower(item ->> 'MessageStatus');
+            stamp := NULL; -- one callback per status: a retried callback is the same event
+            at := now();
+        WHEN 'generic' THEN
+            message := item ->> 'message_id';
+            kind := item ->> 'event';
+            stamp := item ->> 'occurred_at';
+            at := coalesce(stamp::timestamptz, now());
+        ELSE
+            RAISE EXCEPTION 'unknown provider "%"', provider
+                USING ERRCODE = 'invalid_parameter_value', HINT = 'providers are sendgrid, twilio, generic';
+        END CASE;
+        kind := CASE kind
+                  WHEN 'delivered' THEN 'message_delivered'
+                  WHEN 'open' THEN 'message_opened' WHEN 'opened' THEN 'message_opened'
+                  WHEN 'read' THEN 'message_opened'
+                  WHEN 'click' THEN 'message_clicked' WHEN 'clicked' THEN 'message_clicked'
+                  WHEN 'reply' THEN 'message_replied' WHEN 'replied' THEN 'message_replied'
+                  WHEN 'bounce' THEN 'message_bounced' WHEN 'bounced' THEN 'message_bounced'
+                  WHEN 'undelivered' THEN 'message_bounced'
+                  WHEN 'spamreport' THEN 'message_complained' WHEN 'complaint' THEN 'message_complained'
+                  WHEN 'unsubscribe' THEN 'unsubscribe' WHEN 'group_unsubscribe' THEN 'unsubscribe'
+                  WHEN 'unsubscribed' THEN 'unsubscribe'
+                END;
+        CONTINUE WHEN kind IS NULL OR message IS NULL;
+        SELECT o.id, o.customer_id, o.channel, o.trigger_id INTO msg
+          FROM engage.outbox o WHERE o.id = substring(message FROM 5)::bigint AND message ~ '^msg_[0-9]+$';
+        CONTINUE WHEN msg.id IS NULL;
+        INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+        VALUES (msg.customer_id, kind,
+                jsonb_build_object('message_id', message, 'channel', msg.channel, 'trigger_id', msg.trigger_id,
+                                   'provider', provider),
+                at, provider || ':' || message || ':' || kind || coalesce(':' || stamp, ''));
+        GET DIAGNOSTICS inserted = ROW_COUNT;
+        CONTINUE WHEN inserted = 0; -- a retried webhook: already recorded
+        -- A hard bounce or a complaint stops further sends on that channel.
+        IF kind IN ('message_bounced', 'message_complained') THEN
+            INSERT INTO engage.suppressions (customer_id, channel, reason, note)
+            VALUES (msg.customer_id, msg.channel,
+                    CASE kind WHEN 'message_bounced' THEN 'hard_bounce' ELSE 'complaint' END,
+                    provider || ' ' || message)
+            ON CONFLICT DO NOTHING;
+        END IF;
+        recorded := recorded + 1;
+    END LOOP;
+    RETURN recorded;
+END
+$$;
+COMMENT ON FUNCTION engage.ingest_provider_event(text, jsonb) IS
+    'Turns a provider webhook (sendgrid event batch, twilio status callback, or generic {"message_id", "event", "occurred_at"}) into response events; bounces and complaints also add the channel to engage.suppressions. Returns how many events were recorded (retries are de-duplicated).';
+
+-- 4. Conversion attribution -------------------------------------------------------------------
+
+CREATE VIEW engage.attributed_conversions AS
+WITH touches AS (
+    SELECT g.id AS conversion_event_id,
+           g.customer_id,
+           g.occurred_at AS converted_at,
+           CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
+                THEN (g.properties #>> tg.value_path)::numeric ELSE 0 END AS value,
+           m.outbox_id AS message_id,
+           m.trigger_id,
+           tg.trigger,
+           m.channel,
+           m.variant,
+           m.sent_at,
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC) AS from_last,
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id) AS from_first,
+           count(*) OVER (PARTITION BY g.id) AS touches
+      FROM engage.trigger_goals tg
+      JOIN engage.messages m ON m.trigger_id = tg.trigger_id
+      JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
+                          AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
+)
+SELECT model, conversion_event_id, customer_id, converted_at, message_id, trigger_id, trigger, channel, variant,
+       sent_at, touches, credit, round(value * credit, 6) AS revenue
+  FROM touches,
+       LATERAL (VALUES ('last_touch', CASE WHEN from_last = 1 THEN 1.0 END),
+                       ('first_touch', CASE WHEN from_first = 1 THEN 1.0 END),
+                       ('linear', round(1.0 / touches, 6))) AS m(model, credit)
+ WHERE credit IS NOT NULL;
+COMMENT ON VIEW engage.attributed_conversions IS
+    'Goal events attributed to the messages sent before them within their trigger''s goal window (sent_at < converted_at <= sent_at + within), under three models: last_touch (the default to report), first_touch, linear (equal credit). revenue = goal value x credit.';
+
+CREATE VIEW engage.trigger_revenue AS
+SELECT a.model, a.trigger, a.trigger_id,
+       count(DISTINCT a.conversion_event_id) FILTER (WHERE a.credit > 0) AS conversions,
+       sum(a.credit) AS credited_conversions,
+       sum(a.revenue) AS revenue
+  FROM engage.attributed_conversions a
+ GROUP BY a.model, a.trigger, a.trigger_id;
+COMMENT ON VIEW engage.trigger_revenue IS
+    'Attributed conversions and revenue per trigger, for each attribution model (filter model = ''last_touch'' for the default).';
+
+-- 5. and 6. Holdout uplift and variant experiments --------------------------------------------
+
+-- Each customer's first exposure to a trigger (fired or held out), and whether they converted
+-- within the goal window after it: intention to treat, the same anchor for both groups.
+CREATE VIEW engage.trigger_exposures AS
+SELECT x.trigger_id, tg.trigger, x.customer_id, x.exposed_at, x.control, x.variant,
+       c.conversions > 0 AS converted, c.revenue
+  FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
+               d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control, d.variant
+          FROM engage.decisions d
+         WHERE d.outcome IN ('fired', 'held_out')
+         ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
+  JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+  CROSS JOIN LATERAL (
+      SELECT count(*) AS conversions,
+             coalesce(sum(CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
+                               THEN (g.properties #>> tg.value_path)::numeric END), 0) AS revenue
+        FROM engage.events g
+       WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
+         AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within
+  ) c;
+COMMENT ON VIEW engage.trigger_exposures IS
+    'Per trigger with a goal and customer: the first fired or held-out decision, its group (control = held out), variant, and whether the customer converted within the goal window after it, with the revenue.';
+
+-- Two groups compared: conversion rates with a 95% interval for their difference (normal
+-- approximation, unpooled), and revenue per customer likewise.
+CREATE FUNCTION engage.compare_groups(
+    n_a bigint, conv_a bigint, rev_a numeric, rev_sq_a numeric,
+    n_b bigint, conv_b bigint, rev_b numeric, rev_sq_b numeric,
+    OUT rate_a double precision, OUT rate_b double precision,
+    OUT uplift double precision, OUT relative_uplift double precision,
+    OUT ci_low double precision, OUT ci_high double precision, OUT z double precision,
+    OUT revenue_per_customer_a double precision, OUT revenue_per_customer_b double precision,
+    OUT revenue_uplift double precision, OUT revenue_ci_low double precision, OUT revenue_ci_high double precision)
+LANGUAGE sql IMMUTABLE AS $$
+    WITH r AS (
+        SELECT conv_a::float8 / nullif(n_a, 0) AS pa, conv_b::float8 / nullif(n_b, 0) AS pb,
+               rev_a::float8 / nullif(n_a, 0) AS ma, rev_b::float8 / nullif(n_b, 0) AS mb
+    ), s AS (
+        SELECT r.*,
+               sqrt(pa * (1 - pa) / nullif(n_a, 0) + pb * (1 - pb) / nullif(n_b, 0)) AS se,
+               sqrt(greatest(rev_sq_a::float8 / nullif(n_a, 0) - ma * ma, 0) / nullif(n_a - 1, 0)
+                    + greatest(rev_sq_b::float8 / nullif(n_b, 0) - mb * mb, 0) / nullif(n_b - 1, 0)) AS rev_se
+          FROM r
+    )
+    SELECT pa, pb, pa - pb, (pa - pb) / nullif(pb, 0),
+           pa - pb - 1.959964 * se, pa - pb + 1.959964 * se, (pa - pb) / nullif(se, 0),
+           ma, mb, ma - mb, ma - mb - 1.959964 * rev_se, ma - mb + 1.959964 * rev_se
+      FROM s
+$$;
+COMMENT ON FUNCTION engage.compare_groups(bigint, bigint, numeric, numeric, bigint, bigint, numeric, numeric) IS
+    'Compares group A with group B: conversion rates, absolute and relative uplift with a 95% confidence interval and z (normal approximation), and revenue per customer with its 95% interval.';
+
+CREATE VIEW engage.holdout_uplift AS
+WITH groups AS (
+    SELECT trigger_id, trigger,
+           count(*) FILTER (WHERE NOT control) AS n_t,
+           count(*) FILTER (WHERE NOT control AND converted) AS conv_t,
+           coalesce(sum(revenue) FILTER (WHERE NOT control), 0) AS rev_t,
+           coalesce(sum(revenue * revenue) FILTER (WHERE NOT control), 0) AS rev_sq_t,
+           count(*) FILTER (WHERE control) AS n_c,
+           count(*) FILTER (WHERE control AND converted) AS conv_c,
+           coalesce(sum(revenue) FILTER (WHERE control), 0) AS rev_c,
+           coalesce(sum(revenue * revenue) FILTER (WHERE control), 0) AS rev_sq_c
+      FROM engage.trigger_exposures
+     GROUP BY trigger_id, trigger
+)
+SELECT g.trigger, g.trigger_id,
+       g.n_t AS treated, g.conv_t AS treated_conversions, c.rate_a AS treated_rate,
+       g.n_c AS control, g.conv_c AS control_conversions, c.rate_b AS control_rate,
+       c.uplift, c.relative_uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant,
+       c.revenue_per_customer_a AS treated_revenue_per_customer,
+       c.revenue_per_customer_b AS control_revenue_per_customer,
+       c.revenue_uplift AS revenue_uplift_per_customer, c.revenue_ci_low, c.revenue_ci_high
+  FROM groups g,
+       LATERAL engage.compare_groups(g.n_t, g.conv_t, g.rev_t, g.rev_sq_t, g.n_c, g.conv_c, g.rev_c, g.rev_sq_c) c;
+COMMENT ON VIEW engage.holdout_uplift IS
+    'Per trigger with a goal (control columns are empty without a holdout): conversion rate and revenue per customer, treated vs control (anchored on the triggering event), the absolute and relative uplift with a 95% confidence interval and z, and whether it is significant.';
+
+CREATE VIEW engage.variant_results AS
+WITH arms AS (
+    SELECT t.id AS trigger_id, v.value ->> 'name' AS variant, v.ordinality AS position
+      FROM engage.triggers t, jsonb_array_elements(t.definition -> 'variants') WITH ORDINALITY AS v
+), groups AS (
+    SELECT x.trigger_id, x.trigger, x.variant,
+           count(*) AS n, count(*) FILTER (WHERE x.converted) AS conv,
+           sum(x.revenue) AS rev, sum(x.revenue * x.revenue) AS rev_sq
+      FROM engage.trigger_exposures x
+     WHERE NOT x.control AND x.variant IS NOT NULL
+     GROUP BY x.trigger_id, x.trigger, x.variant
+)
+SELECT g.trigger, g.trigger_id, g.variant, a.position, g.n AS customers, g.conv AS conversions,
+       c.rate_a AS conversion_rate, c.revenue_per_customer_a AS revenue_per_customer,
+       ref.variant AS compared_with, c.uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant
+  FROM groups g
+  JOIN arms a ON a.trigger_id = g.trigger_id AND a.variant = g.variant
+  JOIN arms r1 ON r1.trigger_id = g.trigger_id AND r1.position = 1
+  LEFT JOIN groups ref ON ref.trigger_id = g.trigger_id AND ref.variant = r1.variant,
+       LATERAL engage.compare_groups(g.n, g.conv, g.rev, g.rev_sq, ref.n, ref.conv, ref.rev, ref.rev_sq) c;
+COMMENT ON VIEW engage.variant_results IS
+    'Per trigger experiment arm (treated customers): conversion rate and revenue per customer, and the difference from the first arm with a 95% confidence interval.';
+
+-- 7. Latency ----------------------------------------------------------------------------------
+
+CREATE FUNCTION engage.trigger_latency_in(since timestamptz)
+RETURNS TABLE (
+    trigger text, trigger_id integer, channel text, messages bigint,
+    occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
+    due_to_sent_s double precision[], occurred_to_sent_s double precision[]
+)
+LANGUAGE sql STABLE AS $$
+    SELECT t.name, m.trigger_id, m.channel, count(*),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM d.decided_at - e.occurred_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.queued_at - d.decided_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - o.scheduled_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - e.occurred_at))
+      FROM engage.messages m
+      JOIN engage.outbox o ON o.id = m.outbox_id
+      JOIN engage.events e ON e.id = m.event_id
+      JOIN engage.decisions d ON d.customer_id = m.customer_id AND d.occurred_at = e.occurred_at
+                             AND d.trigger_id = m.trigger_id AND d.event_id = m.event_id
+      JOIN engage.triggers t ON t.id = m.trigger_id
+     WHERE m.sent_at >= since
+     GROUP BY t.name, m.trigger_id, m.channel
+$$;
+COMMENT ON FUNCTION engage.trigger_latency_in(timestamptz) IS
+    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent.';
+
+CREATE VIEW engage.trigger_latency AS SELECT * FROM engage.trigger_latency_in(now() - interval '30 days');
+COMMENT ON VIEW engage.trigger_latency IS
+    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three).';
+
+-- 8. ROI --------------------------------------------------------------------------------------
+
+CREATE VIEW engage.trigger_roi AS
+WITH spend AS (
+    SELECT m.trigger_id, count(*) AS messages, count(DISTINCT m.customer_id) AS recipients, sum(m.cost) AS cost
+      FROM engage.messages m
+     GROUP BY m.trigger_id
+), earned AS (
+    SELECT trigger_id, sum(revenue) AS revenue FROM engage.trigger_revenue WHERE model = 'last_touch' GROUP BY trigger_id
+)
+SELECT t.name AS trigger, t.id AS trigger_id,
+       s.messages, s.recipients, s.cost,
+       coalesce(e.revenue, 0) AS attributed_revenue,
+       coalesce(e.revenue, 0) - s.cost AS net,
+       round((coalesce(e.revenue, 0) - s.cost) / nullif(s.cost, 0), 4) AS roi,
+       round(coalesce(e.revenue, 0) / nullif(s.recipients, 0), 4) AS revenue_per_recipient,
+       u.revenue_uplift_per_customer * u.treated AS incremental_revenue,
+       u.revenue_uplift_per_customer * u.treated - s.cost AS incremental_net
+  FROM spend s
+  JOIN engage.triggers t ON t.id = s.trigger_id
+  LEFT JOIN earned e ON e.trigger_id = s.trigger_id
+  LEFT JOIN engage.holdout_uplift u ON u.trigger_id = s.trigger_id;
+COMMENT ON VIEW engage.trigger_roi IS
+    'Per trigger: messages, recipients, channel cost, last-touch attributed revenue, net and ROI, revenue per recipient; and, with a holdout, the incremental revenue (revenue uplift per customer x treated customers) and incremental net: the figure that survives "would they have bought anyway?".';
