@@ -1,17 +1,52 @@
--- What the deliverer did with the demo day (the analyst views of issue 6 will replace these queries).
+-- After delivery: the customers respond, then the analyst views of sql/metrics.sql.
+\set ON_ERROR_STOP on
 \pset footer off
-\echo '== Delivery, per channel'
-SELECT m.channel, count(*) AS sent, sum(m.attempts - 1) AS retries, sum(m.cost) AS cost,
-       round(avg(extract(epoch FROM m.sent_at - m.claimed_at)) * 1000, 1) AS avg_send_ms
-  FROM engage.messages m GROUP BY m.channel ORDER BY sent DESC;
 
-\echo '== Fire rate per trigger: fired / matching events, and what was delivered'
-SELECT t.name AS trigger,
-       count(d.*) AS matched,
-       round(100.0 * count(*) FILTER (WHERE d.outcome = 'fired') / nullif(count(d.*), 0), 1) AS fire_rate_pct,
-       (SELECT count(*) FROM engage.messages m WHERE m.trigger_id = t.id) AS delivered
-  FROM engage.triggers t LEFT JOIN engage.decisions d ON d.trigger_id = t.id
- GROUP BY t.id, t.name ORDER BY t.name;
+-- Responses come back through the provider webhooks (here in the generic shape): every third
+-- message is opened, every sixth clicked.
+SELECT engage.ingest_provider_event('generic', jsonb_agg(jsonb_build_object(
+           'message_id', 'msg_' || m.outbox_id, 'event', kind, 'occurred_at', m.sent_at + interval '20 minutes')))
+       AS response_events
+  FROM engage.messages m,
+       LATERAL (VALUES ('opened'), ('clicked')) AS k(kind)
+ WHERE m.outbox_id % CASE kind WHEN 'opened' THEN 3 ELSE 6 END = 0;
+
+-- Orders in the hours after the reminders: 40% of the customers who were sent the cart reminder
+-- buy, and 20% of the control group who were not (a pseudo-random but repeatable draw).
+INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+SELECT d.customer_id, 'order_completed', jsonb_build_object('order_id', 'r-' || d.customer_id, 'amount', 80),
+       now() + interval '1 hour'
+  FROM (SELECT DISTINCT customer_id, outcome FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id
+         WHERE t.name = 'cart_high_value' AND outcome IN ('fired', 'held_out')) d
+ WHERE abs(hashtext(d.customer_id)) % 10 < CASE d.outcome WHEN 'fired' THEN 4 ELSE 2 END;
+
+\echo '== engage.trigger_fire_rate'
+SELECT trigger, matched, fired, held_out, suppressed, fire_rate, suppression_mix FROM engage.trigger_fire_rate ORDER BY trigger;
+
+\echo '== engage.trigger_response_rates'
+SELECT trigger, channel, sent, opened, clicked, open_rate, click_rate FROM engage.trigger_response_rates ORDER BY trigger, channel;
+
+\echo '== engage.trigger_revenue (last touch)'
+SELECT trigger, conversions, revenue FROM engage.trigger_revenue WHERE model = 'last_touch' ORDER BY trigger;
+
+\echo '== engage.holdout_uplift'
+SELECT trigger, treated, treated_rate, control, control_rate, round(uplift::numeric, 3) AS uplift,
+       round(ci_low::numeric, 3) AS ci_low, round(ci_high::numeric, 3) AS ci_high, significant
+  FROM engage.holdout_uplift WHERE control > 0;
+
+\echo '== engage.trigger_roi'
+SELECT trigger, messages, cost, attributed_revenue, net, round(incremental_revenue::numeric, 2) AS incremental_revenue
+  FROM engage.trigger_roi ORDER BY trigger;
+
+\echo '== engage.trigger_latency (seconds: p50, p95, p99)'
+SELECT trigger, channel, messages,
+       (SELECT array_agg(round(x::numeric, 3)) FROM unnest(occurred_to_decided_s) x) AS occurred_to_decided,
+       (SELECT array_agg(round(x::numeric, 3)) FROM unnest(due_to_sent_s) x) AS due_to_sent
+  FROM engage.trigger_latency ORDER BY trigger, channel;
+
+\echo '== engage.trigger_volume: the busiest hours, and any anomaly'
+SELECT trigger, bucket_start, evaluated, fired, sent, anomaly
+  FROM engage.trigger_volume WHERE evaluated > 0 ORDER BY evaluated DESC, trigger LIMIT 5;
 
 \echo '== Dead letters'
 SELECT id, customer_id, channel, template, attempts, last_error FROM engage.dead_letters ORDER BY id LIMIT 5;

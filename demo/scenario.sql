@@ -9,7 +9,8 @@ SELECT engage.create_trigger('welcome', '{
   "description": "Greet every new customer",
   "event": "signed_up",
   "action": {"channel": "email", "template": "welcome"},
-  "priority": 5
+  "priority": 5,
+  "goal": {"event": "order_completed", "within": "7d", "value": "amount"}
 }');
 SELECT engage.create_trigger('cart_high_value', '{
   "description": "Carts over 100 get a reminder, at most once a day",
@@ -18,7 +19,9 @@ SELECT engage.create_trigger('cart_high_value', '{
                     {"not": {"property": "coupon", "exists": true}}]},
   "action": {"channel": "email", "template": "cart_reminder", "payload": {"coupon": "SAVE10"}},
   "priority": 10,
-  "cap": {"max": 1, "per": "24h"}
+  "cap": {"max": 1, "per": "24h"},
+  "holdout": 0.2,
+  "goal": {"event": "order_completed", "within": "2d", "value": "amount"}
 }');
 SELECT engage.create_trigger('post_purchase', '{
   "description": "Thank buyers and ask for a review",
