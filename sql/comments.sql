@@ -20,3 +20,9 @@ COMMENT ON FUNCTION engage.skip_duplicate_event() IS
     'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
 COMMENT ON FUNCTION engage.duration(text) IS
     'A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval.';
+COMMENT ON FUNCTION engage.bgnbd_fit(double precision[], double precision[], double precision[]) IS
+    'Fits the BG/NBD model (Fader, Hardie & Lee 2005) by maximum likelihood to per-customer summaries: frequency x, recency t_x, age T. Returns r, alpha, a, b, the log-likelihood, iterations and whether it converged.';
+COMMENT ON FUNCTION engage.bgnbd_p_alive(double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS
+    'BG/NBD P(alive) of a customer (x, t_x, T) under parameters (r, alpha, a, b): the paper''s equation (12). NULL for invalid input.';
+COMMENT ON FUNCTION engage.bgnbd_expected_purchases(double precision, double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS
+    'BG/NBD expected repeat purchases of a customer (x, t_x, T) in the next t units: the paper''s equation (10). NULL for invalid input.';

@@ -17,6 +17,7 @@ use pgrx::prelude::*;
 mod deliver;
 mod evaluate;
 mod policy;
+mod predict;
 mod rule;
 mod sql_error;
 mod triggers;
@@ -56,6 +57,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
+extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
