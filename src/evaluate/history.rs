@@ -101,7 +101,12 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
         outbox.column(c"channel"),
         outbox.column(c"scheduled_at"),
     );
-    let mut messages = longest_cap.map(|_| Probe::open(c"messages", c"messages_by_customer", 2));
+    let mut messages = longest_cap.map(|_| {
+        let probe = Probe::open(c"messages", c"messages_by_customer", 2);
+        let columns =
+            (probe.column(c"outbox_id"), probe.column(c"channel"), probe.column(c"category"), probe.column(c"sent_at"));
+        (probe, columns)
+    });
 
     for (customer, (first, last, first_send)) in spans {
         let id = customers[customer].as_str();
@@ -179,18 +184,13 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
             }
         }
 
-        let (Some(longest), Some(messages)) = (longest_cap, messages.as_mut()) else { continue };
+        let (Some(longest), Some((messages, m))) = (longest_cap, messages.as_mut()) else { continue };
         for m in open.iter().filter(|m| m.marketing) {
             let Some(channel) = m.channel else { continue };
             let rival = (first_rival..history.rivals.len()).find(|&r| history.rival_messages[r] == Some(m.id));
             history.queued.push(Queued { customer, channel, at: m.scheduled_at, rival });
         }
-        let (sent_id, sent_channel, sent_category, sent_at) = (
-            messages.column(c"outbox_id"),
-            messages.column(c"channel"),
-            messages.column(c"category"),
-            messages.column(c"sent_at"),
-        );
+        let (sent_id, sent_channel, sent_category, sent_at) = *m;
         messages.for_each(&[Key::text_eq(1, id), Key::timestamptz_gt(2, first_send.saturating_sub(longest))], |row| {
             let counted_as_open = row.int8(sent_id).is_some_and(|sent| open.iter().any(|m| m.id == sent));
             if counted_as_open || row.text(sent_category).as_deref() != Some("marketing") {

@@ -148,7 +148,12 @@ fn decide_and_write(
     profiles: &HashMap<String, store::Profile>,
     matched: &[(usize, usize)],
 ) {
-    let default_zone = crate::deliver::settings::default_timezone();
+    // The default zone only matters to quiet hours: read the setting only when a channel has them.
+    let default_zone = if rules.channels.values().any(|c| c.quiet_hours.is_some()) {
+        crate::deliver::settings::default_timezone()
+    } else {
+        String::new()
+    };
     let no_profile = store::Profile::default();
     let plans: Vec<Plan> = matched
         .iter()

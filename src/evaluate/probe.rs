@@ -118,7 +118,9 @@ impl Probe {
 
     /// Calls `f` with each row matching all `keys`.
     pub fn for_each(&mut self, keys: &[Key], mut f: impl FnMut(&Row)) {
-        assert_eq!(keys.len() as i32, self.nkeys, "probe opened for a different number of keys");
+        if keys.len() as i32 != self.nkeys {
+            sql_error::internal("an index probe got a different number of keys than it was opened for");
+        }
         // SAFETY: `entries` lives through the rescan and the fetches that read it.
         unsafe {
             let mut entries: Vec<pg_sys::ScanKeyData> = Vec::with_capacity(keys.len());

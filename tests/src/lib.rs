@@ -687,3 +687,31 @@ impl Rendezvous {
         }
     }
 }
+
+/// Races `threads` connections to `db` over `rounds` rounds: in each round every connection opens
+/// a transaction, waits until all have (so their statements run at the same moment), runs
+/// `statement(transaction, thread, round)`, and commits. Panics with the server error on failure.
+pub fn in_lockstep(
+    db: &str,
+    threads: usize,
+    rounds: usize,
+    statement: impl Fn(&mut postgres::Transaction<'_>, usize, usize) -> Result<u64, postgres::Error> + Sync,
+) {
+    let barrier = Rendezvous::new(threads);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (barrier, statement) = (&barrier, &statement);
+            s.spawn(move || {
+                let _guard = barrier.join();
+                let mut conn = shared().connect(db);
+                for round in 0..rounds {
+                    let mut tx = conn.transaction().unwrap();
+                    barrier.wait();
+                    statement(&mut tx, t, round)
+                        .unwrap_or_else(|e| panic!("thread {t} round {round}: {}", error_text(&e)));
+                    tx.commit().unwrap_or_else(|e| panic!("thread {t} round {round} commit: {}", error_text(&e)));
+                }
+            });
+        }
+    });
+}

@@ -212,26 +212,12 @@ fn cap_holds_when_connections_insert_for_one_customer_at_the_same_moment() {
     let db = "cap_concurrent";
     let mut c = shared().create_db(db);
     create_capped(&mut c, MAX, "1h");
-    let barrier = Rendezvous::new(THREADS);
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let barrier = &barrier;
-            s.spawn(move || {
-                let _guard = barrier.join();
-                let mut conn = shared().connect(db);
-                for round in 0..ROUNDS {
-                    let mut tx = conn.transaction().unwrap();
-                    barrier.wait();
-                    tx.execute(
-                        "INSERT INTO engage.events (customer_id, name, properties, occurred_at) \
-                         VALUES ($1, 'ping', $2, '2025-03-01T10:00:00Z')",
-                        &[&format!("round-{round:02}"), &json!({"thread": t})],
-                    )
-                    .unwrap_or_else(|e| panic!("thread {t} round {round}: {}", error_text(&e)));
-                    tx.commit().unwrap();
-                }
-            });
-        }
+    in_lockstep(db, THREADS, ROUNDS, |tx, t, round| {
+        tx.execute(
+            "INSERT INTO engage.events (customer_id, name, properties, occurred_at) \
+             VALUES ($1, 'ping', $2, '2025-03-01T10:00:00Z')",
+            &[&format!("round-{round:02}"), &json!({"thread": t})],
+        )
     });
     let tallies = tallies(&mut c);
     assert_eq!(tallies.len(), ROUNDS);

@@ -31,26 +31,12 @@ fn setup(db: &str) -> Client {
 /// Each round, every thread inserts its own trigger's event for the round's customer, all at the
 /// same moment (a rendezvous), with event times `spacing_minutes` apart per thread.
 fn race(db: &str, spacing_minutes: i32) {
-    let barrier = Rendezvous::new(THREADS);
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let barrier = &barrier;
-            s.spawn(move || {
-                let _guard = barrier.join();
-                let mut conn = shared().connect(db);
-                for round in 0..ROUNDS {
-                    let mut tx = conn.transaction().unwrap();
-                    barrier.wait();
-                    tx.execute(
-                        "INSERT INTO engage.events (customer_id, name, occurred_at) \
-                         VALUES ($1, $2, '2025-03-01T10:00:00Z'::timestamptz + make_interval(mins => $3))",
-                        &[&format!("round-{round:02}"), &format!("e{t}"), &(t as i32 * spacing_minutes)],
-                    )
-                    .unwrap_or_else(|e| panic!("thread {t} round {round}: {}", error_text(&e)));
-                    tx.commit().unwrap();
-                }
-            });
-        }
+    in_lockstep(db, THREADS, ROUNDS, |tx, t, round| {
+        tx.execute(
+            "INSERT INTO engage.events (customer_id, name, occurred_at) \
+             VALUES ($1, $2, '2025-03-01T10:00:00Z'::timestamptz + make_interval(mins => $3))",
+            &[&format!("round-{round:02}"), &format!("e{t}"), &(t as i32 * spacing_minutes)],
+        )
     });
 }
 

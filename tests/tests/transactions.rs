@@ -224,26 +224,12 @@ fn concurrent_inserts_of_one_key_store_exactly_one() {
     let db = "idem_concurrent";
     let mut c = shared().create_db(db);
     welcome(&mut c);
-    let barrier = Rendezvous::new(THREADS);
-    std::thread::scope(|s| {
-        for t in 0..THREADS {
-            let barrier = &barrier;
-            s.spawn(move || {
-                let _guard = barrier.join();
-                let mut conn = shared().connect(db);
-                for round in 0..ROUNDS {
-                    let mut tx = conn.transaction().unwrap();
-                    barrier.wait();
-                    tx.execute(
-                        "INSERT INTO engage.events (customer_id, name, properties, idempotency_key) \
-                         VALUES ($1, 'signed_up', $2, $3)",
-                        &[&format!("c{round}"), &json!({"thread": t}), &format!("key-{round}")],
-                    )
-                    .unwrap_or_else(|e| panic!("thread {t} round {round}: {}", error_text(&e)));
-                    tx.commit().unwrap_or_else(|e| panic!("thread {t} round {round} commit: {}", error_text(&e)));
-                }
-            });
-        }
+    in_lockstep(db, THREADS, ROUNDS, |tx, t, round| {
+        tx.execute(
+            "INSERT INTO engage.events (customer_id, name, properties, idempotency_key) \
+             VALUES ($1, 'signed_up', $2, $3)",
+            &[&format!("c{round}"), &json!({"thread": t}), &format!("key-{round}")],
+        )
     });
     assert_eq!(totals(&mut c), (ROUNDS as i64, ROUNDS as i64, ROUNDS as i64));
     assert_eq!(count(&mut c, "SELECT count(DISTINCT idempotency_key) FROM engage.events"), ROUNDS as i64);
