@@ -9,9 +9,10 @@
 --     message_replied, message_bounced, message_complained, and unsubscribe.
 --     engage.ingest_provider_event turns provider webhooks into such events.
 --
--- Speed: volume and latency views read a bounded time range through BRIN indexes on the time
--- columns (a few pages per million rows, almost free to maintain on the insert path); per-customer
--- look-ups (goal events, responses) go through btree indexes.
+-- Speed: the volume and fire-rate views count decisions directly, a bounded time range read
+-- through BRIN indexes on the time columns (a few pages per million rows, almost free to maintain
+-- on the insert path). Responses, attribution, exposures (uplift, experiments), latency and ROI
+-- read per-customer rollups kept incrementally (see "Rollups" below).
 
 CREATE INDEX decisions_occurred_brin ON engage.decisions USING brin (occurred_at);
 CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
@@ -158,30 +159,245 @@ SELECT t.name AS trigger,
 COMMENT ON VIEW engage.trigger_fire_rate IS
     'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason.';
 
+-- Rollups ---------------------------------------------------------------------------------------
+--
+-- Responses, attribution, exposures and latency join each customer's messages and decisions with
+-- that customer's later events. Recomputing that for every query is slow on a large history, so
+-- the results are kept per customer in three rollup tables, maintained incrementally:
+--
+--   * Whatever can change a customer's figures marks the customer in engage.metrics_dirty, in the
+--     same transaction: the insert path (goal and response events, fired or held-out decisions of
+--     triggers with a goal, replaced messages), engage.complete (a message sent), and a change
+--     to a trigger's goal (every customer that trigger decided for).
+--   * engage.refresh_metrics() takes a batch of marked customers, recomputes their rows and
+--     removes their marks, in one transaction. The scheduler worker calls it on every tick.
+--   * The views read the rollup for unmarked customers and compute marked customers live, with
+--     the same functions the refresh uses. Each view is therefore exact at every moment, with or
+--     without a refresh; refreshing keeps it fast.
+--
+-- Writes that bypass the insert path (a bulk load with session_replication_role = replica, a
+-- restore, manual deletes) are not marked: run engage.rebuild_metrics() afterwards.
+
+-- engage.metrics_dirty is in schema.sql (engage.complete in outbox.sql writes to it).
+
+-- Per sent message: its timings (latency) and its first response of each kind.
+CREATE FUNCTION engage.message_facts_of(customers text[])
+RETURNS TABLE (
+    message_id bigint, trigger_id integer, customer_id text, channel text, variant text, cost numeric,
+    occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz, scheduled_at timestamptz,
+    sent_at timestamptz,
+    delivered_at timestamptz, opened_at timestamptz, clicked_at timestamptz, replied_at timestamptz,
+    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz
+)
+LANGUAGE sql STABLE AS $$
+    SELECT m.outbox_id, m.trigger_id, m.customer_id, m.channel, m.variant, m.cost,
+           e.occurred_at, d.decided_at, m.queued_at, o.scheduled_at, m.sent_at,
+           r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.bounced_at, r.complained_at, r.unsubscribed_at
+      FROM engage.messages m
+      LEFT JOIN engage.outbox o ON o.id = m.outbox_id
+      LEFT JOIN engage.events e ON e.id = m.event_id
+      LEFT JOIN engage.decisions d ON d.customer_id = m.customer_id AND d.occurred_at = e.occurred_at
+                                  AND d.trigger_id = m.trigger_id AND d.event_id = m.event_id
+      CROSS JOIN LATERAL (
+          SELECT min(x.occurred_at) FILTER (WHERE x.name = 'message_delivered') AS delivered_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'message_opened') AS opened_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'message_clicked') AS clicked_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'message_replied') AS replied_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'message_bounced') AS bounced_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'message_complained') AS complained_at,
+                 min(x.occurred_at) FILTER (WHERE x.name = 'unsubscribe') AS unsubscribed_at
+            FROM engage.events x
+           WHERE x.properties ? 'message_id' AND x.properties ->> 'message_id' = 'msg_' || m.outbox_id
+      ) r
+     WHERE m.customer_id = ANY (customers)
+$$;
+COMMENT ON FUNCTION engage.message_facts_of(text[]) IS
+    'Computes, for the given customers, one row per sent message: trigger, channel, variant, cost, the times of event, decision, queue, schedule and send, and the first delivered/opened/clicked/replied/bounced/complained/unsubscribed response. Backs engage.message_responses and engage.trigger_latency_in.';
+
+-- Per goal event and message before it within the message's trigger goal window: a touch.
+CREATE FUNCTION engage.touches_of(customers text[])
+RETURNS TABLE (
+    conversion_event_id bigint, customer_id text, converted_at timestamptz, value numeric,
+    message_id bigint, trigger_id integer, channel text, variant text, sent_at timestamptz,
+    from_last bigint, from_first bigint, touches bigint
+)
+LANGUAGE sql STABLE AS $$
+    SELECT g.id, g.customer_id, g.occurred_at,
+           CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
+                THEN (g.properties #>> tg.value_path)::numeric ELSE 0 END,
+           m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC),
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
+           count(*) OVER (PARTITION BY g.id)
+      FROM engage.trigger_goals tg
+      JOIN engage.messages m ON m.trigger_id = tg.trigger_id
+      JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
+                          AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
+     WHERE m.customer_id = ANY (customers)
+$$;
+COMMENT ON FUNCTION engage.touches_of(text[]) IS
+    'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch and the number of touches. Backs engage.attributed_conversions.';
+
+-- Per trigger with a goal and customer: the first exposure (fired or held out) and what followed.
+CREATE FUNCTION engage.exposures_of(customers text[])
+RETURNS TABLE (
+    trigger_id integer, customer_id text, exposed_at timestamptz, control boolean, variant text,
+    conversions bigint, revenue numeric
+)
+LANGUAGE sql STABLE AS $$
+    SELECT x.trigger_id, x.customer_id, x.exposed_at, x.control, x.variant, c.conversions, c.revenue
+      FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
+                   d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control,
+                   d.variant
+              FROM engage.decisions d
+             WHERE d.customer_id = ANY (customers) AND d.outcome IN ('fired', 'held_out')
+             ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
+      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+      CROSS JOIN LATERAL (
+          SELECT count(*) AS conversions,
+                 coalesce(sum(CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
+                                   THEN (g.properties #>> tg.value_path)::numeric END), 0) AS revenue
+            FROM engage.events g
+           WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
+             AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within
+      ) c
+$$;
+COMMENT ON FUNCTION engage.exposures_of(text[]) IS
+    'Computes, for the given customers, each trigger-with-a-goal''s first fired or held-out decision, its group, variant, and the goal events within the window after it (count and value). Backs engage.trigger_exposures.';
+
+CREATE TABLE engage.rollup_messages (
+    message_id bigint PRIMARY KEY, trigger_id integer NOT NULL, customer_id text COLLATE "C" NOT NULL,
+    channel text NOT NULL, variant text, cost numeric,
+    occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz, scheduled_at timestamptz,
+    sent_at timestamptz NOT NULL,
+    delivered_at timestamptz, opened_at timestamptz, clicked_at timestamptz, replied_at timestamptz,
+    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz
+);
+CREATE INDEX rollup_messages_customer ON engage.rollup_messages (customer_id);
+CREATE INDEX rollup_messages_trigger_sent ON engage.rollup_messages (trigger_id, sent_at);
+COMMENT ON TABLE engage.rollup_messages IS 'Rollup of engage.message_facts_of for customers not in engage.metrics_dirty.';
+
+CREATE TABLE engage.rollup_touches (
+    conversion_event_id bigint NOT NULL, customer_id text COLLATE "C" NOT NULL, converted_at timestamptz NOT NULL,
+    value numeric NOT NULL, message_id bigint NOT NULL, trigger_id integer NOT NULL, channel text NOT NULL,
+    variant text, sent_at timestamptz NOT NULL, from_last bigint NOT NULL, from_first bigint NOT NULL,
+    touches bigint NOT NULL,
+    PRIMARY KEY (conversion_event_id, message_id)
+);
+CREATE INDEX rollup_touches_customer ON engage.rollup_touches (customer_id);
+CREATE INDEX rollup_touches_trigger ON engage.rollup_touches (trigger_id);
+COMMENT ON TABLE engage.rollup_touches IS 'Rollup of engage.touches_of for customers not in engage.metrics_dirty.';
+
+CREATE TABLE engage.rollup_exposures (
+    trigger_id integer NOT NULL, customer_id text COLLATE "C" NOT NULL, exposed_at timestamptz NOT NULL,
+    control boolean NOT NULL, variant text, conversions bigint NOT NULL, revenue numeric NOT NULL,
+    PRIMARY KEY (trigger_id, customer_id)
+);
+CREATE INDEX rollup_exposures_customer ON engage.rollup_exposures (customer_id);
+COMMENT ON TABLE engage.rollup_exposures IS 'Rollup of engage.exposures_of for customers not in engage.metrics_dirty.';
+
+-- Rollup rows of unmarked customers, plus marked customers computed now.
+CREATE VIEW engage.current_messages AS
+SELECT r.* FROM engage.rollup_messages r
+ WHERE NOT EXISTS (SELECT FROM engage.metrics_dirty d WHERE d.customer_id = r.customer_id)
+UNION ALL
+SELECT * FROM engage.message_facts_of(ARRAY(SELECT DISTINCT customer_id FROM engage.metrics_dirty));
+COMMENT ON VIEW engage.current_messages IS 'Every sent message''s timings and responses, exact: the rollup, with marked customers computed live.';
+
+CREATE VIEW engage.current_touches AS
+SELECT r.* FROM engage.rollup_touches r
+ WHERE NOT EXISTS (SELECT FROM engage.metrics_dirty d WHERE d.customer_id = r.customer_id)
+UNION ALL
+SELECT * FROM engage.touches_of(ARRAY(SELECT DISTINCT customer_id FROM engage.metrics_dirty));
+COMMENT ON VIEW engage.current_touches IS 'Every (goal event, message) touch, exact: the rollup, with marked customers computed live.';
+
+CREATE VIEW engage.current_exposures AS
+SELECT r.* FROM engage.rollup_exposures r
+ WHERE NOT EXISTS (SELECT FROM engage.metrics_dirty d WHERE d.customer_id = r.customer_id)
+UNION ALL
+SELECT * FROM engage.exposures_of(ARRAY(SELECT DISTINCT customer_id FROM engage.metrics_dirty));
+COMMENT ON VIEW engage.current_exposures IS 'Every first exposure to a trigger with a goal and its outcome, exact: the rollup, with marked customers computed live.';
+
+CREATE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    picked text[];
+BEGIN
+    -- One refresh at a time; a second caller finds the work taken and returns at once.
+    IF NOT pg_try_advisory_xact_lock(hashtext('engage.refresh_metrics')) THEN
+        RETURN 0;
+    END IF;
+    -- Marks committed after this statement's snapshot are not removed: their customers stay
+    -- marked, and the next refresh takes them (the statements below see at least this much).
+    WITH chosen AS (
+        SELECT DISTINCT customer_id FROM engage.metrics_dirty ORDER BY customer_id LIMIT batch
+    ), removed AS (
+        DELETE FROM engage.metrics_dirty d USING chosen c WHERE d.customer_id = c.customer_id
+        RETURNING d.customer_id
+    )
+    SELECT array_agg(DISTINCT customer_id) INTO picked FROM removed;
+    IF picked IS NULL THEN
+        RETURN 0;
+    END IF;
+    DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked);
+    INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked);
+    DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked);
+    INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked);
+    DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked);
+    INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked);
+    RETURN cardinality(picked);
+END
+$$;
+COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
+    'Recomputes the metrics rollups of up to `batch` marked customers and clears their marks; returns how many. The scheduler worker calls it every tick; the views are exact without it, only slower.';
+
+CREATE FUNCTION engage.rebuild_metrics() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    done bigint := 0;
+    step integer;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('engage.refresh_metrics'));
+    -- Mark every customer with a message or a decision, then refresh them in batches.
+    INSERT INTO engage.metrics_dirty (customer_id)
+    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
+    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures;
+    ANALYZE engage.metrics_dirty;
+    LOOP
+        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
+        EXIT WHEN step = 0;
+        done := done + step;
+    END LOOP;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION engage.rebuild_metrics() IS
+    'Recomputes every metrics rollup from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
+
+-- A trigger's goal changes who converted for it: mark everyone it decided for.
+CREATE FUNCTION engage.mark_goal_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO engage.metrics_dirty (customer_id)
+    SELECT DISTINCT d.customer_id FROM engage.decisions d WHERE d.trigger_id = OLD.id;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION engage.mark_goal_change() IS
+    'Row trigger on engage.triggers: when a goal changes or a trigger with one is dropped, marks the customers it decided for in engage.metrics_dirty.';
+CREATE TRIGGER mark_goal_change AFTER UPDATE ON engage.triggers
+    FOR EACH ROW WHEN (OLD.definition -> 'goal' IS DISTINCT FROM NEW.definition -> 'goal')
+    EXECUTE FUNCTION engage.mark_goal_change();
+CREATE TRIGGER mark_goal_drop AFTER DELETE ON engage.triggers
+    FOR EACH ROW WHEN (OLD.definition ? 'goal')
+    EXECUTE FUNCTION engage.mark_goal_change();
+
 -- 3. Responses --------------------------------------------------------------------------------
 
 CREATE VIEW engage.message_responses AS
-SELECT m.outbox_id AS message_id,
-       m.trigger_id,
-       m.customer_id,
-       m.channel,
-       m.variant,
-       m.sent_at,
-       r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.bounced_at, r.complained_at, r.unsubscribed_at
-  FROM engage.messages m
-  LEFT JOIN (
-      SELECT e.properties ->> 'message_id' AS message_key,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_delivered') AS delivered_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_opened') AS opened_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_clicked') AS clicked_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_replied') AS replied_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_bounced') AS bounced_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'message_complained') AS complained_at,
-             min(e.occurred_at) FILTER (WHERE e.name = 'unsubscribe') AS unsubscribed_at
-        FROM engage.events e
-       WHERE e.properties ? 'message_id'
-       GROUP BY 1
-  ) r ON r.message_key = 'msg_' || m.outbox_id;
+SELECT message_id, trigger_id, customer_id, channel, variant, sent_at,
+       delivered_at, opened_at, clicked_at, replied_at, bounced_at, complained_at, unsubscribed_at
+  FROM engage.current_messages;
 COMMENT ON VIEW engage.message_responses IS
     'Per sent message: when it was first delivered, opened, clicked, replied to, bounced, complained about and unsubscribed from (response events carry properties.message_id = ''msg_<id>'').';
 
@@ -289,24 +505,7 @@ COMMENT ON FUNCTION engage.ingest_provider_event(text, jsonb) IS
 
 CREATE VIEW engage.attributed_conversions AS
 WITH touches AS (
-    SELECT g.id AS conversion_event_id,
-           g.customer_id,
-           g.occurred_at AS converted_at,
-           CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
-                THEN (g.properties #>> tg.value_path)::numeric ELSE 0 END AS value,
-           m.outbox_id AS message_id,
-           m.trigger_id,
-           tg.trigger,
-           m.channel,
-           m.variant,
-           m.sent_at,
-           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC) AS from_last,
-           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id) AS from_first,
-           count(*) OVER (PARTITION BY g.id) AS touches
-      FROM engage.trigger_goals tg
-      JOIN engage.messages m ON m.trigger_id = tg.trigger_id
-      JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
-                          AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
+    SELECT c.*, tg.trigger FROM engage.current_touches c JOIN engage.trigger_goals tg ON tg.trigger_id = c.trigger_id
 )
 SELECT model, conversion_event_id, customer_id, converted_at, message_id, trigger_id, trigger, channel, variant,
        sent_at, touches, credit, round(value * credit, 6) AS revenue
@@ -334,21 +533,9 @@ COMMENT ON VIEW engage.trigger_revenue IS
 -- within the goal window after it: intention to treat, the same anchor for both groups.
 CREATE VIEW engage.trigger_exposures AS
 SELECT x.trigger_id, tg.trigger, x.customer_id, x.exposed_at, x.control, x.variant,
-       c.conversions > 0 AS converted, c.revenue
-  FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
-               d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control, d.variant
-          FROM engage.decisions d
-         WHERE d.outcome IN ('fired', 'held_out')
-         ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
-  JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
-  CROSS JOIN LATERAL (
-      SELECT count(*) AS conversions,
-             coalesce(sum(CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
-                               THEN (g.properties #>> tg.value_path)::numeric END), 0) AS revenue
-        FROM engage.events g
-       WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
-         AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within
-  ) c;
+       x.conversions > 0 AS converted, x.revenue
+  FROM engage.current_exposures x
+  JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id;
 COMMENT ON VIEW engage.trigger_exposures IS
     'Per trigger with a goal and customer: the first fired or held-out decision, its group (control = held out), variant, and whether the customer converted within the goal window after it, with the revenue.';
 
@@ -442,15 +629,11 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE AS $$
     SELECT t.name, m.trigger_id, m.channel, count(*),
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM d.decided_at - e.occurred_at)),
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.queued_at - d.decided_at)),
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - o.scheduled_at)),
-           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - e.occurred_at))
-      FROM engage.messages m
-      JOIN engage.outbox o ON o.id = m.outbox_id
-      JOIN engage.events e ON e.id = m.event_id
-      JOIN engage.decisions d ON d.customer_id = m.customer_id AND d.occurred_at = e.occurred_at
-                             AND d.trigger_id = m.trigger_id AND d.event_id = m.event_id
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.decided_at - m.occurred_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.queued_at - m.decided_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - m.scheduled_at)),
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM m.sent_at - m.occurred_at))
+      FROM engage.current_messages m
       JOIN engage.triggers t ON t.id = m.trigger_id
      WHERE m.sent_at >= since
      GROUP BY t.name, m.trigger_id, m.channel
@@ -467,7 +650,7 @@ COMMENT ON VIEW engage.trigger_latency IS
 CREATE VIEW engage.trigger_roi AS
 WITH spend AS (
     SELECT m.trigger_id, count(*) AS messages, count(DISTINCT m.customer_id) AS recipients, sum(m.cost) AS cost
-      FROM engage.messages m
+      FROM engage.current_messages m
      GROUP BY m.trigger_id
 ), earned AS (
     SELECT trigger_id, sum(revenue) AS revenue FROM engage.trigger_revenue WHERE model = 'last_touch' GROUP BY trigger_id

@@ -73,7 +73,10 @@ LANGUAGE sql AS $$
                coalesce((SELECT c.cost_per_message FROM engage.channels c WHERE c.kind = s.channel), 0)
           FROM sent s
         ON CONFLICT (outbox_id) DO NOTHING
-        RETURNING 1
+        RETURNING customer_id
+    ), marked AS (
+        -- The customer's metrics rollups now miss this message (sql/metrics.sql, "Rollups").
+        INSERT INTO engage.metrics_dirty (customer_id) SELECT customer_id FROM logged
     )
     SELECT EXISTS (SELECT 1 FROM logged)
 $$;

@@ -147,6 +147,15 @@ COMMENT ON TABLE engage.messages IS
     'The sent log: one row per delivered message, with its timings, attempts, provider id and cost.';
 CREATE INDEX messages_by_customer ON engage.messages (customer_id, sent_at);
 
+-- Customers whose metrics rollups are out of date (sql/metrics.sql, "Rollups").
+CREATE TABLE engage.metrics_dirty (
+    customer_id text        COLLATE "C" NOT NULL,
+    marked_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX metrics_dirty_customer ON engage.metrics_dirty (customer_id);
+COMMENT ON TABLE engage.metrics_dirty IS
+    'Customers whose rollup rows are out of date (one row per change; engage.refresh_metrics() clears them). The metrics views compute these customers live.';
+
 CREATE TABLE engage.channels (
     kind                  text    PRIMARY KEY CHECK (kind IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
     config                jsonb   NOT NULL DEFAULT '{}',

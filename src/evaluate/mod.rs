@@ -62,7 +62,12 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     let mut needs_profile: Vec<(usize, usize)> = Vec::new();
 
     let mut cancels = store::Cancels::default();
+    // Customers whose metrics rollups this statement changes.
+    let mut marked: Vec<String> = Vec::new();
     transition::for_each_event(data, |row| {
+        if rules.marks_metrics(row.name) {
+            marked.push(row.customer_id.to_string());
+        }
         if rules.cancels(row.name) {
             cancels.event_id.push(row.id);
             cancels.customer_id.push(row.customer_id.to_string());
@@ -122,12 +127,17 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             }
         }
         if !matched.is_empty() {
-            decide_and_write(rules, &events, &customers, &profiles, &matched);
+            decide_and_write(rules, &events, &customers, &profiles, &matched, &mut marked);
         }
     }
     // After the write, so an event also cancels what an earlier event of its own statement queued.
     if !cancels.event_id.is_empty() {
         store::cancel(cancels);
+    }
+    if !marked.is_empty() {
+        marked.sort_unstable();
+        marked.dedup();
+        store::mark_metrics(marked);
     }
 }
 
@@ -140,13 +150,15 @@ struct Plan<'r> {
     send_at: i64,
 }
 
-/// Applies the policy to the statement's matches and writes decisions and outbox rows.
+/// Applies the policy to the statement's matches and writes decisions and outbox rows; adds to
+/// `marked` the customers whose exposures to a trigger with a goal changed.
 fn decide_and_write(
     rules: &rules::RuleSet,
     events: &[Pending],
     customers: &[String],
     profiles: &HashMap<String, store::Profile>,
     matched: &[(usize, usize)],
+    marked: &mut Vec<String>,
 ) {
     // The default zone only matters to quiet hours: read the setting only when a channel has them.
     let default_zone = if rules.channels.values().any(|c| c.quiet_hours.is_some()) {
@@ -224,6 +236,12 @@ fn decide_and_write(
         }
     }
 
+    for &r in &verdict.replaced {
+        let rival = &history.rivals[r];
+        if rules.with_goal.contains(&rival.trigger_id) {
+            marked.push(customers[rival.customer].clone());
+        }
+    }
     if !verdict.replaced.is_empty() {
         store::replace(
             verdict
@@ -265,6 +283,9 @@ fn decide_and_write(
         decisions.customer_id.push(customer_id);
         decisions.occurred_at.push(store::timestamptz(events[e].occurred_at));
         decisions.variant.push(plan.variant);
+        if matches!(outcome, Outcome::Fired | Outcome::HeldOut) && rules.with_goal.contains(&rule.id) {
+            marked.push(customer_id.to_string());
+        }
         match outcome {
             Outcome::Fired => {
                 decisions.outcome.push("fired");

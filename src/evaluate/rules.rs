@@ -39,6 +39,11 @@ pub struct RuleSet {
     pub contenders: HashMap<i32, Contender>,
     pub channels: HashMap<Channel, ChannelPolicy>,
     pub frequency_caps: Vec<FrequencyCap>,
+    /// Event names that change the metrics rollups (goal events, message responses): their
+    /// customers are marked in engage.metrics_dirty.
+    metric_events: HashSet<String>,
+    /// Triggers, enabled or not, that have a goal: their exposures are in the rollups.
+    pub with_goal: HashSet<i32>,
 }
 
 /// How a trigger ranks against others in a conflict.
@@ -62,8 +67,14 @@ impl RuleSet {
         self.by_event.get(event_name).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether no statement can need evaluating: no enabled trigger, nothing for the rollups.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.metric_events.is_empty()
+    }
+
+    /// Whether events of this name change the metrics rollups of their customer.
+    pub fn marks_metrics(&self, event_name: &str) -> bool {
+        self.metric_events.contains(event_name)
     }
 
     /// Whether events of this name can cancel pending messages.
@@ -71,6 +82,17 @@ impl RuleSet {
         self.cancelling.contains(event_name)
     }
 }
+
+/// The response events the metrics views read (sql/metrics.sql, engage.message_facts_of).
+const RESPONSE_EVENTS: [&str; 7] = [
+    "message_delivered",
+    "message_opened",
+    "message_clicked",
+    "message_replied",
+    "message_bounced",
+    "message_complained",
+    "unsubscribe",
+];
 
 static STALE: AtomicBool = AtomicBool::new(true);
 /// The relations whose changes make the cache stale: triggers, channels, frequency_caps.
@@ -124,6 +146,7 @@ struct TriggerRow {
     definition: String,
     enabled: bool,
     contender: Contender,
+    goal_event: Option<String>,
 }
 
 fn load() -> RuleSet {
@@ -166,7 +189,8 @@ fn load() -> RuleSet {
         client
             .select(
                 "SELECT id, version, name, definition::text, enabled, priority, \
-                        definition ->> 'category' IS NOT DISTINCT FROM 'transactional' \
+                        definition ->> 'category' IS NOT DISTINCT FROM 'transactional', \
+                        definition -> 'goal' ->> 'event' \
                    FROM engage.triggers ORDER BY id",
                 None,
                 &[],
@@ -182,14 +206,22 @@ fn load() -> RuleSet {
                         priority: row.get(6)?.unwrap_or(0),
                         transactional: row.get(7)?.unwrap_or(false),
                     },
+                    goal_event: row.get(8)?,
                 })
             })
             .collect()
     })
     .unwrap_or_else(|e| sql_error::internal(&format!("could not read trigger definitions and policies: {e}")));
 
+    if !rows.is_empty() {
+        set.metric_events.extend(RESPONSE_EVENTS.iter().map(|e| e.to_string()));
+    }
     for row in rows {
         set.contenders.insert(row.id, row.contender);
+        if let Some(goal) = row.goal_event {
+            set.metric_events.insert(goal);
+            set.with_goal.insert(row.id);
+        }
         if !row.enabled {
             continue;
         }

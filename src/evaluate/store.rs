@@ -64,10 +64,14 @@ UPDATE engage.outbox o
                 WHERE x ->> 'event' = c.name AND c.properties::jsonb @> (x -> 'same'))
    AND c.occurred_at >= (SELECT e.occurred_at FROM engage.events e WHERE e.id = o.event_id)";
 
+/// Marks customers whose metrics rollups the statement changed (sql/metrics.sql, "Rollups").
+const MARK_METRICS: &str = "INSERT INTO engage.metrics_dirty (customer_id) SELECT unnest($1::text[])";
+
 struct Plans {
     profiles: OwnedPreparedStatement,
     write: GenericPlan,
     cancel: GenericPlan,
+    mark_metrics: GenericPlan,
 }
 
 /// A statement prepared once per backend with a forced generic plan. With array parameters the
@@ -149,6 +153,7 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                         CANCEL,
                         &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
                     ),
+                    mark_metrics: GenericPlan::prepare(MARK_METRICS, &[T::TEXTARRAYOID]),
                 })
             })
             .unwrap_or_else(|e| sql_error::internal(&format!("could not prepare the insert-path statements: {e}")))
@@ -257,6 +262,11 @@ pub fn cancel(c: Cancels) {
             ])
         })
     })
+}
+
+/// Marks the given customers' metrics rollups out of date.
+pub fn mark_metrics(customer_ids: Vec<String>) {
+    with_plans(|plans| Spi::connect_mut(|_client| plans.mark_metrics.execute(vec![customer_ids.into_datum()])))
 }
 
 /// Writes the statement's decisions and outbox rows.
