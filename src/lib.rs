@@ -6,6 +6,8 @@
 //! - `evaluate`: the statement-level AFTER INSERT trigger on engage.events (the hot path);
 //! - `policy`: caps and priority conflicts among the statement's candidates;
 //! - `deliver`: the background worker, channel adapters and templates that send queued messages;
+//! - `schedule`: the scheduler worker that fires time-based triggers (engage.tick, sql/schedule.sql);
+//! - `predict`: customer-behaviour models fitted in the database (BG/NBD);
 //! - `sql_error`: the PostgreSQL errors raised to users.
 //!
 //! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql;
@@ -19,6 +21,7 @@ mod evaluate;
 mod policy;
 mod predict;
 mod rule;
+mod schedule;
 mod sql_error;
 mod triggers;
 
@@ -42,6 +45,7 @@ pub extern "C-unwind" fn _PG_init() {
         GucFlags::UNIT_S,
     );
     deliver::init();
+    schedule::init();
 }
 
 extension_sql_file!(
@@ -58,6 +62,7 @@ extension_sql_file!(
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
+extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["predict", "metrics"]);
 extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

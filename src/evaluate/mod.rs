@@ -64,9 +64,14 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     let mut cancels = store::Cancels::default();
     // Customers whose metrics rollups this statement changes.
     let mut marked: Vec<String> = Vec::new();
+    // Events whose windowed sum a "crosses" trigger watches.
+    let mut summed: Vec<i64> = Vec::new();
     transition::for_each_event(data, |row| {
         if rules.marks_metrics(row.name) {
             marked.push(row.customer_id.to_string());
+        }
+        if rules.sums(row.name) {
+            summed.push(row.id);
         }
         if rules.cancels(row.name) {
             cancels.event_id.push(row.id);
@@ -138,6 +143,10 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
         marked.sort_unstable();
         marked.dedup();
         store::mark_metrics(marked);
+    }
+    // Last: a crossing inserts its own `trigger:` event, decided by a nested run of this trigger.
+    if !summed.is_empty() {
+        store::sum_crossings(summed);
     }
 }
 

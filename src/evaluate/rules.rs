@@ -44,6 +44,8 @@ pub struct RuleSet {
     metric_events: HashSet<String>,
     /// Triggers, enabled or not, that have a goal: their exposures are in the rollups.
     pub with_goal: HashSet<i32>,
+    /// Event names whose windowed sum some enabled "crosses" trigger watches.
+    summed: HashSet<String>,
 }
 
 /// How a trigger ranks against others in a conflict.
@@ -68,8 +70,14 @@ impl RuleSet {
     }
 
     /// Whether no statement can need evaluating: no enabled trigger, nothing for the rollups.
+    /// (A "crosses" trigger is an enabled trigger.)
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.metric_events.is_empty()
+    }
+
+    /// Whether some "crosses" trigger sums events of this name.
+    pub fn sums(&self, event_name: &str) -> bool {
+        self.summed.contains(event_name)
     }
 
     /// Whether events of this name change the metrics rollups of their customer.
@@ -235,6 +243,10 @@ fn load() -> RuleSet {
         let index = set.rules.len();
         for event in &definition.events {
             set.by_event.entry(event.clone()).or_default().push(index);
+        }
+        if let Some(schedule) = &definition.schedule {
+            set.by_event.entry(rule::schedule::event_name_for(&row.name)).or_default().push(index);
+            set.summed.extend(schedule.summed_event().map(str::to_string));
         }
         set.cancelling.extend(definition.cancel_on.iter().map(|c| c.event.clone()));
         set.rules.push(CompiledRule {

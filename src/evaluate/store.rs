@@ -264,6 +264,15 @@ pub fn cancel(c: Cancels) {
     })
 }
 
+/// Fires the "crosses" triggers whose windowed sum the given events cross (sql/schedule.sql).
+pub fn sum_crossings(event_ids: Vec<i64>) {
+    Spi::connect_mut(|client| {
+        client.update("SELECT engage.sum_crossings($1)", None, &[event_ids.into()])?;
+        Ok::<(), pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| sql_error::internal(&format!("could not evaluate windowed-sum crossings: {e}")))
+}
+
 /// Marks the given customers' metrics rollups out of date.
 pub fn mark_metrics(customer_ids: Vec<String>) {
     with_plans(|plans| Spi::connect_mut(|_client| plans.mark_metrics.execute(vec![customer_ids.into_datum()])))

@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod error;
 pub mod predicate;
+pub mod schedule;
 
 pub use error::DefinitionError;
 pub use predicate::{Facts, Predicate, Source};
@@ -27,6 +28,12 @@ const FIELDS: &[&str] = &[
     "variants",
     "goal",
     "description",
+    "inactive",
+    "anniversary",
+    "date",
+    "crosses",
+    "predicted",
+    "backfill",
 ];
 const GOAL_FIELDS: &[&str] = &["event", "within", "value"];
 const VARIANT_FIELDS: &[&str] = &["name", "weight", "wait", "channel", "template", "payload"];
@@ -152,6 +159,9 @@ pub struct Definition {
     /// Experiment arms; empty when the trigger runs no experiment.
     pub variants: Vec<Variant>,
     pub goal: Option<Goal>,
+    /// Set for triggers that fire on time, a threshold or a prediction rather than on `events`
+    /// (which is then empty).
+    pub schedule: Option<schedule::Schedule>,
 }
 
 impl Definition {
@@ -172,7 +182,11 @@ impl Definition {
 pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     let map = object(value, "$")?;
     reject_unknown(map, "$", FIELDS)?;
-    let events = parse_events(required(map, "$", "event")?)?;
+    let schedule = schedule::parse(map)?;
+    let events = match schedule {
+        Some(_) => Vec::new(),
+        None => parse_events(required(map, "$", "event")?)?,
+    };
     let predicate = map.get("where").map(|w| predicate::parse(w, "$.where")).transpose()?;
     let action_value = required(map, "$", "action")?;
     let action = parse_action(action_value)?;
@@ -244,6 +258,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         category,
         variants,
         goal,
+        schedule,
     })
 }
 

@@ -1,0 +1,313 @@
+-- Scheduled and threshold triggers: inactivity, anniversaries, dates, predictions (fired by
+-- engage.tick), and crossings (fired by the statement that crosses). The language is in
+-- src/rule/schedule.rs; the scheduler worker (src/schedule) calls engage.tick every interval.
+--
+-- Every kind fires the same way: it inserts one generated event per customer and occasion,
+-- named 'trigger:<trigger name>', with an idempotency key naming the trigger, the customer and
+-- the episode. The insert path then decides that event like any other (where, cap, consent,
+-- frequency caps, quiet hours, conflicts, holdout, wait, variants), into the same decision log
+-- and outbox, so the metrics views cover these triggers too. The key makes every tick
+-- idempotent: an occasion already fired is skipped, whoever inserts it again.
+
+-- Inactivity looks for events by time (whose anniversary of inactivity falls in the tick's
+-- window). A BRIN index is a few pages per million rows and nearly free on the insert path.
+CREATE INDEX events_occurred_brin ON engage.events USING brin (occurred_at);
+
+CREATE TABLE engage.tick_progress (
+    trigger_id   integer     PRIMARY KEY REFERENCES engage.triggers ON DELETE CASCADE,
+    ticked_until timestamptz NOT NULL
+);
+COMMENT ON TABLE engage.tick_progress IS
+    'Per scheduled trigger: the instant up to which engage.tick has fired it. The next tick covers (ticked_until, moment].';
+
+-- A trigger's scheduled kind as it reads in SQL: a profile or property path as text[].
+CREATE FUNCTION engage.json_path(path text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT string_to_array(regexp_replace(path, '^\$\.', ''), '.')
+$$;
+COMMENT ON FUNCTION engage.json_path(text) IS
+    'A trigger-language path ("plan.renews_on" or "$.plan.renews_on") as a text[] for #> and #>>.';
+
+-- The local calendar date of a profile attribute ("YYYY-MM-DD", optionally followed by a time),
+-- moved into `year` when given: the 29th of February becomes the 28th in other years, and a day
+-- past the end of its month is clamped. NULL when the attribute is not such a date.
+CREATE FUNCTION engage.profile_date(raw text, year integer DEFAULT NULL) RETURNS date
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT make_date(y, m, 1) + (least(d, extract(day FROM make_date(y, m, 1) + interval '1 month' - interval '1 day')::integer) - 1)
+      FROM (SELECT coalesce(year, substr(raw, 1, 4)::integer) AS y, substr(raw, 6, 2)::integer AS m,
+                   substr(raw, 9, 2)::integer AS d
+             WHERE raw ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])') parts
+$$;
+COMMENT ON FUNCTION engage.profile_date(text, integer) IS
+    'The date in a profile attribute (YYYY-MM-DD...), optionally moved into another year (29 February becomes 28 February in non-leap years); NULL if not a date.';
+
+-- The time zone each customer's local times are in: their own when it is a known zone, else
+-- engage.default_timezone, else UTC.
+CREATE FUNCTION engage.customer_zones() RETURNS TABLE (customer_id text, zone text)
+LANGUAGE sql STABLE AS $$
+    SELECT p.customer_id,
+           coalesce(z.name, nullif(current_setting('engage.default_timezone', true), ''), 'UTC')
+      FROM engage.profiles p
+      LEFT JOIN (SELECT name FROM pg_timezone_names) z ON z.name = p.timezone
+$$;
+COMMENT ON FUNCTION engage.customer_zones() IS
+    'Each profile''s IANA time zone for local times: profiles.timezone when valid, else engage.default_timezone, else UTC.';
+
+-- Inactivity: customers whose last `event` before the moment was `for` earlier, where the moment
+-- (last event + for) falls in (since, moment]. One episode per last event: a new event starts the
+-- next one. An event arriving late (before the moment, inserted after it) still ends the episode
+-- if it arrives before the tick that would fire it.
+CREATE FUNCTION engage.fire_inactive(trigger_id integer, since timestamptz, moment timestamptz) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    fired bigint;
+BEGIN
+    SELECT tr.name, tr.definition -> 'inactive' ->> 'event' AS event,
+           engage.duration(tr.definition -> 'inactive' ->> 'for') AS span
+      INTO t FROM engage.triggers tr WHERE tr.id = fire_inactive.trigger_id;
+    INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+    SELECT e.customer_id, 'trigger:' || t.name,
+           jsonb_build_object('kind', 'inactive', 'event', t.event, 'last_event_at', e.occurred_at,
+                              'inactive_for', t.span::text),
+           e.occurred_at + t.span,
+           'trigger:' || fire_inactive.trigger_id || ':' || e.customer_id || ':' || e.id
+      FROM engage.events e
+     WHERE e.name = t.event
+       AND e.occurred_at > since - t.span AND e.occurred_at <= moment - t.span
+       AND NOT EXISTS (SELECT FROM engage.events later
+                        WHERE later.customer_id = e.customer_id AND later.name = t.event
+                          AND later.occurred_at <= e.occurred_at + t.span
+                          AND (later.occurred_at, later.id) > (e.occurred_at, e.id))
+     ORDER BY e.occurred_at, e.id;
+    GET DIAGNOSTICS fired = ROW_COUNT;
+    RETURN fired;
+END
+$$;
+COMMENT ON FUNCTION engage.fire_inactive(integer, timestamptz, timestamptz) IS
+    'engage.tick for an "inactive" trigger: fires once per inactivity episode whose moment (last event + for) falls in (since, moment].';
+
+-- Anniversaries and dates: the occurrence is a local date at a local time in the customer's own
+-- zone. Occurrences more than a day before the tick are not fired late (a scheduler stopped for a
+-- week does not send last week's birthday greetings).
+CREATE FUNCTION engage.fire_calendar(trigger_id integer, since timestamptz, moment timestamptz) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    fired bigint;
+    earliest timestamptz := greatest(since, moment - interval '1 day');
+BEGIN
+    SELECT tr.name, tr.definition ? 'anniversary' AS yearly,
+           engage.json_path(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'date') AS path,
+           coalesce(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'at', '09:00')::time AS local_time,
+           coalesce(-engage.duration(tr.definition -> 'date' ->> 'before'),
+                    engage.duration(tr.definition -> 'date' ->> 'after'), interval '0') AS shift
+      INTO t FROM engage.triggers tr WHERE tr.id = fire_calendar.trigger_id;
+    INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+    SELECT o.customer_id, 'trigger:' || t.name,
+           jsonb_build_object('kind', CASE WHEN t.yearly THEN 'anniversary' ELSE 'date' END,
+                              'date', o.raw_date, 'occasion', o.local_day, 'time_zone', o.zone),
+           o.due, 'trigger:' || fire_calendar.trigger_id || ':' || o.customer_id || ':' || o.local_day
+      FROM (SELECT p.customer_id, z.zone, p.attributes #>> t.path AS raw_date, local.day AS local_day,
+                   ((local.day + t.local_time) + t.shift) AT TIME ZONE z.zone AS due
+              FROM engage.profiles p
+              JOIN engage.customer_zones() z ON z.customer_id = p.customer_id
+              CROSS JOIN LATERAL (
+                  -- This year's, last year's and next year's anniversary in local time (the window
+                  -- can straddle New Year in some zone), or the one date.
+                  SELECT engage.profile_date(p.attributes #>> t.path, y) AS day
+                    FROM generate_series(extract(year FROM earliest)::integer - 1,
+                                         extract(year FROM moment)::integer + 1) AS y
+                   WHERE t.yearly
+                  UNION ALL
+                  SELECT engage.profile_date(p.attributes #>> t.path) WHERE NOT t.yearly
+              ) local
+             WHERE p.attributes #>> t.path IS NOT NULL AND local.day IS NOT NULL) o
+     WHERE o.due > earliest AND o.due <= moment
+     ORDER BY o.due, o.customer_id;
+    GET DIAGNOSTICS fired = ROW_COUNT;
+    RETURN fired;
+END
+$$;
+COMMENT ON FUNCTION engage.fire_calendar(integer, timestamptz, timestamptz) IS
+    'engage.tick for "anniversary" and "date" triggers: fires each occurrence (local date and time in the customer''s zone) that falls in (since, moment], at most a day late.';
+
+-- Predictions: p(alive) under the newest model of the purchase event, as of the tick's day.
+-- Once per episode: the episode is the customer's number of purchase days, so a new purchase
+-- re-arms the trigger.
+CREATE FUNCTION engage.fire_predicted(trigger_id integer, moment timestamptz) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    m engage.purchase_models;
+    fired bigint;
+BEGIN
+    SELECT tr.name, coalesce(tr.definition -> 'predicted' ->> 'event', 'purchase') AS event,
+           (tr.definition -> 'predicted' ->> 'p_alive_below')::float8 AS threshold,
+           coalesce((tr.definition -> 'predicted' ->> 'min_purchases')::integer, 1) AS min_purchases
+      INTO t FROM engage.triggers tr WHERE tr.id = fire_predicted.trigger_id;
+    SELECT * INTO m FROM engage.purchase_models pm WHERE pm.event = t.event ORDER BY pm.id DESC LIMIT 1;
+    IF m.id IS NULL THEN
+        RETURN 0; -- no model fitted yet (engage.fit_purchase_model)
+    END IF;
+    INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+    SELECT s.customer_id, 'trigger:' || t.name,
+           jsonb_build_object('kind', 'predicted', 'p_alive', round(s.p_alive::numeric, 4),
+                              'purchase_days', s.frequency + 1, 'model_id', m.id),
+           moment,
+           'trigger:' || fire_predicted.trigger_id || ':' || s.customer_id || ':' || (s.frequency + 1)
+      FROM (SELECT x.customer_id, x.frequency,
+                   engage.bgnbd_p_alive(m.r, m.alpha, m.a, m.b, x.frequency, x.recency, x.age) AS p_alive
+              FROM engage.purchase_summaries(t.event, (moment AT TIME ZONE 'UTC')::date, m.unit) x
+             WHERE x.frequency + 1 >= t.min_purchases) s
+     WHERE s.p_alive < t.threshold
+     ORDER BY s.customer_id;
+    GET DIAGNOSTICS fired = ROW_COUNT;
+    RETURN fired;
+END
+$$;
+COMMENT ON FUNCTION engage.fire_predicted(integer, timestamptz) IS
+    'engage.tick for "predicted" triggers: fires for customers with at least min_purchases purchase days whose P(alive) under the newest model is below the threshold, once per number of purchase days.';
+
+CREATE FUNCTION engage.tick(moment timestamptz DEFAULT now())
+RETURNS TABLE (trigger text, kind text, since timestamptz, fired bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    from_ timestamptz;
+    n bigint;
+BEGIN
+    -- One tick at a time: the scheduler worker and a manual or pg_cron call take turns.
+    PERFORM pg_advisory_xact_lock(hashtext('engage.tick'));
+    FOR t IN
+        SELECT tr.id, tr.name, tr.enabled, tr.created_at, p.ticked_until,
+               (SELECT k FROM unnest(ARRAY['inactive', 'anniversary', 'date', 'predicted']) k
+                 WHERE tr.definition ? k) AS kind,
+               coalesce((tr.definition ->> 'backfill')::boolean, false) AS backfill
+          FROM engage.triggers tr
+          LEFT JOIN engage.tick_progress p ON p.trigger_id = tr.id
+         WHERE tr.definition ?| ARRAY['inactive', 'anniversary', 'date', 'predicted']
+         ORDER BY tr.id
+    LOOP
+        -- A new trigger starts at its creation, or, with backfill, at the beginning of time.
+        from_ := coalesce(t.ticked_until, CASE WHEN t.backfill THEN '-infinity'::timestamptz ELSE t.created_at END);
+        CONTINUE WHEN moment <= from_;
+        n := 0;
+        IF NOT t.enabled THEN
+            NULL; -- a disabled trigger's time passes without firing
+        ELSIF t.kind = 'inactive' THEN
+            n := engage.fire_inactive(t.id, from_, moment);
+        ELSIF t.kind IN ('anniversary', 'date') THEN
+            n := engage.fire_calendar(t.id, from_, moment);
+        ELSE
+            -- Predictions change slowly and cost a pass over the purchases: once per UTC day.
+            CONTINUE WHEN t.ticked_until IS NOT NULL
+                      AND (moment AT TIME ZONE 'UTC')::date <= (t.ticked_until AT TIME ZONE 'UTC')::date;
+            n := engage.fire_predicted(t.id, moment);
+        END IF;
+        INSERT INTO engage.tick_progress AS p (trigger_id, ticked_until) VALUES (t.id, moment)
+        ON CONFLICT (trigger_id) DO UPDATE SET ticked_until = excluded.ticked_until;
+        trigger := t.name;
+        kind := t.kind;
+        since := from_;
+        fired := n;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION engage.tick(timestamptz) IS
+    'Fires the scheduled triggers (inactive, anniversary, date, predicted) for the occasions due in (the last tick, moment], through the insert path and its policy. Idempotent: an occasion fires once, whoever ticks. Ticks only move forward. Returns per trigger the window start and how many occasions fired.';
+
+-- Crossings of a profile attribute, from the statement that changed the profiles. A profile
+-- created above the level counts as crossing upward (it had no value below); one created below
+-- does not count as falling.
+CREATE FUNCTION engage.profile_crossings() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM engage.triggers WHERE enabled AND definition -> 'crosses' ? 'profile') THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+        SELECT c.customer_id, 'trigger:' || c.name,
+               jsonb_build_object('kind', 'crosses', 'attribute', c.attribute, 'level', c.level,
+                                  'before', c.before, 'after', c.after),
+               now()
+          FROM (SELECT n.customer_id, t.name, t.definition -> 'crosses' ->> 'profile' AS attribute,
+                       coalesce(t.definition -> 'crosses' -> 'at_least', t.definition -> 'crosses' -> 'below') AS level,
+                       t.definition -> 'crosses' ? 'at_least' AS upward,
+                       CASE WHEN jsonb_typeof(o.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
+                            THEN (o.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric END AS before,
+                       CASE WHEN jsonb_typeof(n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
+                            THEN (n.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric END AS after
+                  FROM new_rows n
+                  JOIN old_rows o ON o.customer_id = n.customer_id
+                  JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile') c
+         WHERE CASE WHEN c.upward THEN coalesce(c.before < c.level::numeric, true) AND c.after >= c.level::numeric
+                    ELSE c.before >= c.level::numeric AND c.after < c.level::numeric END
+         ORDER BY c.customer_id, c.name;
+    ELSE
+        INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+        SELECT n.customer_id, 'trigger:' || t.name,
+               jsonb_build_object('kind', 'crosses', 'attribute', t.definition -> 'crosses' ->> 'profile',
+                                  'level', t.definition -> 'crosses' -> 'at_least', 'before', NULL,
+                                  'after', n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')),
+               now()
+          FROM new_rows n
+          JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile' AND t.definition -> 'crosses' ? 'at_least'
+         WHERE jsonb_typeof(n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
+           AND (n.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric
+               >= (t.definition -> 'crosses' ->> 'at_least')::numeric
+         ORDER BY n.customer_id, t.name;
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION engage.profile_crossings() IS
+    'Statement triggers on engage.profiles: fires "crosses" triggers on a profile attribute when a change moves it from below the level to at least it ("at_least"), or from at least it to below ("below").';
+CREATE TRIGGER profile_crossings_update AFTER UPDATE ON engage.profiles
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION engage.profile_crossings();
+CREATE TRIGGER profile_crossings_insert AFTER INSERT ON engage.profiles
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION engage.profile_crossings();
+
+-- Crossings of a windowed sum over events, called by the insert path with the statement's events
+-- that some "crosses" trigger sums: for each, the sum over the window ending at it, just before
+-- and just after it (events at the same instant in id order). Fires when it goes from below the
+-- level to at least it. A late event is judged at its own time: it does not re-judge later ones.
+CREATE FUNCTION engage.sum_crossings(event_ids bigint[]) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    fired bigint;
+BEGIN
+    INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+    SELECT n.customer_id, 'trigger:' || c.name,
+           jsonb_build_object('kind', 'crosses', 'event', c.event, 'level', c.level, 'before', s.before,
+                              'after', s.after, 'crossing_event_id', n.id),
+           n.occurred_at, 'trigger:' || c.id || ':' || n.customer_id || ':' || n.id
+      FROM (SELECT t.id, t.name, t.definition -> 'crosses' ->> 'event' AS event,
+                   (t.definition -> 'crosses' ->> 'at_least')::numeric AS level,
+                   engage.duration(t.definition -> 'crosses' ->> 'within') AS within,
+                   engage.json_path(t.definition -> 'crosses' ->> 'sum') AS path
+              FROM engage.triggers t
+             WHERE t.enabled AND t.definition -> 'crosses' ? 'event') c
+      JOIN engage.events n ON n.id = ANY (event_ids) AND n.name = c.event
+      CROSS JOIN LATERAL (
+          SELECT coalesce(sum(v.value) FILTER (WHERE (e.occurred_at, e.id) < (n.occurred_at, n.id)), 0) AS before,
+                 coalesce(sum(v.value), 0) AS after
+            FROM engage.events e
+            CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(e.properties #> c.path) = 'number'
+                                            THEN (e.properties #>> c.path)::numeric END AS value) v
+           WHERE e.customer_id = n.customer_id AND e.name = c.event
+             AND e.occurred_at > n.occurred_at - c.within AND e.occurred_at <= n.occurred_at
+             AND (e.occurred_at, e.id) <= (n.occurred_at, n.id)
+      ) s
+     WHERE s.before < c.level AND s.after >= c.level
+     ORDER BY n.occurred_at, n.id;
+    GET DIAGNOSTICS fired = ROW_COUNT;
+    RETURN fired;
+END
+$$;
+COMMENT ON FUNCTION engage.sum_crossings(bigint[]) IS
+    'Called by the insert path for events that "crosses" triggers sum: fires those whose windowed sum goes from below the level to at least it with that event.';

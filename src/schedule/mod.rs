@@ -1,0 +1,87 @@
+//! The scheduler: a background worker that runs `engage.tick()` (sql/schedule.sql) every
+//! `engage.tick_interval`, then refreshes the metrics rollups (`engage.refresh_metrics()`).
+//!
+//! Registered only when pg_engage is in `shared_preload_libraries`, like the deliverer. Without
+//! it, schedule the same calls with pg_cron; a tick is idempotent, so both may run.
+
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+static TICK_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// Called from _PG_init: defines the setting and, when preloading, registers the worker.
+pub fn init() {
+    GucRegistry::define_int_guc(
+        c"engage.tick_interval",
+        c"How often the scheduler fires time-based triggers and refreshes the metrics rollups (0: never).",
+        c"Each tick runs engage.tick() and engage.refresh_metrics() in the database named by engage.database.",
+        &TICK_INTERVAL_S,
+        0,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
+    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    BackgroundWorkerBuilder::new("pg_engage scheduler")
+        .set_type("pg_engage scheduler")
+        .set_library("pg_engage")
+        .set_function("pg_engage_scheduler_main")
+        .enable_spi_access()
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let database = crate::deliver::settings::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    log!("pg_engage scheduler started on database \"{database}\"");
+    loop {
+        let interval = TICK_INTERVAL_S.get();
+        // Disabled: look at the setting again every minute (a reload also wakes the latch).
+        let wait = Duration::from_secs(if interval > 0 { interval as u64 } else { 60 });
+        if interval > 0 {
+            tick();
+        }
+        if !BackgroundWorker::wait_latch(Some(wait)) {
+            break; // SIGTERM
+        }
+        if BackgroundWorker::sighup_received() {
+            // SAFETY: called from the worker's main loop, as PostgreSQL's own workers do.
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+    }
+    log!("pg_engage scheduler stopped");
+}
+
+/// One tick, then the rollups, each in its own transaction (an error in one is logged by
+/// PostgreSQL and restarts the worker; the next tick covers the time missed).
+fn tick() {
+    let installed = BackgroundWorker::transaction(|| {
+        Spi::get_one::<bool>("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_engage')")
+    });
+    if !matches!(installed, Ok(Some(true))) {
+        return; // CREATE EXTENSION has not run yet in this database
+    }
+    let fired = BackgroundWorker::transaction(|| Spi::get_one::<i64>("SELECT sum(fired)::int8 FROM engage.tick()"));
+    if let Ok(Some(n)) = fired {
+        if n > 0 {
+            log!("pg_engage scheduler: {n} scheduled occasions fired");
+        }
+    }
+    // Catch up a backlog in batches, but give the next tick its turn.
+    for _ in 0..10 {
+        let refreshed =
+            BackgroundWorker::transaction(|| Spi::get_one::<i32>("SELECT engage.refresh_metrics()")).ok().flatten();
+        if refreshed.unwrap_or(0) == 0 {
+            break;
+        }
+    }
+}
