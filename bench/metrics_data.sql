@@ -1,5 +1,5 @@
 -- A synthetic history for the metrics benchmark (bench/metrics.sh): :events events over 90 days
--- for 500,000 customers, with the decisions, sent messages and responses a live system would
+-- for about 500,000 customers, with the decisions, sent messages and responses a live system would
 -- have stored. Written directly (session_replication_role = replica): this measures reading.
 \set ON_ERROR_STOP on
 SET session_replication_role = replica;
@@ -12,9 +12,12 @@ SELECT engage.create_trigger('t' || i, jsonb_build_object(
          'goal', jsonb_build_object('event', 'purchase', 'within', '7d', 'value', 'amount')))
   FROM generate_series(1, 20) i;
 
--- Events: 70% page views, 20% carts, 5% sign-ups, 5% purchases, in time order.
+-- Events: 70% page views, 20% carts, 5% sign-ups, 5% purchases, in time order. A customer's
+-- events come in runs of 7 (a session of a few seconds); the customer of a run is spread by a
+-- multiplier modulo a prime, so each customer's runs differ in their mix, and a purchase often
+-- follows a cart in the same run (inside the goal window of the message that cart triggered).
 INSERT INTO engage.events (customer_id, name, properties, occurred_at, received_at)
-SELECT 'c' || (i::int8 * 7919 % 500000),
+SELECT 'c' || (i::int8 / 7 * 7919 % 499979),
        CASE WHEN i % 20 < 14 THEN 'page_viewed' WHEN i % 20 < 18 THEN 'cart_updated'
             WHEN i % 20 = 18 THEN 'signed_up' ELSE 'purchase' END,
        CASE WHEN i % 20 = 19 THEN jsonb_build_object('amount', 10 + i % 90) ELSE '{}'::jsonb END,

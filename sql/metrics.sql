@@ -187,12 +187,14 @@ RETURNS TABLE (
     occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz, scheduled_at timestamptz,
     sent_at timestamptz,
     delivered_at timestamptz, opened_at timestamptz, clicked_at timestamptz, replied_at timestamptz,
-    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz
+    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz,
+    first_to_customer boolean
 )
 LANGUAGE sql STABLE AS $$
     SELECT m.outbox_id, m.trigger_id, m.customer_id, m.channel, m.variant, m.cost,
            e.occurred_at, d.decided_at, m.queued_at, o.scheduled_at, m.sent_at,
-           r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.bounced_at, r.complained_at, r.unsubscribed_at
+           r.delivered_at, r.opened_at, r.clicked_at, r.replied_at, r.bounced_at, r.complained_at, r.unsubscribed_at,
+           row_number() OVER (PARTITION BY m.customer_id, m.trigger_id ORDER BY m.outbox_id) = 1
       FROM engage.messages m
       LEFT JOIN engage.outbox o ON o.id = m.outbox_id
       LEFT JOIN engage.events e ON e.id = m.event_id
@@ -212,14 +214,14 @@ LANGUAGE sql STABLE AS $$
      WHERE m.customer_id = ANY (customers)
 $$;
 COMMENT ON FUNCTION engage.message_facts_of(text[]) IS
-    'Computes, for the given customers, one row per sent message: trigger, channel, variant, cost, the times of event, decision, queue, schedule and send, and the first delivered/opened/clicked/replied/bounced/complained/unsubscribed response. Backs engage.message_responses and engage.trigger_latency_in.';
+    'Computes, for the given customers, one row per sent message: trigger, channel, variant, cost, the times of event, decision, queue, schedule and send, the first delivered/opened/clicked/replied/bounced/complained/unsubscribed response, and whether it is the trigger''s first message to the customer (recipients are then a plain count). Backs engage.message_responses and engage.trigger_latency_in.';
 
 -- Per goal event and message before it within the message's trigger goal window: a touch.
 CREATE FUNCTION engage.touches_of(customers text[])
 RETURNS TABLE (
     conversion_event_id bigint, customer_id text, converted_at timestamptz, value numeric,
     message_id bigint, trigger_id integer, channel text, variant text, sent_at timestamptz,
-    from_last bigint, from_first bigint, touches bigint
+    from_last bigint, from_first bigint, touches bigint, trigger_touch bigint
 )
 LANGUAGE sql STABLE AS $$
     SELECT g.id, g.customer_id, g.occurred_at,
@@ -228,7 +230,8 @@ LANGUAGE sql STABLE AS $$
            m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
            row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC),
            row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
-           count(*) OVER (PARTITION BY g.id)
+           count(*) OVER (PARTITION BY g.id),
+           row_number() OVER (PARTITION BY g.id, m.trigger_id ORDER BY m.sent_at, m.outbox_id)
       FROM engage.trigger_goals tg
       JOIN engage.messages m ON m.trigger_id = tg.trigger_id
       JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
@@ -236,7 +239,7 @@ LANGUAGE sql STABLE AS $$
      WHERE m.customer_id = ANY (customers)
 $$;
 COMMENT ON FUNCTION engage.touches_of(text[]) IS
-    'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch and the number of touches. Backs engage.attributed_conversions.';
+    'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch, the number of touches, and its rank among the touches of its own trigger. Backs engage.attributed_conversions.';
 
 -- Per trigger with a goal and customer: the first exposure (fired or held out) and what followed.
 CREATE FUNCTION engage.exposures_of(customers text[])
@@ -271,7 +274,8 @@ CREATE TABLE engage.rollup_messages (
     occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz, scheduled_at timestamptz,
     sent_at timestamptz NOT NULL,
     delivered_at timestamptz, opened_at timestamptz, clicked_at timestamptz, replied_at timestamptz,
-    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz
+    bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz,
+    first_to_customer boolean NOT NULL
 );
 CREATE INDEX rollup_messages_customer ON engage.rollup_messages (customer_id);
 CREATE INDEX rollup_messages_trigger_sent ON engage.rollup_messages (trigger_id, sent_at);
@@ -281,7 +285,7 @@ CREATE TABLE engage.rollup_touches (
     conversion_event_id bigint NOT NULL, customer_id text COLLATE "C" NOT NULL, converted_at timestamptz NOT NULL,
     value numeric NOT NULL, message_id bigint NOT NULL, trigger_id integer NOT NULL, channel text NOT NULL,
     variant text, sent_at timestamptz NOT NULL, from_last bigint NOT NULL, from_first bigint NOT NULL,
-    touches bigint NOT NULL,
+    touches bigint NOT NULL, trigger_touch bigint NOT NULL,
     PRIMARY KEY (conversion_event_id, message_id)
 );
 CREATE INDEX rollup_touches_customer ON engage.rollup_touches (customer_id);
@@ -518,12 +522,27 @@ COMMENT ON VIEW engage.attributed_conversions IS
     'Goal events attributed to the messages sent before them within their trigger''s goal window (sent_at < converted_at <= sent_at + within), under three models: last_touch (the default to report), first_touch, linear (equal credit). revenue = goal value x credit.';
 
 CREATE VIEW engage.trigger_revenue AS
-SELECT a.model, a.trigger, a.trigger_id,
-       count(DISTINCT a.conversion_event_id) FILTER (WHERE a.credit > 0) AS conversions,
-       sum(a.credit) AS credited_conversions,
-       sum(a.revenue) AS revenue
-  FROM engage.attributed_conversions a
- GROUP BY a.model, a.trigger, a.trigger_id;
+-- One pass over the touches (the same figures as grouping engage.attributed_conversions).
+WITH per_trigger AS (
+    SELECT c.trigger_id,
+           count(*) FILTER (WHERE c.from_last = 1) AS last_n,
+           coalesce(sum(c.value) FILTER (WHERE c.from_last = 1), 0) AS last_revenue,
+           count(*) FILTER (WHERE c.from_first = 1) AS first_n,
+           coalesce(sum(c.value) FILTER (WHERE c.from_first = 1), 0) AS first_revenue,
+           count(*) FILTER (WHERE c.trigger_touch = 1) AS linear_n,
+           sum(round(1.0 / c.touches, 6)) AS linear_credit,
+           sum(round(c.value * round(1.0 / c.touches, 6), 6)) AS linear_revenue
+      FROM engage.current_touches c
+     GROUP BY c.trigger_id
+)
+SELECT m.model, tg.trigger, p.trigger_id, m.conversions, m.credited AS credited_conversions, m.revenue
+  FROM per_trigger p
+  JOIN engage.trigger_goals tg ON tg.trigger_id = p.trigger_id,
+       LATERAL (VALUES ('last_touch', p.last_n, p.last_n::numeric, round(p.last_revenue, 6)),
+                       ('first_touch', p.first_n, p.first_n::numeric, round(p.first_revenue, 6)),
+                       ('linear', p.linear_n, p.linear_credit, p.linear_revenue))
+           AS m(model, conversions, credited, revenue)
+ WHERE m.conversions > 0;
 COMMENT ON VIEW engage.trigger_revenue IS
     'Attributed conversions and revenue per trigger, for each attribution model (filter model = ''last_touch'' for the default).';
 
@@ -649,7 +668,8 @@ COMMENT ON VIEW engage.trigger_latency IS
 
 CREATE VIEW engage.trigger_roi AS
 WITH spend AS (
-    SELECT m.trigger_id, count(*) AS messages, count(DISTINCT m.customer_id) AS recipients, sum(m.cost) AS cost
+    SELECT m.trigger_id, count(*) AS messages, count(*) FILTER (WHERE m.first_to_customer) AS recipients,
+           sum(m.cost) AS cost
       FROM engage.current_messages m
      GROUP BY m.trigger_id
 ), earned AS (

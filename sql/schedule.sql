@@ -33,25 +33,16 @@ COMMENT ON FUNCTION engage.json_path(text) IS
 -- past the end of its month is clamped. NULL when the attribute is not such a date.
 CREATE FUNCTION engage.profile_date(raw text, year integer DEFAULT NULL) RETURNS date
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT make_date(y, m, 1) + (least(d, extract(day FROM make_date(y, m, 1) + interval '1 month' - interval '1 day')::integer) - 1)
-      FROM (SELECT coalesce(year, substr(raw, 1, 4)::integer) AS y, substr(raw, 6, 2)::integer AS m,
-                   substr(raw, 9, 2)::integer AS d
-             WHERE raw ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])') parts
+    -- One expression, so that the planner inlines it into the tick's query.
+    SELECT CASE WHEN raw ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])' THEN
+               make_date(coalesce(year, substr(raw, 1, 4)::integer), substr(raw, 6, 2)::integer, 1)
+               + (least(substr(raw, 9, 2)::integer,
+                        extract(day FROM make_date(coalesce(year, substr(raw, 1, 4)::integer), substr(raw, 6, 2)::integer, 1)
+                                         + interval '1 month' - interval '1 day')::integer) - 1)
+           END
 $$;
 COMMENT ON FUNCTION engage.profile_date(text, integer) IS
     'The date in a profile attribute (YYYY-MM-DD...), optionally moved into another year (29 February becomes 28 February in non-leap years); NULL if not a date.';
-
--- The time zone each customer's local times are in: their own when it is a known zone, else
--- engage.default_timezone, else UTC.
-CREATE FUNCTION engage.customer_zones() RETURNS TABLE (customer_id text, zone text)
-LANGUAGE sql STABLE AS $$
-    SELECT p.customer_id,
-           coalesce(z.name, nullif(current_setting('engage.default_timezone', true), ''), 'UTC')
-      FROM engage.profiles p
-      LEFT JOIN (SELECT name FROM pg_timezone_names) z ON z.name = p.timezone
-$$;
-COMMENT ON FUNCTION engage.customer_zones() IS
-    'Each profile''s IANA time zone for local times: profiles.timezone when valid, else engage.default_timezone, else UTC.';
 
 -- Inactivity: customers whose last `event` before the moment was `for` earlier, where the moment
 -- (last event + for) falls in (since, moment]. One episode per last event: a new event starts the
@@ -88,14 +79,20 @@ COMMENT ON FUNCTION engage.fire_inactive(integer, timestamptz, timestamptz) IS
     'engage.tick for an "inactive" trigger: fires once per inactivity episode whose moment (last event + for) falls in (since, moment].';
 
 -- Anniversaries and dates: the occurrence is a local date at a local time in the customer's own
--- zone. Occurrences more than a day before the tick are not fired late (a scheduler stopped for a
--- week does not send last week's birthday greetings).
+-- zone (profiles.timezone when it is a known IANA zone, else engage.default_timezone, else UTC);
+-- the wall-clock time holds across DST. Occurrences more than a day before the tick are not
+-- fired late (a scheduler stopped for a week does not send last week's birthday greetings).
 CREATE FUNCTION engage.fire_calendar(trigger_id integer, since timestamptz, moment timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     t record;
     fired bigint;
     earliest timestamptz := greatest(since, moment - interval '1 day');
+    -- Local dates in the window, in any zone, lie within a day of its UTC dates.
+    first_day date := (earliest AT TIME ZONE 'UTC')::date - 1;
+    last_day date := (moment AT TIME ZONE 'UTC')::date + 1;
+    month_days text[];
+    default_zone text := coalesce(nullif(current_setting('engage.default_timezone', true), ''), 'UTC');
 BEGIN
     SELECT tr.name, tr.definition ? 'anniversary' AS yearly,
            engage.json_path(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'date') AS path,
@@ -103,26 +100,37 @@ BEGIN
            coalesce(-engage.duration(tr.definition -> 'date' ->> 'before'),
                     engage.duration(tr.definition -> 'date' ->> 'after'), interval '0') AS shift
       INTO t FROM engage.triggers tr WHERE tr.id = fire_calendar.trigger_id;
+    -- Only profiles whose date can fall in the window are looked at: for anniversaries, the
+    -- window's month-days (and 29 February when the 28th is one of them); for dates, the window
+    -- moved back by the offset.
+    SELECT array_agg(to_char(d, 'MM-DD')) INTO month_days
+      FROM generate_series(first_day, last_day, interval '1 day') d;
+    IF '02-28' = ANY (month_days) THEN
+        month_days := month_days || '02-29'::text;
+    END IF;
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
     SELECT o.customer_id, 'trigger:' || t.name,
            jsonb_build_object('kind', CASE WHEN t.yearly THEN 'anniversary' ELSE 'date' END,
                               'date', o.raw_date, 'occasion', o.local_day, 'time_zone', o.zone),
            o.due, 'trigger:' || fire_calendar.trigger_id || ':' || o.customer_id || ':' || o.local_day
-      FROM (SELECT p.customer_id, z.zone, p.attributes #>> t.path AS raw_date, local.day AS local_day,
-                   ((local.day + t.local_time) + t.shift) AT TIME ZONE z.zone AS due
-              FROM engage.profiles p
-              JOIN engage.customer_zones() z ON z.customer_id = p.customer_id
+      FROM (SELECT c.customer_id, c.zone, c.raw_date, local.day AS local_day,
+                   ((local.day + t.local_time) + t.shift) AT TIME ZONE c.zone AS due
+              FROM (SELECT p.customer_id, coalesce(z.name, default_zone) AS zone, p.attributes #>> t.path AS raw_date
+                      FROM engage.profiles p
+                      LEFT JOIN pg_timezone_names z ON z.name = p.timezone
+                     WHERE CASE WHEN t.yearly THEN substr(p.attributes #>> t.path, 6, 5) = ANY (month_days)
+                                ELSE left(p.attributes #>> t.path, 10)
+                                     BETWEEN to_char(first_day - t.shift - interval '1 day', 'YYYY-MM-DD')
+                                         AND to_char(last_day - t.shift + interval '1 day', 'YYYY-MM-DD') END) c
               CROSS JOIN LATERAL (
-                  -- This year's, last year's and next year's anniversary in local time (the window
-                  -- can straddle New Year in some zone), or the one date.
-                  SELECT engage.profile_date(p.attributes #>> t.path, y) AS day
-                    FROM generate_series(extract(year FROM earliest)::integer - 1,
-                                         extract(year FROM moment)::integer + 1) AS y
+                  -- The anniversary in each year the window touches, or the one date.
+                  SELECT engage.profile_date(c.raw_date, y) AS day
+                    FROM generate_series(extract(year FROM first_day)::integer, extract(year FROM last_day)::integer) AS y
                    WHERE t.yearly
                   UNION ALL
-                  SELECT engage.profile_date(p.attributes #>> t.path) WHERE NOT t.yearly
+                  SELECT engage.profile_date(c.raw_date) WHERE NOT t.yearly
               ) local
-             WHERE p.attributes #>> t.path IS NOT NULL AND local.day IS NOT NULL) o
+             WHERE local.day IS NOT NULL) o
      WHERE o.due > earliest AND o.due <= moment
      ORDER BY o.due, o.customer_id;
     GET DIAGNOSTICS fired = ROW_COUNT;

@@ -45,7 +45,10 @@ fn the_scheduler_worker_fires_an_inactivity_trigger_once_and_refreshes_the_rollu
         count(&mut c, "SELECT count(*) FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id WHERE t.name = 'winback'"),
         1
     );
-    assert!(count(&mut c, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until > now() - interval '5 seconds'") == 1);
+    assert!(
+        count(&mut c, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until > now() - interval '5 seconds'")
+            == 1
+    );
     // The decision and the sent message marked the customer; the scheduler's refresh cleared it.
     wait_for(
         "the scheduler to refresh the metrics rollups",
@@ -78,9 +81,10 @@ fn connections_ticking_at_the_same_moment_fire_each_occasion_once() {
     .unwrap();
     // Four connections tick together, a day further each round: 28 days of March 2026.
     in_lockstep(db, 4, 28, |tx, _, round| {
-        tx.execute("SELECT * FROM engage.tick('2026-03-01 12:00 Europe/Paris'::timestamptz + make_interval(days => $1))", &[
-            &(round as i32),
-        ])
+        tx.execute(
+            "SELECT * FROM engage.tick('2026-03-01 12:00 Europe/Paris'::timestamptz + make_interval(days => $1))",
+            &[&(round as i32)],
+        )
     });
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.decisions"), 280, "every customer, once");
     assert_eq!(count(&mut c, "SELECT count(DISTINCT customer_id) FROM engage.outbox"), 280);

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# pg_engage scheduler benchmark: how long engage.tick takes over a million profiles.
+#
+# Starts a throwaway PostgreSQL 15 cluster with the installed extension, writes BENCH_PROFILES
+# profiles (time zone, birthday, renewal date) and three purchases per profile over a year
+# (bench/tick_data.sql), and six scheduled triggers: inactivity after 30, 60 and 90 days, a
+# birthday, a renewal reminder and a p(alive) prediction. Then it times two ticks, each deciding
+# what it fires through the insert path:
+#   * a daily tick: the window is the last 24 hours (a daily pg_cron job, or a catch-up);
+#   * a minute tick: the window is the next minute (the scheduler's default interval).
+# Results go to bench/results/tick-latest.txt.
+#
+# Usage, from the repository root:   bash bench/tick.sh
+# Knobs: BENCH_PROFILES [1000000], BENCH_PORT [55493], BENCH_DIR [/tmp/pg_engage_bench_tick],
+#        PG_BIN [/usr/lib/postgresql/15/bin], BENCH_SKIP_INSTALL [0]
+set -euo pipefail
+BENCH_PROFILES="${BENCH_PROFILES:-1000000}"
+BENCH_PORT="${BENCH_PORT:-55493}"
+BENCH_DIR="${BENCH_DIR:-/tmp/pg_engage_bench_tick}"
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RESULTS="$REPO_ROOT/bench/results/tick-latest.txt"
+
+as_pg() { if [ "$(id -u)" -eq 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
+log() { printf '[tick %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+if [ "${BENCH_SKIP_INSTALL:-0}" != 1 ]; then
+    log "installing the release build"
+    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null)
+fi
+rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"
+[ "$(id -u)" -ne 0 ] || chown postgres: "$BENCH_DIR"
+as_pg "$PG_BIN/initdb" -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
+as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w \
+    -o "-p $BENCH_PORT -k $BENCH_DIR -c shared_buffers=2GB -c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB -c jit=off" start >/dev/null
+trap 'as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+psql=(as_pg "$PG_BIN/psql" -X -q -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres)
+"${psql[@]}" -c "CREATE DATABASE bench" >/dev/null
+"${psql[@]}" -d bench -c "CREATE EXTENSION pg_engage" >/dev/null
+
+log "writing $BENCH_PROFILES profiles and their purchases"
+started=$(date +%s)
+sizes=$("${psql[@]}" -d bench -At -v profiles="$BENCH_PROFILES" -f "$REPO_ROOT/bench/tick_data.sql" | tail -1)
+log "written in $(( $(date +%s) - started )) s: profiles|events = $sizes"
+
+# One tick at `moment`, after setting every trigger's progress to `from`; prints its time and
+# the occasions fired per trigger.
+tick() {
+  local label=$1 from=$2 moment=$3
+  "${psql[@]}" -d bench -c "INSERT INTO engage.tick_progress SELECT id, $from FROM engage.triggers
+                            ON CONFLICT (trigger_id) DO UPDATE SET ticked_until = excluded.ticked_until" >/dev/null
+  local out
+  out=$("${psql[@]}" -d bench -At -F' ' -c '\timing on' \
+        -c "SELECT trigger || '=' || fired FROM engage.tick($moment) ORDER BY trigger")
+  local ms fired
+  ms=$(printf '%s\n' "$out" | sed -n 's/^Time: \([0-9.]*\) ms.*/\1/p' | tail -1)
+  fired=$(printf '%s\n' "$out" | grep -v '^Time:' | paste -sd' ')
+  printf '%-52s %8.0f ms   %s\n' "$label" "$ms" "$fired"
+}
+
+{
+  echo "pg_engage scheduler benchmark, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "profiles|events = $sizes; 6 scheduled triggers; occasions fired per trigger (decided through the insert path)"
+  tick "daily tick (window: the last 24 hours)" "now() - interval '1 day'" "now()"
+  tick "minute tick (window: the next minute)" "now()" "now() + interval '1 minute'"
+  echo "decisions written: $("${psql[@]}" -d bench -At -c 'SELECT count(*) FROM engage.decisions')"
+} | tee "$RESULTS"
