@@ -10,12 +10,12 @@ INSERT INTO engage.profiles (customer_id, timezone, attributes)
 SELECT 'p' || n,
        (ARRAY['Europe/Paris', 'America/New_York', 'Asia/Tokyo', 'America/Los_Angeles', 'Europe/London',
               'Australia/Sydney'])[1 + n % 6],
-       jsonb_build_object('birthday', (date '1950-01-01' + (n * 7919 % 20000))::text,
-                          'renews_on', (current_date + (n * 31 % 60))::text)
+       jsonb_build_object('birthday', (date '1950-01-01' + (n::int8 * 7919 % 20000)::integer)::text,
+                          'renews_on', (current_date + (n::int8 * 31 % 60)::integer)::text)
   FROM generate_series(1, :profiles) n;
 
 INSERT INTO engage.events (customer_id, name, properties, occurred_at)
-SELECT 'p' || (1 + (i * 104729) % :profiles), 'purchase', jsonb_build_object('amount', 5 + i % 200),
+SELECT 'p' || (1 + (i::int8 * 104729) % :profiles), 'purchase', jsonb_build_object('amount', 5 + i % 200),
        now() - interval '365 days' + (i::float8 / (3 * :profiles)) * interval '365 days'
   FROM generate_series(1, 3 * :profiles) i;
 
