@@ -859,6 +859,26 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_local_midnight_occasion_falls_on_the_customers_date_not_the_utc_one() {
+        run(r#"SELECT engage.create_trigger('midnight', '{"anniversary": {"date": "birthday", "at": "00:30"},
+                "action": {"channel": "webhook"}}')"#);
+        run("UPDATE engage.triggers SET created_at = '2025-01-01'");
+        run(r#"SELECT engage.identify('auckland', '{"timezone": "Pacific/Auckland", "birthday": "1990-03-10"}')"#);
+        run(r#"SELECT engage.identify('honolulu', '{"timezone": "Pacific/Honolulu", "birthday": "1990-03-10"}')"#);
+        // 10 March 00:30 in Auckland (UTC+13) is still 9 March in UTC; in Honolulu (UTC-10) it is 10:30 UTC.
+        assert_eq!(tick("2026-03-09 11:29+00"), 0);
+        assert_eq!(tick("2026-03-09 11:30+00"), 1);
+        assert_eq!(tick("2026-03-10 10:29+00"), 0);
+        assert_eq!(tick("2026-03-10 10:30+00"), 1);
+        assert_eq!(decided("midnight"), "auckland@2026-03-09 11:30=fired honolulu@2026-03-10 10:30=fired");
+        assert_eq!(
+            text("SELECT string_agg(properties ->> 'occasion', ' ' ORDER BY occurred_at) FROM engage.events WHERE name = 'trigger:midnight'")
+                .as_deref(),
+            Some("2026-03-10 2026-03-10")
+        );
+    }
+
+    #[pg_test]
     fn a_profile_attribute_fires_on_the_crossing_not_while_above() {
         run(r#"SELECT engage.create_trigger('hot_lead', '{"crosses": {"profile": "lead_score", "at_least": 80},
                 "action": {"channel": "webhook"}}')"#);
