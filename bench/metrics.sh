@@ -23,22 +23,9 @@ PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RESULTS="$REPO_ROOT/bench/results/metrics-latest.txt"
 
-as_pg() { if [ "$(id -u)" -eq 0 ]; then sudo -u postgres "$@"; else "$@"; fi; }
-log() { printf '[metrics %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-if [ "${BENCH_SKIP_INSTALL:-0}" != 1 ]; then
-    log "installing the release build"
-    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_BIN/pg_config" >/dev/null)
-fi
-rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"
-[ "$(id -u)" -ne 0 ] || chown postgres: "$BENCH_DIR"
-as_pg "$PG_BIN/initdb" -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w \
-    -o "-p $BENCH_PORT -k $BENCH_DIR -c shared_buffers=2GB -c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB -c jit=off" start >/dev/null
-trap 'as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
-psql=(as_pg "$PG_BIN/psql" -X -q -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres)
-"${psql[@]}" -c "CREATE DATABASE bench" >/dev/null
-"${psql[@]}" -d bench -c "CREATE EXTENSION pg_engage" >/dev/null
+BENCH_NAME=metrics
+# shellcheck source=bench/cluster.sh
+source "$REPO_ROOT/bench/cluster.sh"
 
 log "writing $BENCH_EVENTS events and their decisions, messages and responses"
 started=$(date +%s)
