@@ -19,13 +19,28 @@ CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
 CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
     WHERE properties ? 'message_id';
 
+-- Trigger-language paths and the numbers at them, as SQL reads them (goals, crossings).
+CREATE FUNCTION engage.json_path(path text) RETURNS text[]
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT string_to_array(regexp_replace(path, '^\$\.', ''), '.')
+$$;
+COMMENT ON FUNCTION engage.json_path(text) IS
+    'A trigger-language path ("plan.renews_on" or "$.plan.renews_on") as a text[] for #> and #>>.';
+
+CREATE FUNCTION engage.json_number(document jsonb, path text[]) RETURNS numeric
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(document #> path) = 'number' THEN (document #>> path)::numeric END
+$$;
+COMMENT ON FUNCTION engage.json_number(jsonb, text[]) IS
+    'The number at a path of a JSON document; NULL when absent or not a number.';
+
 -- Goals, read out of the definitions once per query.
 CREATE VIEW engage.trigger_goals AS
 SELECT t.id AS trigger_id,
        t.name AS trigger,
        t.definition -> 'goal' ->> 'event' AS goal_event,
        engage.duration(t.definition -> 'goal' ->> 'within') AS within,
-       string_to_array(regexp_replace(t.definition -> 'goal' ->> 'value', '^\$\.', ''), '.') AS value_path
+       engage.json_path(t.definition -> 'goal' ->> 'value') AS value_path
   FROM engage.triggers t
  WHERE t.definition ? 'goal';
 COMMENT ON VIEW engage.trigger_goals IS
@@ -225,8 +240,7 @@ RETURNS TABLE (
 )
 LANGUAGE sql STABLE AS $$
     SELECT g.id, g.customer_id, g.occurred_at,
-           CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
-                THEN (g.properties #>> tg.value_path)::numeric ELSE 0 END,
+           coalesce(engage.json_number(g.properties, tg.value_path), 0),
            m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
            row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC),
            row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
@@ -258,8 +272,7 @@ LANGUAGE sql STABLE AS $$
       JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
       CROSS JOIN LATERAL (
           SELECT count(*) AS conversions,
-                 coalesce(sum(CASE WHEN jsonb_typeof(g.properties #> tg.value_path) = 'number'
-                                   THEN (g.properties #>> tg.value_path)::numeric END), 0) AS revenue
+                 coalesce(sum(engage.json_number(g.properties, tg.value_path)), 0) AS revenue
             FROM engage.events g
            WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
              AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within

@@ -20,14 +20,6 @@ CREATE TABLE engage.tick_progress (
 COMMENT ON TABLE engage.tick_progress IS
     'Per scheduled trigger: the instant up to which engage.tick has fired it. The next tick covers (ticked_until, moment].';
 
--- A trigger's scheduled kind as it reads in SQL: a profile or property path as text[].
-CREATE FUNCTION engage.json_path(path text) RETURNS text[]
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT string_to_array(regexp_replace(path, '^\$\.', ''), '.')
-$$;
-COMMENT ON FUNCTION engage.json_path(text) IS
-    'A trigger-language path ("plan.renews_on" or "$.plan.renews_on") as a text[] for #> and #>>.';
-
 -- The local calendar date of a profile attribute ("YYYY-MM-DD", optionally followed by a time),
 -- moved into `year` when given: the 29th of February becomes the 28th in other years, and a day
 -- past the end of its month is clamped. NULL when the attribute is not such a date.
@@ -244,10 +236,8 @@ BEGIN
           FROM (SELECT n.customer_id, t.name, t.definition -> 'crosses' ->> 'profile' AS attribute,
                        coalesce(t.definition -> 'crosses' -> 'at_least', t.definition -> 'crosses' -> 'below') AS level,
                        t.definition -> 'crosses' ? 'at_least' AS upward,
-                       CASE WHEN jsonb_typeof(o.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
-                            THEN (o.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric END AS before,
-                       CASE WHEN jsonb_typeof(n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
-                            THEN (n.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric END AS after
+                       engage.json_number(o.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile')) AS before,
+                       engage.json_number(n.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile')) AS after
                   FROM new_rows n
                   JOIN old_rows o ON o.customer_id = n.customer_id
                   JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile') c
@@ -263,8 +253,7 @@ BEGIN
                now()
           FROM new_rows n
           JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile' AND t.definition -> 'crosses' ? 'at_least'
-         WHERE jsonb_typeof(n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')) = 'number'
-           AND (n.attributes #>> engage.json_path(t.definition -> 'crosses' ->> 'profile'))::numeric
+         WHERE engage.json_number(n.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile'))
                >= (t.definition -> 'crosses' ->> 'at_least')::numeric
          ORDER BY n.customer_id, t.name;
     END IF;
@@ -302,11 +291,10 @@ BEGIN
              WHERE t.enabled AND t.definition -> 'crosses' ? 'event') c
       JOIN engage.events n ON n.id = ANY (event_ids) AND n.name = c.event
       CROSS JOIN LATERAL (
-          SELECT coalesce(sum(v.value) FILTER (WHERE (e.occurred_at, e.id) < (n.occurred_at, n.id)), 0) AS before,
-                 coalesce(sum(v.value), 0) AS after
+          SELECT coalesce(sum(engage.json_number(e.properties, c.path))
+                              FILTER (WHERE (e.occurred_at, e.id) < (n.occurred_at, n.id)), 0) AS before,
+                 coalesce(sum(engage.json_number(e.properties, c.path)), 0) AS after
             FROM engage.events e
-            CROSS JOIN LATERAL (SELECT CASE WHEN jsonb_typeof(e.properties #> c.path) = 'number'
-                                            THEN (e.properties #>> c.path)::numeric END AS value) v
            WHERE e.customer_id = n.customer_id AND e.name = c.event
              AND e.occurred_at > n.occurred_at - c.within AND e.occurred_at <= n.occurred_at
              AND (e.occurred_at, e.id) <= (n.occurred_at, n.id)
