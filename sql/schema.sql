@@ -69,7 +69,7 @@ CREATE TABLE engage.decisions (
     occurred_at     timestamptz NOT NULL,
     decided_at      timestamptz NOT NULL DEFAULT now(),
     outcome         text        COLLATE "C" NOT NULL CHECK (outcome IN ('fired', 'held_out', 'suppressed')),
-    reason          text        CHECK (reason IN ('cap', 'conflict', 'frequency', 'consent', 'suppression')),
+    reason          text        CHECK (reason IN ('cap', 'conflict', 'frequency', 'consent', 'suppression', 'reentry')),
     variant         text,
     -- customer_id and occurred_at are those of the event, so the key is unique per
     -- (event_id, trigger_id): nothing is decided twice. Its order serves the insert path's
@@ -80,7 +80,7 @@ CREATE TABLE engage.decisions (
 COMMENT ON TABLE engage.decisions IS
     'One row per (event, matching trigger): fired, held_out (control group: would have fired, not sent), or suppressed and why. The primary key means nothing is decided twice.';
 COMMENT ON COLUMN engage.decisions.reason IS
-    'Why it was suppressed: cap (the trigger''s own cap), conflict (a higher-priority trigger won), frequency (a cap across triggers, engage.frequency_caps), consent (opted out of every channel the action could use), suppression (on engage.suppressions).';
+    'Why it was suppressed: cap (the trigger''s own cap, or its reentry once/once_per), conflict (a higher-priority trigger won), frequency (a cap across triggers, engage.frequency_caps), consent (opted out of every channel the action could use), suppression (on engage.suppressions), reentry (the customer is still in this journey).';
 COMMENT ON COLUMN engage.decisions.variant IS 'The experiment variant the customer was assigned (stable per customer and trigger), when the trigger has variants.';
 
 CREATE TABLE engage.outbox (
@@ -95,8 +95,9 @@ CREATE TABLE engage.outbox (
     scheduled_at timestamptz NOT NULL,
     cancel_on   jsonb,
     cancelled_by bigint,
-    category    text        NOT NULL DEFAULT 'marketing' CHECK (category IN ('marketing', 'transactional')),
+    category    text        NOT NULL DEFAULT 'marketing' CHECK (category IN ('marketing', 'transactional', 'escalation')),
     variant     text,
+    step        integer     NOT NULL DEFAULT 0,
     status      text        NOT NULL DEFAULT 'pending'
                             CHECK (status IN ('pending', 'claimed', 'sent', 'dead', 'cancelled', 'suppressed')),
     reason      text,
@@ -120,12 +121,25 @@ COMMENT ON COLUMN engage.outbox.cancel_on IS
 COMMENT ON COLUMN engage.outbox.cancelled_by IS 'The event that cancelled this message.';
 COMMENT ON COLUMN engage.outbox.reason IS
     'Why a cancelled or suppressed message was not sent: cancel_on, conflict (superseded by a higher-priority trigger), or, at send time, consent, suppression or frequency.';
-COMMENT ON COLUMN engage.outbox.category IS 'marketing (consent, frequency caps, conflicts and quiet hours apply) or transactional (they do not).';
+COMMENT ON COLUMN engage.outbox.category IS 'marketing (consent, frequency caps, conflicts and quiet hours apply), transactional (they do not), or escalation (a message about the customer to a team, see engage.escalations: none of them, nor the suppression list, apply).';
+COMMENT ON COLUMN engage.outbox.step IS 'For a journey (a trigger with steps): which step, from 0. Every step is queued when the customer enters.';
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
 -- ... and per customer, so a customer's messages go out in scheduled order, one at a time.
 CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, scheduled_at, id) WHERE status IN ('pending', 'claimed');
+
+CREATE TABLE engage.escalations (
+    event_id    bigint      NOT NULL,
+    trigger_id  integer     NOT NULL,
+    customer_id text        COLLATE "C" NOT NULL,
+    outbox_id   bigint      NOT NULL,
+    decided_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (event_id, trigger_id)
+);
+COMMENT ON TABLE engage.escalations IS
+    'Escalation decisions: a trigger''s "escalate" condition held for a match (one that its own cap did not suppress), so a message to a team was queued (outbox_id) besides the customer''s own decision.';
+SELECT pg_catalog.pg_extension_config_dump('engage.escalations', '');
 
 CREATE TABLE engage.messages (
     outbox_id   bigint      PRIMARY KEY,

@@ -990,4 +990,250 @@ mod tests {
         assert_eq!(tick("2026-01-08 06:00+00"), 0, "just bought: alive");
         assert_eq!(tick("2027-06-01 06:00+00"), 2, "a year and a half later, steady has slipped too");
     }
+
+    // Patterns, journeys, escalation (issue 4) ---------------------------------------------------
+
+    /// Decisions as "event name@HH:MI=outcome", in event order.
+    fn outcomes_of(trigger: &str) -> String {
+        text(&format!(
+            "SELECT string_agg(e.name || '@' || to_char(e.occurred_at AT TIME ZONE 'UTC', 'DD HH24:MI') || '=' || coalesce(d.reason, d.outcome),
+                               ',' ORDER BY e.occurred_at, e.id)
+               FROM engage.decisions d JOIN engage.events e ON e.id = d.event_id
+               JOIN engage.triggers t ON t.id = d.trigger_id WHERE t.name = '{trigger}'"
+        ))
+        .unwrap_or_default()
+    }
+
+    fn event(customer: &str, name: &str, properties: &str, at: &str) {
+        run(&format!(
+            "INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES ('{customer}', '{name}', '{properties}', '{at}')"
+        ));
+    }
+
+    #[pg_test]
+    fn browse_abandonment_fires_at_the_third_view_of_one_sku_in_a_week_unless_it_was_bought() {
+        run(r#"SELECT engage.create_trigger('browse', '{
+                "pattern": {"count": {"event": "product_view", "at_least": 3}, "within": "7d", "same": ["sku"],
+                            "unless": [{"event": "purchase"}]},
+                "action": {"channel": "webhook"}}')"#);
+        let view = |c: &str, sku: &str, at: &str| event(c, "product_view", &format!(r#"{{"sku": "{sku}"}}"#), at);
+        // ann: three views of sku a, the third exactly seven days after the first (inclusive edge).
+        view("ann", "a", "2026-03-01 10:00+00");
+        view("ann", "b", "2026-03-02 10:00+00");
+        view("ann", "a", "2026-03-05 10:00+00");
+        view("ann", "a", "2026-03-08 10:00+00");
+        view("ann", "a", "2026-03-08 10:00+00"); // a fourth at the same moment: complete before it
+                                                 // ben: the first view is one microsecond too old.
+        view("ben", "a", "2026-03-01 10:00+00");
+        view("ben", "a", "2026-03-05 10:00+00");
+        view("ben", "a", "2026-03-08 10:00:00.000001+00");
+        // cat: bought sku a in between.
+        view("cat", "a", "2026-03-01 10:00+00");
+        event("cat", "purchase", r#"{"sku": "a"}"#, "2026-03-02 10:00+00");
+        view("cat", "a", "2026-03-03 10:00+00");
+        view("cat", "a", "2026-03-04 10:00+00");
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || outcome, ',') FROM engage.decisions").as_deref(),
+            Some("ann:fired")
+        );
+        assert_eq!(outcomes_of("browse"), "product_view@08 10:00=fired");
+    }
+
+    #[pg_test]
+    fn at_most_fires_at_a_rare_event() {
+        run(r#"SELECT engage.create_trigger('back', '{
+                "pattern": {"count": {"event": "login", "at_most": 1}, "within": "30d"}, "action": {"channel": "webhook"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+             ('c', 'login', '2026-01-01'), ('c', 'login', '2026-01-05'), ('c', 'login', '2026-02-10')");
+        assert_eq!(outcomes_of("back"), "login@01 00:00=fired,login@10 00:00=fired");
+    }
+
+    #[pg_test]
+    fn all_of_and_any_of_fire_when_the_combination_completes() {
+        run(r#"SELECT engage.create_trigger('both', '{
+                "pattern": {"all_of": [{"event": "pricing_viewed"}, {"event": "demo_booked", "where": {"property": "size", "gte": 50}}],
+                            "within": "1d"}, "action": {"channel": "webhook"}}')"#);
+        run(r#"SELECT engage.create_trigger('either', '{
+                "pattern": {"any_of": [{"event": "pricing_viewed"}, {"event": "demo_booked"}], "within": "1d"},
+                "category": "transactional", "action": {"channel": "webhook"}}')"#);
+        event("c", "demo_booked", r#"{"size": 10}"#, "2026-01-01 09:00+00");
+        event("c", "pricing_viewed", "{}", "2026-01-01 10:00+00");
+        event("c", "demo_booked", r#"{"size": 80}"#, "2026-01-01 11:00+00");
+        event("c", "pricing_viewed", "{}", "2026-01-01 12:00+00");
+        event("c", "pricing_viewed", "{}", "2026-01-03 12:00+00");
+        assert_eq!(outcomes_of("both"), "demo_booked@01 11:00=fired");
+        // 'either' is transactional so that the two triggers do not conflict with each other.
+        assert_eq!(outcomes_of("either"), "demo_booked@01 09:00=fired,pricing_viewed@03 12:00=fired");
+    }
+
+    #[pg_test]
+    fn a_sequence_not_followed_by_a_purchase_waits_and_is_cancelled_by_one() {
+        run(r#"SELECT engage.create_trigger('checkout', '{
+                "pattern": {"sequence": [{"event": "cart"}, {"event": "checkout_started"}], "within": "1h", "same": ["cart_id"],
+                            "not_followed_by": {"event": "order", "within": "30m", "same": ["cart_id"]}},
+                "action": {"channel": "webhook"}}')"#);
+        // Out of order within the sequence: no fire. In order: fires, due 30 minutes later.
+        // c: cart 1's steps come in the wrong order, then 65 minutes apart (out of the window);
+        // cart 2 completes. d completes too.
+        event("c", "checkout_started", r#"{"cart_id": 1}"#, "2026-01-01 10:00+00");
+        event("c", "cart", r#"{"cart_id": 1}"#, "2026-01-01 10:05+00");
+        event("c", "cart", r#"{"cart_id": 2}"#, "2026-01-01 11:00+00");
+        event("c", "checkout_started", r#"{"cart_id": 1}"#, "2026-01-01 11:10+00");
+        event("c", "checkout_started", r#"{"cart_id": 2}"#, "2026-01-01 11:20+00");
+        event("d", "cart", r#"{"cart_id": 3}"#, "2026-01-01 11:00+00");
+        event("d", "checkout_started", r#"{"cart_id": 3}"#, "2026-01-01 11:10+00");
+        assert_eq!(outcomes_of("checkout"), "checkout_started@01 11:10=fired,checkout_started@01 11:20=fired");
+        // Not followed by: c orders cart 2 within 30 minutes (cancelled); d orders another cart.
+        event("c", "order", r#"{"cart_id": 2}"#, "2026-01-01 11:49+00");
+        event("d", "order", r#"{"cart_id": 9}"#, "2026-01-01 11:20+00");
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || status || ':' || to_char(due_at AT TIME ZONE 'UTC', 'HH24:MI'), ',' ORDER BY customer_id)
+                    FROM engage.outbox").as_deref(),
+            Some("c:cancelled:11:50,d:pending:11:40")
+        );
+    }
+
+    #[pg_test]
+    fn a_late_event_completes_the_pattern_at_the_stored_event_it_now_precedes() {
+        run(r#"SELECT engage.create_trigger('three', '{
+                "pattern": {"count": {"event": "view", "at_least": 3}, "within": "1d"}, "action": {"channel": "webhook"}}')"#);
+        event("c", "view", "{}", "2026-01-01 10:00+00");
+        event("c", "view", "{}", "2026-01-01 12:00+00");
+        assert_eq!(outcomes_of("three"), "");
+        // 11:00 arrives last: in event order the third view is the one at 12:00.
+        event("c", "view", "{}", "2026-01-01 11:00+00");
+        assert_eq!(outcomes_of("three"), "view@01 12:00=fired");
+        // 09:00 arrives later still: the crossing is now at 11:00, which is decided too; the
+        // 12:00 decision stands (nothing is taken back), and nothing is decided twice.
+        event("c", "view", "{}", "2026-01-01 09:00+00");
+        assert_eq!(outcomes_of("three"), "view@01 11:00=fired,view@01 12:00=fired");
+        // 09:30: in event order the third view is now the stored one at 10:00.
+        event("c", "view", "{}", "2026-01-01 09:30+00");
+        assert_eq!(outcomes_of("three"), "view@01 10:00=fired,view@01 11:00=fired,view@01 12:00=fired");
+    }
+
+    #[pg_test]
+    fn replaying_a_history_in_one_statement_decides_as_live_arrival_in_event_order() {
+        run(r#"SELECT engage.create_trigger('seq', '{
+                "pattern": {"sequence": [{"event": "a"}, {"event": "b"}, {"event": "c"}], "within": "3h",
+                            "unless": [{"event": "x"}]}, "category": "transactional", "action": {"channel": "webhook"}}')"#);
+        run(r#"SELECT engage.create_trigger('pair', '{
+                "pattern": {"count": {"event": "b", "at_least": 2}, "within": "2h"}, "category": "transactional",
+                "action": {"channel": "webhook"}}')"#);
+        let history = [
+            ("a", "00:00"),
+            ("b", "00:30"),
+            ("b", "01:00"),
+            ("c", "01:30"),
+            ("c", "02:00"),
+            ("x", "02:10"),
+            ("a", "02:20"),
+            ("b", "02:40"),
+            ("c", "03:00"),
+            ("a", "05:30"),
+            ("b", "06:00"),
+            ("b", "06:00"),
+            ("c", "06:30"),
+            ("b", "09:00"),
+        ];
+        for (name, at) in history {
+            event("live", name, "{}", &format!("2026-01-01 {at}+00"));
+        }
+        // The same history in one statement, rows in reverse order.
+        let rows: Vec<String> =
+            history.iter().rev().map(|(n, at)| format!("('replay', '{n}', '2026-01-01 {at}+00')")).collect();
+        run(&format!("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES {}", rows.join(", ")));
+        let of = |c: &str| {
+            text(&format!(
+                "SELECT string_agg(t.name || ':' || e.name || '@' || to_char(e.occurred_at AT TIME ZONE 'UTC', 'HH24:MI'), ','
+                                   ORDER BY e.occurred_at, t.name)
+                   FROM engage.decisions d JOIN engage.events e ON e.id = d.event_id JOIN engage.triggers t ON t.id = d.trigger_id
+                  WHERE d.customer_id = '{c}'"
+            ))
+        };
+        assert_eq!(of("live"), of("replay"));
+        // a 00:00, b 00:30, c 01:30 completes; the x at 02:10 blocks the window of 03:00;
+        // a 05:30, b 06:00, c 06:30 completes again. Pairs of b: 01:00 and 06:00 (the second
+        // 06:00 is already complete) and 02:40 (01:00 and 02:40 are 100 minutes apart).
+        assert_eq!(of("live").as_deref(), Some("pair:b@01:00,seq:c@01:30,pair:b@02:40,pair:b@06:00,seq:c@06:30"));
+    }
+
+    #[pg_test]
+    fn a_late_trigger_event_is_cancelled_by_the_cancelling_event_stored_before_it() {
+        run(r#"SELECT engage.create_trigger('abandoned', '{"event": "cart", "wait": "2h",
+                "cancel_on": [{"event": "order", "same": ["cart_id"]}], "action": {"channel": "webhook"}}')"#);
+        event("c", "order", r#"{"cart_id": 1}"#, "2026-01-01 10:30+00");
+        event("c", "order", r#"{"cart_id": 2}"#, "2026-01-01 09:00+00");
+        event("c", "cart", r#"{"cart_id": 1}"#, "2026-01-01 10:00+00");
+        event("c", "cart", r#"{"cart_id": 2}"#, "2026-01-01 10:00+00");
+        assert_eq!(
+            text("SELECT string_agg(o.payload::text || o.status || coalesce(':' || (e.properties ->> 'cart_id'), ''), ',' ORDER BY o.id)
+                    FROM engage.outbox o LEFT JOIN engage.events e ON e.id = o.cancelled_by").as_deref(),
+            // cart 1: its order (10:30) is stored already and falls in the wait; cart 2's order
+            // came before the cart (09:00), so it does not cancel it.
+            Some("{}cancelled:1,{}pending")
+        );
+    }
+
+    #[pg_test]
+    fn a_welcome_series_queues_its_steps_exits_on_purchase_and_is_entered_once_at_a_time() {
+        run(r#"SELECT engage.create_trigger('welcome', '{"event": "signed_up",
+                "steps": [{"action": {"channel": "email", "template": "welcome"}},
+                          {"wait": "2d", "action": {"channel": "email", "template": "tips"}, "cancel_on": [{"event": "tips_read"}]},
+                          {"wait": "5d", "action": {"channel": "webhook", "payload": {"offer": 10}}}],
+                "exit": [{"event": "purchase"}]}')"#);
+        let outbox = || {
+            text("SELECT string_agg(step || ':' || channel || ':' || to_char(due_at AT TIME ZONE 'UTC', 'DD') || ':' || status, ',' ORDER BY id)
+                    FROM engage.outbox")
+            .unwrap_or_default()
+        };
+        event("c", "signed_up", "{}", "2026-01-01 10:00+00");
+        assert_eq!(outbox(), "0:email:01:pending,1:email:03:pending,2:webhook:06:pending");
+        // A second sign-up while the journey is open does not enter.
+        event("c", "signed_up", "{}", "2026-01-02 10:00+00");
+        assert_eq!(outcomes_of("welcome"), "signed_up@01 10:00=fired,signed_up@02 10:00=reentry");
+        // The purchase on day 4 exits: the day-6 step is cancelled; the day-3 step was due before.
+        event("c", "purchase", "{}", "2026-01-04 10:00+00");
+        assert_eq!(outbox(), "0:email:01:pending,1:email:03:pending,2:webhook:06:cancelled");
+        // Once the open steps are sent, the customer may enter again.
+        run("UPDATE engage.outbox SET status = 'sent' WHERE status = 'pending'");
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+             ('c', 'signed_up', '2026-02-01 10:00+00'), ('c', 'signed_up', '2026-02-01 11:00+00')");
+        assert_eq!(
+            outcomes_of("welcome"),
+            "signed_up@01 10:00=fired,signed_up@02 10:00=reentry,signed_up@01 10:00=fired,signed_up@01 11:00=reentry"
+        );
+        assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 3);
+    }
+
+    #[pg_test]
+    fn reentry_once_lets_a_customer_in_a_single_time() {
+        run(r#"SELECT engage.create_trigger('first_order', '{"event": "order", "reentry": "once",
+                "action": {"channel": "webhook"}}')"#);
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c', 'order', '2026-01-01'), ('c', 'order', '2027-06-01')");
+        event("c", "order", "{}", "2030-01-01 00:00+00");
+        assert_eq!(outcomes_of("first_order"), "order@01 00:00=fired,order@01 00:00=cap,order@01 00:00=cap");
+    }
+
+    #[pg_test]
+    fn an_escalation_is_its_own_decision_and_message_to_the_team() {
+        run(r#"SELECT engage.create_trigger('big_cart', '{"event": "cart", "wait": "1h",
+                "action": {"channel": "email", "template": "cart"},
+                "escalate": {"when": {"property": "value", "gte": 1000}, "action": {"channel": "webhook", "payload": {"team": "sales"}}}}')"#);
+        run("SELECT engage.unsubscribe('vip')");
+        run(r#"INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES
+               ('vip', 'cart', '{"value": 5000}', '2026-01-01 10:00+00'),
+               ('small', 'cart', '{"value": 10}', '2026-01-01 10:00+00')"#);
+        // vip opted out of marketing: no email, but the sales team still hears of the cart.
+        assert_eq!(
+            text("SELECT string_agg(customer_id || ':' || coalesce(reason, outcome), ',' ORDER BY customer_id) FROM engage.decisions").as_deref(),
+            Some("small:fired,vip:consent")
+        );
+        assert_eq!(
+            text("SELECT string_agg(o.customer_id || ':' || o.category || ':' || o.channel || ':' || o.payload::text
+                                    || ':' || (x.outbox_id IS NOT NULL) || ':' || (o.due_at = '2026-01-01 10:00+00'), ',' ORDER BY o.id)
+                    FROM engage.outbox o LEFT JOIN engage.escalations x ON x.outbox_id = o.id").as_deref(),
+            Some(r#"vip:escalation:webhook:{"team": "sales"}:true:true,small:marketing:email:{}:false:false"#)
+        );
+    }
 }

@@ -196,8 +196,8 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload::text, c.trigger_id
        p.attributes::text, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent::text,
        ch.config::text, coalesce(s.secrets, '{}')::text, ch.enabled, ch.rate_limit_per_second::float8,
        p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS'),
-       c.category = 'transactional', coalesce(ch.requires_opt_in, false), cardinality(c.fallback) > 0,
-       EXISTS (SELECT 1 FROM engage.suppressions x
+       c.category <> 'marketing', coalesce(ch.requires_opt_in, false), cardinality(c.fallback) > 0,
+       c.category <> 'escalation' AND EXISTS (SELECT 1 FROM engage.suppressions x
                 WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)),
        CASE WHEN c.category = 'marketing' THEN
          (SELECT format('frequency cap: %s messages per %s%s', f.max_messages, f.per, ' on ' || f.channel)
@@ -300,6 +300,7 @@ struct Claimed {
     rate: Option<f64>,
     timezone: Option<String>,
     quiet: Option<QuietHours>,
+    /// Not a marketing message (transactional or escalation): consent, quiet hours and frequency caps do not apply.
     transactional: bool,
     requires_opt_in: bool,
     has_fallback: bool,

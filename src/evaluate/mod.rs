@@ -8,12 +8,14 @@
 
 mod history;
 mod lock;
+mod pattern;
 mod probe;
 pub mod rules;
 mod store;
 mod transition;
 
 use crate::policy::{self, quiet_hours, Candidate, Outcome};
+use crate::rule::journey::Reentry;
 use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
 use crate::rule::{Action, Category, Channel, ChannelChoice, Facts};
 use pgrx::prelude::*;
@@ -66,6 +68,16 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     let mut marked: Vec<String> = Vec::new();
     // Events whose windowed sum a "crosses" trigger watches.
     let mut summed: Vec<i64> = Vec::new();
+    // Events that can complete some pattern trigger's pattern.
+    let mut pattern_inputs: Vec<pattern::Input> = Vec::new();
+    let mut intern = |customers: &mut Vec<String>, id: &str| match customer_index.get(id) {
+        Some(&i) => i,
+        None => {
+            customers.push(id.to_string());
+            customer_index.insert(id.to_string(), customers.len() - 1);
+            customers.len() - 1
+        }
+    };
     transition::for_each_event(data, |row| {
         if rules.marks_metrics(row.name) {
             marked.push(row.customer_id.to_string());
@@ -80,20 +92,23 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             cancels.occurred_at.push(store::timestamptz(row.occurred_at));
             cancels.properties.push(row.properties().to_string());
         }
+        let patterns = rules.patterns_completed_by(row.name);
+        if !patterns.is_empty() {
+            let customer = intern(&mut customers, row.customer_id);
+            pattern_inputs.push(pattern::Input {
+                id: row.id,
+                customer,
+                occurred_at: row.occurred_at,
+                rules: patterns.to_vec(),
+            });
+        }
         let candidates = rules.for_event(row.name);
         if candidates.is_empty() {
             return;
         }
         let properties =
             if candidates.iter().any(|&r| rules.rules[r].uses_properties) { row.properties() } else { null.clone() };
-        let customer = match customer_index.get(row.customer_id) {
-            Some(&i) => i,
-            None => {
-                customers.push(row.customer_id.to_string());
-                customer_index.insert(row.customer_id.to_string(), customers.len() - 1);
-                customers.len() - 1
-            }
-        };
+        let customer = intern(&mut customers, row.customer_id);
         let event = events.len();
         events.push(Pending { id: row.id, customer, occurred_at: row.occurred_at, properties });
         let facts = Facts {
@@ -110,6 +125,27 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             }
         }
     });
+
+    if !pattern_inputs.is_empty() {
+        // Every customer of the statement that may be decided for, locked at once (in slot order,
+        // so no deadlock), before their histories are read.
+        lock::lock_customers(customers.iter().map(String::as_str));
+        let mut completed = Vec::new();
+        pattern::anchors(rules, &pattern_inputs, &customers, &mut events, &mut completed);
+        for (e, r) in completed {
+            let event = &events[e];
+            let facts = Facts {
+                properties: &event.properties,
+                profile: &null,
+                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
+            };
+            if rules.rules[r].uses_profile {
+                needs_profile.push((e, r));
+            } else if rules.rules[r].definition.matches(&facts) {
+                matched.push((e, r));
+            }
+        }
+    }
 
     if !matched.is_empty() || !needs_profile.is_empty() {
         // One look-up for every customer with a match: profile rules, consent, suppression,
@@ -209,6 +245,9 @@ fn decide_and_write(
     lock::lock_customers(candidates.iter().map(|c| customers[c.customer].as_str()));
     let holdouts: Vec<bool> = matched.iter().map(|&(_, r)| rules.rules[r].definition.holdout > 0.0).collect();
     history::count_prior_fired(&mut candidates, customers, &holdouts);
+    let after_finish: Vec<bool> =
+        matched.iter().map(|&(_, r)| rules.rules[r].definition.reentry == Reentry::AfterFinish).collect();
+    history::block_reentry(&mut candidates, customers, &after_finish);
     let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
     let mut history = history::read(&candidates, customers, rules, conflict_window);
 
@@ -286,6 +325,28 @@ fn decide_and_write(
     for (((&(e, r), candidate), outcome), plan) in matched.iter().zip(&candidates).zip(outcomes).zip(&plans) {
         let rule = &rules.rules[r];
         let customer_id = customers[candidate.customer].as_str();
+        let profile = profiles.get(customer_id).unwrap_or(&no_profile);
+        if let Some(escalation) = &rule.definition.escalate {
+            let facts = Facts {
+                properties: &events[e].properties,
+                profile: &profile.attributes,
+                occurred_at: events[e].occurred_at + PG_EPOCH_OFFSET_MICROS,
+            };
+            // A team hears of every match its trigger's own cap lets through, whatever the
+            // customer's consent or the other policies say about messaging the customer.
+            if outcome != Outcome::Suppressed(policy::Reason::Cap)
+                && escalation.when.as_ref().is_none_or(|w| w.holds(&facts))
+            {
+                outbox.push(candidate.event_id, rule.id, customer_id, Channel::Webhook.as_str(), String::new());
+                outbox.template.push(None);
+                outbox.payload.push(&escalation.action.payload);
+                outbox.due_at.push(store::timestamptz(events[e].occurred_at));
+                outbox.cancel_on.push(None);
+                outbox.category.push("escalation");
+                outbox.variant.push(None);
+                outbox.step.push(0);
+            }
+        }
         decisions.event_id.push(candidate.event_id);
         decisions.trigger_id.push(rule.id);
         decisions.trigger_version.push(rule.version);
@@ -300,17 +361,40 @@ fn decide_and_write(
                 decisions.outcome.push("fired");
                 decisions.reason.push(None);
                 let Ok((channel, fallback)) = &plan.channel else { continue };
-                outbox.event_id.push(candidate.event_id);
-                outbox.trigger_id.push(rule.id);
-                outbox.customer_id.push(customer_id);
-                outbox.channel.push(channel.as_str());
-                outbox.fallback.push(fallback.clone());
+                outbox.push(candidate.event_id, rule.id, customer_id, channel.as_str(), fallback.clone());
                 outbox.template.push(plan.action.template.as_deref());
                 outbox.payload.push(&plan.action.payload);
                 outbox.due_at.push(store::timestamptz(plan.send_at));
-                outbox.cancel_on.push(cancel_conditions(&rule.definition, &events[e].properties));
+                outbox.cancel_on.push(cancel_conditions(&rule.definition.cancel_on, &events[e].properties));
                 outbox.category.push(rule.definition.category.as_str());
                 outbox.variant.push(plan.variant);
+                outbox.step.push(0);
+                // A journey's later steps are queued now too, each to be cancelled by its own
+                // conditions and the exit; the deliverer checks consent and caps again when each
+                // is due.
+                for (k, step) in rule.definition.later_steps.iter().enumerate() {
+                    let (routed, send_at) = route(
+                        rules,
+                        &step.action,
+                        step.wait_micros,
+                        rule.definition.category,
+                        profile,
+                        &events[e],
+                        &default_zone,
+                    );
+                    let (channel, fallback) = routed.unwrap_or_else(|_| {
+                        let (first, rest) = choose_channel(&step.action, profile.preferred_channel.as_deref());
+                        (first, rest.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","))
+                    });
+                    outbox.push(candidate.event_id, rule.id, customer_id, channel.as_str(), fallback);
+                    outbox.template.push(step.action.template.as_deref());
+                    outbox.payload.push(&step.action.payload);
+                    outbox.due_at.push(store::timestamptz(send_at));
+                    outbox.cancel_on.push(cancel_conditions(&step.cancel_on, &events[e].properties));
+                    outbox.category.push(rule.definition.category.as_str());
+                    outbox.variant.push(None);
+                    outbox.step.push(k as i32 + 1);
+                }
             }
             Outcome::HeldOut => {
                 decisions.outcome.push("held_out");
@@ -323,16 +407,24 @@ fn decide_and_write(
         }
     }
     let queued = !outbox.event_id.is_empty();
+    // Messages that wait for a cancelling event, checked against the events already stored.
+    let (waiting_events, waiting_customers): (Vec<i64>, Vec<&str>) = outbox
+        .cancel_on
+        .iter()
+        .zip(outbox.event_id.iter().zip(&outbox.customer_id))
+        .filter(|(c, _)| c.is_some())
+        .map(|(_, (&e, &c))| (e, c))
+        .unzip();
     store::write(decisions, outbox);
+    if !waiting_events.is_empty() {
+        store::cancel_stored(waiting_events, waiting_customers);
+    }
     if queued {
         crate::deliver::wake_after_commit();
     }
 }
 
-/// Plans one match: draws its variant, picks the first channel the customer may receive on
-/// (preferred channel, then fallbacks; skipping suppressed channels and, for marketing, channels
-/// without consent), and sets its send time: the event time plus the wait, moved to the end of the
-/// customer's local quiet hours on that channel for marketing messages.
+/// Plans one match: draws its variant, then routes the variant's (or the trigger's) action.
 fn plan<'r>(
     rules: &'r rules::RuleSet,
     rule: &'r rules::CompiledRule,
@@ -349,7 +441,24 @@ fn plan<'r>(
         let v = &definition.variants[policy::variant_index(&rule.name, customer_id, &weights)];
         (Some(v.name.as_str()), &v.action, v.wait_micros)
     };
-    let marketing = definition.category == Category::Marketing;
+    let (channel, send_at) = route(rules, action, wait, definition.category, profile, event, default_zone);
+    Plan { variant, action, channel, send_at }
+}
+
+/// Routes one action: the first channel the customer may receive it on (preferred channel, then
+/// fallbacks; skipping suppressed channels and, for marketing, channels without consent) with the
+/// fallbacks left after it, or why there is none; and its send time, the event time plus the wait,
+/// moved to the end of the customer's local quiet hours on that channel for marketing messages.
+fn route(
+    rules: &rules::RuleSet,
+    action: &Action,
+    wait: i64,
+    category: Category,
+    profile: &store::Profile,
+    event: &Pending,
+    default_zone: &str,
+) -> (Result<(Channel, String), policy::Reason>, i64) {
+    let marketing = category == Category::Marketing;
     let (first, fallback) = choose_channel(action, profile.preferred_channel.as_deref());
     let options = std::iter::once(first).chain(fallback.iter().copied());
     let mut blocked = None;
@@ -389,18 +498,17 @@ fn plan<'r>(
             }
         }
     }
-    Plan { variant, action, channel: channel.ok_or(blocked.unwrap_or(policy::Reason::Consent)), send_at }
+    (channel.ok_or(blocked.unwrap_or(policy::Reason::Consent)), send_at)
 }
 
 /// The outbox row's cancel conditions: per cancel_on entry, the event name and, under `same`, the
 /// triggering event's values at the correlated paths as a nested object, so that a cancelling
 /// event matches when its properties contain it (`@>`).
-fn cancel_conditions(definition: &crate::rule::Definition, properties: &serde_json::Value) -> Option<String> {
-    if definition.cancel_on.is_empty() {
+fn cancel_conditions(cancel_on: &[crate::rule::CancelOn], properties: &serde_json::Value) -> Option<String> {
+    if cancel_on.is_empty() {
         return None;
     }
-    let conditions: Vec<serde_json::Value> = definition
-        .cancel_on
+    let conditions: Vec<serde_json::Value> = cancel_on
         .iter()
         .map(|c| {
             let mut same = serde_json::Value::Object(Default::default());

@@ -18,8 +18,9 @@ pub struct Probe {
     scan: pg_sys::IndexScanDesc,
     slot: *mut pg_sys::TupleTableSlot,
     // Boxed so its address stays valid while the scan uses it.
-    _snapshot: Box<pg_sys::SnapshotData>,
+    snapshot: Box<pg_sys::SnapshotData>,
     nkeys: i32,
+    skip_in_flight: bool,
 }
 
 /// One scan key: column number (1-based), strategy, comparison function, value.
@@ -56,6 +57,14 @@ impl Key {
             strategy: pg_sys::BTGreaterStrategyNumber,
             function: pg_sys::F_TIMESTAMPTZ_GT,
             value: pg_sys::Datum::from(micros),
+        }
+    }
+    pub fn int8_eq(column: i16, value: i64) -> Key {
+        Key {
+            column,
+            strategy: pg_sys::BTEqualStrategyNumber,
+            function: pg_sys::F_INT8EQ,
+            value: pg_sys::Datum::from(value),
         }
     }
     pub fn timestamptz_le(column: i16, micros: i64) -> Key {
@@ -95,8 +104,17 @@ impl Probe {
             snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
             let scan = pg_sys::index_beginscan(heap, index, &mut *snapshot, nkeys, 0);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-            Probe { heap, index, scan, slot, _snapshot: snapshot, nkeys }
+            Probe { heap, index, scan, slot, snapshot, nkeys, skip_in_flight: false }
         }
+    }
+
+    /// Leaves out rows that another transaction is inserting right now. The insert path's own
+    /// tables are written under the customer lock, so only `engage.events` needs this: another
+    /// session's event that is stored but not yet decided (it will be, once that session gets the
+    /// lock, and it will see ours).
+    pub fn skipping_in_flight(mut self) -> Probe {
+        self.skip_in_flight = true;
+        self
     }
 
     /// The attribute number of a column of the table.
@@ -137,6 +155,10 @@ impl Probe {
             }
             pg_sys::index_rescan(self.scan, entries.as_mut_ptr(), self.nkeys, std::ptr::null_mut(), 0);
             while pg_sys::index_getnext_slot(self.scan, pg_sys::ScanDirection::ForwardScanDirection, self.slot) {
+                // A dirty snapshot reports the inserting transaction of a row still in progress.
+                if self.skip_in_flight && self.snapshot.xmin != pg_sys::InvalidTransactionId {
+                    continue;
+                }
                 f(&Row(self.slot));
             }
         }
@@ -165,6 +187,14 @@ impl Row {
     /// A timestamptz column, microseconds since 2000-01-01.
     pub fn timestamptz(&self, attnum: i16) -> Option<i64> {
         self.int8(attnum)
+    }
+
+    /// A jsonb column as JSON.
+    pub fn json(&self, attnum: i16) -> serde_json::Value {
+        // SAFETY: the column is of type jsonb; from_datum detoasts and converts it.
+        self.datum(attnum)
+            .and_then(|d| unsafe { pgrx::JsonB::from_datum(d, false) })
+            .map_or(serde_json::Value::Null, |j| j.0)
     }
 
     pub fn text(&self, attnum: i16) -> Option<String> {

@@ -26,6 +26,16 @@ pub struct CompiledRule {
     pub definition: Definition,
     pub uses_properties: bool,
     pub uses_profile: bool,
+    /// For a pattern trigger: the event names its pattern reads, and those that can complete it.
+    pub pattern_reads: Vec<String>,
+    anchor_names: Vec<String>,
+}
+
+impl CompiledRule {
+    /// Whether an event of this name can be where the rule's pattern completes.
+    pub fn anchors(&self, event_name: &str) -> bool {
+        self.anchor_names.iter().any(|n| n == event_name)
+    }
 }
 
 /// All enabled triggers, indexed by event name.
@@ -33,6 +43,8 @@ pub struct CompiledRule {
 pub struct RuleSet {
     pub rules: Vec<CompiledRule>,
     by_event: HashMap<String, Vec<usize>>,
+    /// Pattern triggers by the event names that can complete their pattern.
+    by_pattern_event: HashMap<String, Vec<usize>>,
     /// Event names that cancel some trigger's pending messages.
     cancelling: HashSet<String>,
     /// Every trigger, enabled or not, as a rival in conflicts with stored decisions.
@@ -67,6 +79,11 @@ impl RuleSet {
     /// Indexes into `rules` of the triggers listening to `event_name`.
     pub fn for_event(&self, event_name: &str) -> &[usize] {
         self.by_event.get(event_name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Indexes into `rules` of the pattern triggers an event of this name can complete.
+    pub fn patterns_completed_by(&self, event_name: &str) -> &[usize] {
+        self.by_pattern_event.get(event_name).map_or(&[], Vec::as_slice)
     }
 
     /// Whether no statement can need evaluating: no enabled trigger, nothing for the rollups.
@@ -248,13 +265,25 @@ fn load() -> RuleSet {
             set.by_event.entry(rule::schedule::event_name_for(&row.name)).or_default().push(index);
             set.summed.extend(schedule.summed_event().map(str::to_string));
         }
-        set.cancelling.extend(definition.cancel_on.iter().map(|c| c.event.clone()));
+        let steps_cancel = definition.later_steps.iter().flat_map(|s| &s.cancel_on);
+        set.cancelling.extend(definition.cancel_on.iter().chain(steps_cancel).map(|c| c.event.clone()));
+        let (pattern_reads, anchor_names) = match &definition.pattern {
+            Some(p) => {
+                for name in p.completing_events() {
+                    set.by_pattern_event.entry(name).or_default().push(index);
+                }
+                (p.read_events(), p.anchor_events())
+            }
+            None => (Vec::new(), Vec::new()),
+        };
         set.rules.push(CompiledRule {
             id: row.id,
             version: row.version,
             name: row.name,
             uses_properties: definition.uses(Source::Property),
             uses_profile: definition.uses(Source::Profile),
+            pattern_reads,
+            anchor_names,
             definition,
         });
     }

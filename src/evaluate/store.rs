@@ -15,26 +15,32 @@ SELECT q.customer_id, p.attributes::text, p.preferred_channel, p.consent::text, 
   FROM unnest($1::text[]) AS q(customer_id)
   LEFT JOIN engage.profiles p ON p.customer_id = q.customer_id";
 
-/// All decisions and all outbox rows of a statement, in one statement.
+/// All decisions and all outbox rows of a statement, in one statement; an escalation's message is
+/// also recorded as its decision in engage.escalations.
 const WRITE: &str = "\
 WITH decided AS (
   INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason, variant)
   SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])
+), queued AS (
+  INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at,
+                             cancel_on, category, variant, step)
+  SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
+         u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb, u.category, u.variant, u.step
+    FROM unnest($9::int8[], $10::int4[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::timestamptz[],
+                $17::text[], $18::text[], $19::text[], $20::int4[])
+         AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on, category, variant, step)
+  RETURNING id, event_id, trigger_id, customer_id, category
 )
-INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at,
-                           cancel_on, category, variant)
-SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
-       u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb, u.category, u.variant
-  FROM unnest($9::int8[], $10::int4[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::timestamptz[],
-              $17::text[], $18::text[], $19::text[])
-       AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on, category, variant)";
+INSERT INTO engage.escalations (event_id, trigger_id, customer_id, outbox_id)
+SELECT event_id, trigger_id, customer_id, id FROM queued WHERE category = 'escalation'";
 
 /// Locks the pending messages a better candidate is about to replace, so no deliverer claims them
 /// meanwhile (claim skips locked rows); returns the ids that were still pending.
 const LOCK_PENDING: &str = "\
 SELECT id FROM engage.outbox WHERE id = ANY($1) AND status = 'pending' FOR UPDATE";
 
-/// Turns replaced decisions into conflicts and withdraws their messages.
+/// Turns replaced decisions into conflicts and withdraws their messages (every pending step, for a
+/// journey; an escalation already queued stands).
 const REPLACE: &str = "\
 WITH replaced AS (
   UPDATE engage.decisions d SET outcome = 'suppressed', reason = 'conflict'
@@ -45,7 +51,9 @@ WITH replaced AS (
 UPDATE engage.outbox o
    SET status = 'suppressed', reason = 'conflict', last_error = m.detail
   FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
- WHERE o.id = m.id AND o.status = 'pending'";
+  JOIN engage.outbox r ON r.id = m.id
+ WHERE o.customer_id = r.customer_id AND o.event_id = r.event_id AND o.trigger_id = r.trigger_id
+   AND o.category <> 'escalation' AND o.status = 'pending'";
 
 /// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
 /// the event's name, its properties containing the triggering event's `same` values, and an
@@ -64,6 +72,26 @@ UPDATE engage.outbox o
                 WHERE x ->> 'event' = c.name AND c.properties::jsonb @> (x -> 'same'))
    AND c.occurred_at >= (SELECT e.occurred_at FROM engage.events e WHERE e.id = o.event_id)";
 
+/// Cancels messages just queued whose cancelling event is already stored: the triggering event
+/// arrived late, after an event that cancels it (same rules as CANCEL).
+const CANCEL_STORED: &str = "\
+WITH hit AS (
+  SELECT o.id,
+         (SELECT e.id FROM jsonb_array_elements(o.cancel_on) AS x, engage.events e
+           WHERE e.customer_id = o.customer_id AND e.name = x ->> 'event' COLLATE \"C\"
+             AND e.occurred_at >= t.occurred_at AND e.occurred_at < o.scheduled_at AND e.id <> t.id
+             AND e.properties @> (x -> 'same')
+           ORDER BY e.occurred_at, e.id LIMIT 1) AS cancelled_by
+    FROM engage.outbox o
+    JOIN engage.events t ON t.id = o.event_id
+   WHERE o.customer_id = ANY($2) AND o.event_id = ANY($1) AND o.status = 'pending' AND o.cancel_on IS NOT NULL
+)
+UPDATE engage.outbox o
+   SET status = 'cancelled', cancelled_by = h.cancelled_by, reason = 'cancel_on',
+       last_error = 'cancelled by event ' || h.cancelled_by || ', stored before this message''s event arrived'
+  FROM hit h
+ WHERE o.id = h.id AND h.cancelled_by IS NOT NULL";
+
 /// Marks customers whose metrics rollups the statement changed (sql/metrics.sql, "Rollups").
 const MARK_METRICS: &str = "INSERT INTO engage.metrics_dirty (customer_id) SELECT unnest($1::text[])";
 
@@ -71,6 +99,7 @@ struct Plans {
     profiles: OwnedPreparedStatement,
     write: GenericPlan,
     cancel: GenericPlan,
+    cancel_stored: GenericPlan,
     mark_metrics: GenericPlan,
 }
 
@@ -147,12 +176,14 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
                             T::TEXTARRAYOID,
+                            T::INT4ARRAYOID,
                         ],
                     ),
                     cancel: GenericPlan::prepare(
                         CANCEL,
                         &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
                     ),
+                    cancel_stored: GenericPlan::prepare(CANCEL_STORED, &[T::INT8ARRAYOID, T::TEXTARRAYOID]),
                     mark_metrics: GenericPlan::prepare(MARK_METRICS, &[T::TEXTARRAYOID]),
                 })
             })
@@ -237,6 +268,18 @@ pub struct Outbox<'a> {
     pub cancel_on: Vec<Option<String>>,
     pub category: Vec<&'static str>,
     pub variant: Vec<Option<&'a str>>,
+    pub step: Vec<i32>,
+}
+
+impl<'a> Outbox<'a> {
+    /// Starts a row with its identity and channel; the caller pushes the other columns.
+    pub fn push(&mut self, event_id: i64, trigger_id: i32, customer_id: &'a str, channel: &'a str, fallback: String) {
+        self.event_id.push(event_id);
+        self.trigger_id.push(trigger_id);
+        self.customer_id.push(customer_id);
+        self.channel.push(channel);
+        self.fallback.push(fallback);
+    }
 }
 
 /// Events of the statement that may cancel pending messages.
@@ -261,6 +304,14 @@ pub fn cancel(c: Cancels) {
                 c.properties.into_datum(),
             ])
         })
+    })
+}
+
+/// Cancels the just-queued messages of these events (and customers) whose cancelling event is
+/// already stored.
+pub fn cancel_stored(event_ids: Vec<i64>, customer_ids: Vec<&str>) {
+    with_plans(|plans| {
+        Spi::connect_mut(|_client| plans.cancel_stored.execute(vec![event_ids.into_datum(), customer_ids.into_datum()]))
     })
 }
 
@@ -302,6 +353,7 @@ pub fn write(d: Decisions, o: Outbox) {
                 o.cancel_on.into_datum(),
                 o.category.into_datum(),
                 o.variant.into_datum(),
+                o.step.into_datum(),
             ])
         })
     })

@@ -24,6 +24,8 @@ pub enum Reason {
     Consent,
     /// The customer is on the suppression list for every channel the action could use.
     Suppression,
+    /// The customer is still in this journey (reentry "after_finish").
+    Reentry,
 }
 
 impl Reason {
@@ -34,6 +36,7 @@ impl Reason {
             Reason::Frequency => "frequency",
             Reason::Consent => "consent",
             Reason::Suppression => "suppression",
+            Reason::Reentry => "reentry",
         }
     }
 }

@@ -21,11 +21,11 @@ impl DefinitionError {
         DefinitionError { path: path.to_string(), problem: problem.into(), hint: None }
     }
 
-    /// Re-roots an error found in a variant's merged action (`$.action.template`) at the variant
-    /// (`$.variants[1].template`), where the user wrote the value.
-    pub fn within_variant(mut self, variant_path: &str) -> Self {
+    /// Re-roots an error found by the action parser (`$.action.template`) where the user wrote
+    /// the action: a variant (`$.variants[1].template`), a step or an escalation.
+    pub fn rerooted_at(mut self, action_path: &str) -> Self {
         if let Some(rest) = self.path.strip_prefix("$.action") {
-            self.path = format!("{variant_path}{rest}");
+            self.path = format!("{action_path}{rest}");
         }
         self
     }

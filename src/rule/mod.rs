@@ -6,6 +6,8 @@
 
 pub mod duration;
 pub mod error;
+pub mod journey;
+pub mod pattern;
 pub mod predicate;
 pub mod schedule;
 
@@ -34,12 +36,18 @@ const FIELDS: &[&str] = &[
     "crosses",
     "predicted",
     "backfill",
+    "pattern",
+    "steps",
+    "exit",
+    "reentry",
+    "escalate",
 ];
 const GOAL_FIELDS: &[&str] = &["event", "within", "value"];
 const VARIANT_FIELDS: &[&str] = &["name", "weight", "wait", "channel", "template", "payload"];
 const CANCEL_FIELDS: &[&str] = &["event", "same"];
 const ACTION_FIELDS: &[&str] = &["channel", "fallback", "template", "payload"];
 const CAP_FIELDS: &[&str] = &["max", "per"];
+const ESCALATE_FIELDS: &[&str] = &["when", "action"];
 
 /// A delivery channel an action can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +150,14 @@ pub struct Goal {
     pub value: Option<Vec<String>>,
 }
 
+/// A second action for a human (a sales or support webhook), decided on its own when `when`
+/// holds for a match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Escalation {
+    pub when: Option<Predicate>,
+    pub action: Action,
+}
+
 /// A validated trigger definition.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
@@ -162,14 +178,27 @@ pub struct Definition {
     /// Set for triggers that fire on time, a threshold or a prediction rather than on `events`
     /// (which is then empty).
     pub schedule: Option<schedule::Schedule>,
+    /// Set for triggers that fire when a pattern of events completes (`events` is then empty).
+    pub pattern: Option<pattern::Pattern>,
+    /// The steps of a journey after the first (the first is `action`, `wait_micros`, `cancel_on`).
+    pub later_steps: Vec<journey::Step>,
+    pub reentry: journey::Reentry,
+    pub escalate: Option<Escalation>,
 }
 
 impl Definition {
     /// Whether matching needs the event's properties or the customer's profile.
     pub fn uses(&self, source: Source) -> bool {
         let preferred = source == Source::Profile && self.action.channel == ChannelChoice::Preferred;
-        let correlated = source == Source::Property && self.cancel_on.iter().any(|c| !c.same.is_empty());
-        preferred || correlated || self.predicate.as_ref().is_some_and(|p| p.uses(source))
+        let correlated = source == Source::Property
+            && (self
+                .cancel_on
+                .iter()
+                .chain(self.later_steps.iter().flat_map(|s| &s.cancel_on))
+                .any(|c| !c.same.is_empty())
+                || self.pattern.as_ref().is_some_and(|p| !p.same.is_empty()));
+        let escalation = self.escalate.as_ref().and_then(|e| e.when.as_ref()).is_some_and(|w| w.uses(source));
+        preferred || correlated || escalation || self.predicate.as_ref().is_some_and(|p| p.uses(source))
     }
 
     /// Whether the definition matches an event, given its facts.
@@ -183,13 +212,31 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     let map = object(value, "$")?;
     reject_unknown(map, "$", FIELDS)?;
     let schedule = schedule::parse(map)?;
-    let events = match schedule {
-        Some(_) => Vec::new(),
-        None => parse_events(required(map, "$", "event")?)?,
+    let pattern = map.get("pattern").map(pattern::parse).transpose()?;
+    let events = match (&schedule, &pattern) {
+        (None, None) => parse_events(required(map, "$", "event")?)?,
+        _ => Vec::new(),
     };
     let predicate = map.get("where").map(|w| predicate::parse(w, "$.where")).transpose()?;
-    let action_value = required(map, "$", "action")?;
-    let action = parse_action(action_value)?;
+    let journey = map.contains_key("steps");
+    if journey {
+        for (field, why) in [
+            ("action", "each step has its own action"),
+            ("wait", "each step has its own wait"),
+            ("variants", "variants are not supported on journeys"),
+            ("cancel_on", "use \"exit\" (ends the whole journey) or a step's own cancel_on"),
+        ] {
+            if map.contains_key(field) {
+                return Err(DefinitionError::new(&format!("$.{field}"), format!("not allowed with \"steps\": {why}")));
+            }
+        }
+    } else if map.contains_key("exit") {
+        return Err(DefinitionError::new("$.exit", "\"exit\" ends a journey: it needs \"steps\"")
+            .with_hint("a single delayed message is cancelled with \"cancel_on\""));
+    }
+    let mut steps = if journey { journey::parse_steps(map)? } else { Vec::new() };
+    let action_value = if journey { &map["steps"][0]["action"] } else { required(map, "$", "action")? };
+    let action = if journey { steps[0].action.clone() } else { parse_action(action_value)? };
     let priority = match map.get("priority") {
         None => 0,
         Some(v) => v
@@ -197,20 +244,54 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
             .and_then(|p| i32::try_from(p).ok())
             .ok_or_else(|| DefinitionError::new("$.priority", format!("expected an integer, got {}", show(v))))?,
     };
-    let cap = map.get("cap").map(parse_cap).transpose()?;
-    let wait_micros = map.get("wait").map(|w| duration::parse(w, "$.wait")).transpose()?.unwrap_or(0);
-    let cancel_on = match map.get("cancel_on") {
+    let mut cap = map.get("cap").map(parse_cap).transpose()?;
+    let mut wait_micros = map.get("wait").map(|w| duration::parse(w, "$.wait")).transpose()?.unwrap_or(0);
+    let mut cancel_on = match map.get("cancel_on") {
         None => Vec::new(),
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| parse_cancel_on(item, &format!("$.cancel_on[{i}]")))
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(DefinitionError::new("$.cancel_on", format!("expected a non-empty array, got {}", show(other)))
-                .with_hint(r#"for example [{"event": "order_completed", "same": ["cart_id"]}]"#))
-        }
+        Some(v) => parse_cancel_list(v, "$.cancel_on")?,
     };
+    if journey {
+        let first = steps.remove(0);
+        wait_micros = first.wait_micros;
+        cancel_on = first.cancel_on;
+    }
+    if let Some(nfb) = pattern.as_ref().and_then(|p| p.not_followed_by.as_ref()) {
+        if map.contains_key("wait") || journey {
+            return Err(DefinitionError::new(
+                "$.pattern.not_followed_by",
+                "sets the wait itself: it cannot be combined with \"wait\" or \"steps\"",
+            )
+            .with_hint(
+                "not_followed_by {event, within} is the same as \"wait\": within plus \"cancel_on\": [{event}]",
+            ));
+        }
+        wait_micros = nfb.within_micros;
+        cancel_on.push(CancelOn { event: nfb.event.clone(), same: nfb.same.clone() });
+    }
+    let reentry = journey::parse_reentry(map.get("reentry"), journey)?;
+    if let journey::Reentry::OncePer(per_micros) = reentry {
+        if cap.is_some() {
+            return Err(DefinitionError::new(
+                "$.reentry",
+                "\"reentry\" and \"cap\" both limit how often a customer enters",
+            )
+            .with_hint("keep one: reentry {\"once_per\": \"7d\"} is cap {\"max\": 1, \"per\": \"7d\"}"));
+        }
+        let span = steps.last().map_or(wait_micros, |s| s.wait_micros);
+        if journey && per_micros < span {
+            return Err(DefinitionError::new(
+                "$.reentry.once_per",
+                format!(
+                    "{}s is shorter than the journey ({}s to its last step): a customer could be in it twice at once",
+                    per_micros / 1_000_000,
+                    span / 1_000_000
+                ),
+            )
+            .with_hint("make once_per at least as long as the last step's wait, or say \"always\" to allow overlapping journeys"));
+        }
+        cap = Some(Cap { max: 1, per_micros });
+    }
+    let escalate = map.get("escalate").map(parse_escalation).transpose()?;
     if !cancel_on.is_empty() && wait_micros == 0 {
         return Err(DefinitionError::new(
             "$.cancel_on",
@@ -259,7 +340,36 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         variants,
         goal,
         schedule,
+        pattern,
+        later_steps: steps,
+        reentry,
+        escalate,
     })
+}
+
+/// Parses a non-empty array of cancel conditions (`cancel_on`, `exit`).
+fn parse_cancel_list(value: &Value, path: &str) -> Result<Vec<CancelOn>, DefinitionError> {
+    match value {
+        Value::Array(items) if !items.is_empty() => {
+            items.iter().enumerate().map(|(i, item)| parse_cancel_on(item, &format!("{path}[{i}]"))).collect()
+        }
+        other => Err(DefinitionError::new(path, format!("expected a non-empty array, got {}", show(other)))
+            .with_hint(r#"for example [{"event": "order_completed", "same": ["cart_id"]}]"#)),
+    }
+}
+
+/// Parses `escalate`: a webhook action for a team, and the condition under which it is sent.
+fn parse_escalation(value: &Value) -> Result<Escalation, DefinitionError> {
+    let map = object(value, "$.escalate")?;
+    reject_unknown(map, "$.escalate", ESCALATE_FIELDS)?;
+    let when = map.get("when").map(|w| predicate::parse(w, "$.escalate.when")).transpose()?;
+    let action =
+        parse_action(required(map, "$.escalate", "action")?).map_err(|e| e.rerooted_at("$.escalate.action"))?;
+    if action.channel != ChannelChoice::Fixed(Channel::Webhook) || !action.fallback.is_empty() {
+        return Err(DefinitionError::new("$.escalate.action.channel", "an escalation goes to a team: use \"webhook\"")
+            .with_hint("point the webhook channel at the sales or support tool (CRM, chat, ticketing)"));
+    }
+    Ok(Escalation { when, action })
 }
 
 /// Parses `variants`: at least two arms with unique names and positive weights; each arm's action
@@ -312,7 +422,7 @@ fn parse_variants(value: &Value, action: &Value, default_wait: i64) -> Result<Ve
                 fallback.retain(|f| f != channel);
             }
         }
-        let action = parse_action(&merged).map_err(|e| e.within_variant(&path))?;
+        let action = parse_action(&merged).map_err(|e| e.rerooted_at(&path))?;
         variants.push(Variant { name, weight, wait_micros, action });
     }
     Ok(variants)
@@ -561,6 +671,53 @@ mod tests {
     }
 
     #[test]
+    fn a_journey_has_steps_an_exit_and_one_active_entry_by_default() {
+        let d = parse(&json!({"event": "signed_up",
+            "steps": [{"action": {"channel": "email", "template": "welcome"}},
+                      {"wait": "2d", "action": {"channel": "email", "template": "tips"},
+                       "cancel_on": [{"event": "tips_read"}]},
+                      {"wait": "5d", "action": {"channel": "sms", "template": "offer"}}],
+            "exit": [{"event": "purchase"}]}))
+        .unwrap();
+        assert_eq!(d.wait_micros, 0);
+        assert!(d.cancel_on.is_empty(), "a step due at entry has nothing to exit from");
+        assert_eq!(d.action.template.as_deref(), Some("welcome"));
+        assert_eq!(d.later_steps.len(), 2);
+        assert_eq!(d.later_steps[0].wait_micros, 2 * 86_400_000_000);
+        let names = |s: &journey::Step| s.cancel_on.iter().map(|c| c.event.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&d.later_steps[0]), vec!["tips_read", "purchase"]);
+        assert_eq!(names(&d.later_steps[1]), vec!["purchase"]);
+        assert_eq!(d.reentry, journey::Reentry::AfterFinish);
+        assert_eq!(d.cap, None);
+    }
+
+    #[test]
+    fn reentry_once_is_a_cap_of_one_and_not_followed_by_is_a_wait_with_cancel() {
+        let d =
+            parse(&json!({"event": "e", "reentry": {"once_per": "30d"}, "action": {"channel": "webhook"}})).unwrap();
+        assert_eq!(d.cap, Some(Cap { max: 1, per_micros: 30 * 86_400_000_000 }));
+        assert_eq!(d.reentry, journey::Reentry::OncePer(30 * 86_400_000_000));
+        let d = parse(&json!({"pattern": {"sequence": [{"event": "a"}, {"event": "b"}], "within": "1d",
+                                          "not_followed_by": {"event": "c", "within": "2h", "same": ["id"]}},
+                              "action": {"channel": "webhook"}}))
+        .unwrap();
+        assert!(d.events.is_empty());
+        assert_eq!(d.wait_micros, 7_200_000_000);
+        assert_eq!(d.cancel_on, vec![CancelOn { event: "c".into(), same: vec![vec!["id".into()]] }]);
+        assert!(d.uses(Source::Property));
+    }
+
+    #[test]
+    fn an_escalation_is_a_webhook_with_a_condition() {
+        let d = parse(&json!({"event": "cart", "action": {"channel": "email", "template": "t"},
+            "escalate": {"when": {"property": "value", "gte": 1000}, "action": {"channel": "webhook", "payload": {"team": "sales"}}}}))
+        .unwrap();
+        let e = d.escalate.unwrap();
+        assert_eq!(e.action.payload, r#"{"team":"sales"}"#);
+        assert!(e.when.is_some());
+    }
+
+    #[test]
     fn transactional_category_parses() {
         let d =
             parse(&json!({"event": "order", "category": "transactional", "action": {"channel": "webhook"}})).unwrap();
@@ -634,6 +791,67 @@ mod tests {
                 with("variants", json!([{"name": "a"}, {"name": "b", "colour": 1}])),
                 "$.variants[1].colour",
                 "unknown field",
+            ),
+            (
+                with("pattern", json!({"count": {"event": "v", "at_least": 2}, "within": "1d"})),
+                "$",
+                "\"event\", \"pattern\" cannot be combined",
+            ),
+            (
+                json!({"pattern": {"count": {"event": "v", "at_least": 2}}, "action": {"channel": "webhook"}}),
+                "$.pattern",
+                "\"within\"",
+            ),
+            (with("steps", json!([])), "$.action", "not allowed with \"steps\""),
+            (json!({"event": "e", "steps": []}), "$.steps", "non-empty array"),
+            (
+                json!({"event": "e", "steps": [{"wait": "2d", "action": {"channel": "webhook"}},
+                                               {"wait": "1d", "action": {"channel": "webhook"}}]}),
+                "$.steps[1].wait",
+                "due before step 0",
+            ),
+            (json!({"event": "e", "steps": [{"action": {"channel": "sms"}}]}), "$.steps[0].action", "\"template\""),
+            (
+                json!({"event": "e", "steps": [{"action": {"channel": "webhook"}, "cancel_on": [{"event": "x"}]}]}),
+                "$.steps[0].cancel_on",
+                "needs a \"wait\"",
+            ),
+            (
+                json!({"event": "e", "steps": [{"action": {"channel": "webhook"}}], "cancel_on": [{"event": "x"}]}),
+                "$.cancel_on",
+                "exit",
+            ),
+            (with("exit", json!([{"event": "buy"}])), "$.exit", "needs \"steps\""),
+            (
+                json!({"event": "e", "steps": [{"action": {"channel": "webhook"}}, {"wait": "5d", "action": {"channel": "webhook"}}],
+                       "reentry": {"once_per": "1d"}}),
+                "$.reentry.once_per",
+                "shorter than the journey",
+            ),
+            (with("reentry", json!("sometimes")), "$.reentry", "unknown reentry"),
+            (with("reentry", json!("after_finish")), "$.reentry", "steps"),
+            (
+                json!({"event": "e", "reentry": "once", "cap": {"max": 1, "per": "1d"}, "action": {"channel": "webhook"}}),
+                "$.reentry",
+                "both limit",
+            ),
+            (
+                with("escalate", json!({"action": {"channel": "email", "template": "t"}})),
+                "$.escalate.action.channel",
+                "webhook",
+            ),
+            (with("escalate", json!({"action": {"channel": "fax"}})), "$.escalate.action.channel", "unknown channel"),
+            (
+                with("escalate", json!({"when": {"property": "v", "gt": "x"}, "action": {"channel": "webhook"}})),
+                "$.escalate.when.gt",
+                "number",
+            ),
+            (
+                json!({"pattern": {"sequence": [{"event": "a"}, {"event": "b"}], "within": "1d",
+                                   "not_followed_by": {"event": "c", "within": "1h"}},
+                       "wait": "2h", "action": {"channel": "webhook"}}),
+                "$.pattern.not_followed_by",
+                "cannot be combined",
             ),
         ];
         for (definition, path, text) in cases {

@@ -60,12 +60,10 @@ pub fn event_name_for(trigger_name: &str) -> String {
 /// Parses the scheduled kind named in `map`, if any; `$.backfill` is only valid with one.
 pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, DefinitionError> {
     let named: Vec<&str> = KINDS.iter().copied().filter(|k| map.contains_key(*k)).collect();
-    let hint = "a trigger fires on \"event\", or on one of \"inactive\", \"anniversary\", \"date\", \"crosses\", \"predicted\"";
-    if named.len() + usize::from(map.contains_key("event")) > 1 {
-        let mut all: Vec<&str> = named.clone();
-        if map.contains_key("event") {
-            all.insert(0, "event");
-        }
+    let hint = "a trigger fires on \"event\", on a \"pattern\", or on one of \"inactive\", \"anniversary\", \"date\", \"crosses\", \"predicted\"";
+    let on_events: Vec<&str> = ["event", "pattern"].into_iter().filter(|k| map.contains_key(*k)).collect();
+    if named.len() + on_events.len() > 1 {
+        let all: Vec<&str> = on_events.iter().chain(&named).copied().collect();
         return Err(DefinitionError::new("$", format!("\"{}\" cannot be combined", all.join("\", \""))).with_hint(hint));
     }
     if let Some(backfill) = map.get("backfill") {
@@ -78,7 +76,7 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, D
         }
     }
     let Some(&kind) = named.first() else {
-        return if map.contains_key("event") {
+        return if !on_events.is_empty() {
             Ok(None)
         } else {
             Err(DefinitionError::new("$", "missing required field \"event\"").with_hint(hint))
