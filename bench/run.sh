@@ -18,6 +18,9 @@
 #   PG_BIN              PostgreSQL 15 binaries [/usr/lib/postgresql/15/bin]
 #   BENCH_SKIP_INSTALL  1 = do not run `cargo pgrx install --release` first [0]
 #   BENCH_TARGET_SINGLE, BENCH_TARGET_BATCH   ratio targets printed in the table [0.75, 0.50]
+#   BENCH_PATTERNS      1 = also load bench/patterns.sql (20 pattern triggers: counts, sequences,
+#                       absences, combinations) on top of the 50; results go to
+#                       bench/results/patterns-latest.txt [0]
 set -euo pipefail
 
 BENCH_SECONDS="${BENCH_SECONDS:-20}"
@@ -29,6 +32,8 @@ PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 BENCH_SKIP_INSTALL="${BENCH_SKIP_INSTALL:-0}"
 BENCH_TARGET_SINGLE="${BENCH_TARGET_SINGLE:-0.75}"
 BENCH_TARGET_BATCH="${BENCH_TARGET_BATCH:-0.50}"
+BENCH_PATTERNS="${BENCH_PATTERNS:-0}"
+if [ "$BENCH_PATTERNS" = 1 ]; then EXPECTED_TRIGGERS=70; RESULT_FILE=patterns-latest.txt; else EXPECTED_TRIGGERS=50; RESULT_FILE=latest.txt; fi
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BENCH_SRC="$REPO_ROOT/bench"
@@ -190,6 +195,11 @@ psql_db -d postgres -c "CREATE DATABASE $DB" >/dev/null
 log "loading bench/setup.sql: CREATE EXTENSION pg_engage, bench.bare_events, 50 triggers"
 psql_db -d "$DB" -f - <"$BENCH_SRC/setup.sql" >"$LOGS/setup.log" 2>&1 \
   || { cat "$LOGS/setup.log" >&2; die "bench/setup.sql failed"; }
+if [ "$BENCH_PATTERNS" = 1 ]; then
+  log "loading bench/patterns.sql: 20 pattern triggers"
+  psql_db -d "$DB" -f - <"$BENCH_SRC/patterns.sql" >>"$LOGS/setup.log" 2>&1 \
+    || { cat "$LOGS/setup.log" >&2; die "bench/patterns.sql failed"; }
+fi
 
 TRIGGER_SUMMARY="$(q "SELECT count(*) FILTER (WHERE enabled) || ' enabled triggers over '
                            || (SELECT count(DISTINCT e) FROM engage.triggers t2,
@@ -199,11 +209,12 @@ TRIGGER_SUMMARY="$(q "SELECT count(*) FILTER (WHERE enabled) || ' enabled trigge
                                WHERE t2.enabled)
                            || ' event names; ' || count(*) FILTER (WHERE definition::text::jsonb ? 'where')
                            || ' with property predicates, ' || count(*) FILTER (WHERE definition::text::jsonb ? 'cap')
-                           || ' with caps'
+                           || ' with caps, ' || count(*) FILTER (WHERE definition::text::jsonb ? 'pattern')
+                           || ' pattern triggers'
                     FROM engage.triggers" 2>/dev/null)" \
   || TRIGGER_SUMMARY="$(q "SELECT count(*) FROM engage.triggers WHERE enabled") enabled triggers"
 ENABLED="$(q "SELECT count(*) FROM engage.triggers WHERE enabled")"
-[ "$ENABLED" = 50 ] || die "expected 50 enabled triggers after bench/setup.sql, found $ENABLED"
+[ "$ENABLED" = "$EXPECTED_TRIGGERS" ] || die "expected $EXPECTED_TRIGGERS enabled triggers, found $ENABLED"
 TRIGGERS_ON_EVENTS="$(q "SELECT string_agg(tgname, ', ' ORDER BY tgname) FROM pg_trigger
                          WHERE tgrelid = 'engage.events'::regclass AND NOT tgisinternal")"
 TRIGGERS_ON_BARE="$(q "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'bench.bare_events'::regclass")"
@@ -367,10 +378,10 @@ REPORT="$BENCH_DIR/report.txt"
 } >"$REPORT"
 
 mkdir -p "$RESULTS_DIR"
-cp "$REPORT" "$RESULTS_DIR/latest.txt"
+cp "$REPORT" "$RESULTS_DIR/$RESULT_FILE"
 if [ "$(id -u)" -eq 0 ] && [ -n "${SUDO_UID:-}" ]; then
-  chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$RESULTS_DIR" "$RESULTS_DIR/latest.txt" 2>/dev/null || true
+  chown "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$RESULTS_DIR" "$RESULTS_DIR/$RESULT_FILE" 2>/dev/null || true
 fi
 printf '\n'
 cat "$REPORT"
-printf '\nwritten to %s\n' "${RESULTS_DIR#"$REPO_ROOT"/}/latest.txt"
+printf '\nwritten to %s\n' "${RESULTS_DIR#"$REPO_ROOT"/}/$RESULT_FILE"

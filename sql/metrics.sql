@@ -227,6 +227,7 @@ LANGUAGE sql STABLE AS $$
            WHERE x.properties ? 'message_id' AND x.properties ->> 'message_id' = 'msg_' || m.outbox_id
       ) r
      WHERE m.customer_id = ANY (customers)
+       AND m.category <> 'escalation' -- a message to a team about the customer, not to the customer
 $$;
 COMMENT ON FUNCTION engage.message_facts_of(text[]) IS
     'Computes, for the given customers, one row per sent message: trigger, channel, variant, cost, the times of event, decision, queue, schedule and send, the first delivered/opened/clicked/replied/bounced/complained/unsubscribed response, and whether it is the trigger''s first message to the customer (recipients are then a plain count). Backs engage.message_responses and engage.trigger_latency_in.';
@@ -250,7 +251,7 @@ LANGUAGE sql STABLE AS $$
       JOIN engage.messages m ON m.trigger_id = tg.trigger_id
       JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
                           AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
-     WHERE m.customer_id = ANY (customers)
+     WHERE m.customer_id = ANY (customers) AND m.category <> 'escalation'
 $$;
 COMMENT ON FUNCTION engage.touches_of(text[]) IS
     'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch, the number of touches, and its rank among the touches of its own trigger. Backs engage.attributed_conversions.';
