@@ -533,41 +533,36 @@ fn parse_action(value: &Value) -> Result<Action, DefinitionError> {
 fn parse_cancel_on(value: &Value, path: &str) -> Result<CancelOn, DefinitionError> {
     let map = object(value, path)?;
     reject_unknown(map, path, CANCEL_FIELDS)?;
-    let event = match required(map, path, "event")? {
-        Value::String(s) if !s.trim().is_empty() => s.clone(),
-        other => {
-            return Err(DefinitionError::new(
-                &format!("{path}.event"),
-                format!("expected an event name, got {}", show(other)),
-            ))
+    let event = parse_event_name(required(map, path, "event")?, &format!("{path}.event"))?;
+    Ok(CancelOn { event, same: parse_same(map, path)? })
+}
+
+/// Parses the optional `same` list of property paths of a cancel condition at `path`.
+fn parse_same(map: &Map<String, Value>, path: &str) -> Result<Vec<Vec<String>>, DefinitionError> {
+    match map.get("same") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(paths)) => {
+            paths.iter().enumerate().map(|(i, p)| predicate::parse_path(p, &format!("{path}.same[{i}]"))).collect()
         }
-    };
-    let same = match map.get("same") {
-        None => Vec::new(),
-        Some(Value::Array(paths)) => paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| predicate::parse_path(p, &format!("{path}.same[{i}]")))
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(DefinitionError::new(
-                &format!("{path}.same"),
-                format!("expected an array of property paths, got {}", type_name(other)),
-            ))
-        }
-    };
-    Ok(CancelOn { event, same })
+        Some(other) => Err(DefinitionError::new(
+            &format!("{path}.same"),
+            format!("expected an array of property paths, got {}", type_name(other)),
+        )),
+    }
+}
+
+/// Parses an event name (a non-empty string) at `path`.
+fn parse_event_name(value: &Value, path: &str) -> Result<String, DefinitionError> {
+    match value {
+        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
+        other => Err(DefinitionError::new(path, format!("expected an event name, got {}", show(other)))),
+    }
 }
 
 fn parse_goal(value: &Value) -> Result<Goal, DefinitionError> {
     let map = object(value, "$.goal")?;
     reject_unknown(map, "$.goal", GOAL_FIELDS)?;
-    let event = match required(map, "$.goal", "event")? {
-        Value::String(s) if !s.trim().is_empty() => s.clone(),
-        other => {
-            return Err(DefinitionError::new("$.goal.event", format!("expected an event name, got {}", show(other))))
-        }
-    };
+    let event = parse_event_name(required(map, "$.goal", "event")?, "$.goal.event")?;
     let within_micros = duration::parse(required(map, "$.goal", "within")?, "$.goal.within")?;
     let value = map.get("value").map(|v| predicate::parse_path(v, "$.goal.value")).transpose()?;
     Ok(Goal { event, within_micros, value })

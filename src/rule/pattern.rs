@@ -11,9 +11,9 @@
 //! This file holds the language and these semantics as one pure function, `fires_at`; the insert
 //! path (src/evaluate/pattern.rs) feeds it each anchor's window read from the events index.
 
-use super::error::{show, type_name, DefinitionError};
+use super::error::{show, DefinitionError};
 use super::predicate::{self, Facts, Predicate, Source, PG_EPOCH_OFFSET_MICROS};
-use super::{duration, object, reject_unknown, required};
+use super::{duration, object, parse_event_name, parse_same, reject_unknown, required};
 use serde_json::{Map, Value};
 
 const FIELDS: &[&str] = &["count", "all_of", "any_of", "sequence", "within", "same", "unless", "not_followed_by"];
@@ -269,7 +269,7 @@ fn conditions(value: &Value, path: &str, at_least: usize) -> Result<Vec<Conditio
 }
 
 fn condition(map: &Map<String, Value>, path: &str) -> Result<Condition, DefinitionError> {
-    let event = event_name(required(map, path, "event")?, &format!("{path}.event"))?;
+    let event = parse_event_name(required(map, path, "event")?, &format!("{path}.event"))?;
     let where_path = format!("{path}.where");
     let predicate = map.get("where").map(|w| predicate::parse(w, &where_path)).transpose()?;
     if predicate.as_ref().is_some_and(|p| p.uses(Source::Profile)) {
@@ -279,34 +279,13 @@ fn condition(map: &Map<String, Value>, path: &str) -> Result<Condition, Definiti
     Ok(Condition { event, predicate })
 }
 
-fn event_name(value: &Value, path: &str) -> Result<String, DefinitionError> {
-    match value {
-        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-        other => Err(DefinitionError::new(path, format!("expected an event name, got {}", show(other)))),
-    }
-}
-
 fn parse_not_followed_by(value: &Value) -> Result<NotFollowedBy, DefinitionError> {
     let path = "$.pattern.not_followed_by";
     let map = object(value, path)?;
     reject_unknown(map, path, NOT_FOLLOWED_FIELDS)?;
-    let event = event_name(required(map, path, "event")?, &format!("{path}.event"))?;
+    let event = parse_event_name(required(map, path, "event")?, &format!("{path}.event"))?;
     let within_micros = duration::parse(required(map, path, "within")?, &format!("{path}.within"))?;
-    let same = match map.get("same") {
-        None => Vec::new(),
-        Some(Value::Array(paths)) => paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| predicate::parse_path(p, &format!("{path}.same[{i}]")))
-            .collect::<Result<_, _>>()?,
-        Some(other) => {
-            return Err(DefinitionError::new(
-                &format!("{path}.same"),
-                format!("expected an array of property paths, got {}", type_name(other)),
-            ))
-        }
-    };
-    Ok(NotFollowedBy { event, within_micros, same })
+    Ok(NotFollowedBy { event, within_micros, same: parse_same(map, path)? })
 }
 
 #[cfg(test)]
