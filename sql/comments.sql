@@ -15,7 +15,11 @@ COMMENT ON FUNCTION engage.rules_changed() IS
 COMMENT ON FUNCTION engage.validate_template(text) IS
     'Returns true for a Liquid template that parses and is bounded (NULL too), or raises an ERROR saying why not.';
 COMMENT ON FUNCTION engage.worker_status() IS
-    'The built-in deliverer: running, pid, messages sent and failed since the server started, last batch time.';
+    'The built-in workers: the deliverer (running, pid, messages sent and failed since the server started, last batch time) and the scheduler (scheduler_running, scheduler_pid). A stopped worker restarts after 5 s unless the server is shutting down.';
+COMMENT ON FUNCTION engage.consent_key(text) IS
+    'The profiles.consent key for a channel name as apps write it (case and spaces ignored; "all" for every channel); an unknown channel is an ERROR (22023).';
+COMMENT ON FUNCTION engage.check_consent(jsonb) IS
+    'CHECK on profiles.consent: keys are known channels or "all", values true or false; otherwise an ERROR (22023) naming the key.';
 COMMENT ON FUNCTION engage.skip_duplicate_event() IS
     'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
 COMMENT ON FUNCTION engage.duration(text) IS

@@ -452,11 +452,21 @@ DECLARE
     msg record;
     inserted integer;
     recorded integer := 0;
+    position integer := -1;
 BEGIN
+    IF provider IS DISTINCT FROM 'sendgrid' AND provider IS DISTINCT FROM 'twilio'
+       AND provider IS DISTINCT FROM 'generic' THEN
+        RAISE EXCEPTION 'unknown provider "%"', provider
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'providers are sendgrid, twilio, generic';
+    END IF;
     FOR item IN
         SELECT value FROM jsonb_array_elements(CASE WHEN jsonb_typeof(payload) = 'array' THEN payload
                                                     ELSE jsonb_build_array(payload) END)
     LOOP
+      position := position + 1;
+      -- One unreadable item (a timestamp "NaN" or "garbage", a time out of range) is skipped with
+      -- a WARNING naming it; the batch's other items are recorded.
+      BEGIN
         CASE provider
         WHEN 'sendgrid' THEN
             -- Event webhook: our message id as a custom arg, else in the smtp-id "<msg_N@host>".
@@ -476,9 +486,6 @@ BEGIN
             kind := item ->> 'event';
             stamp := item ->> 'occurred_at';
             at := coalesce(stamp::timestamptz, now());
-        ELSE
-            RAISE EXCEPTION 'unknown provider "%"', provider
-                USING ERRCODE = 'invalid_parameter_value', HINT = 'providers are sendgrid, twilio, generic';
         END CASE;
         kind := CASE kind
                   WHEN 'delivered' THEN 'message_delivered'
@@ -512,12 +519,16 @@ BEGIN
             ON CONFLICT DO NOTHING;
         END IF;
         recorded := recorded + 1;
+      EXCEPTION WHEN data_exception OR check_violation THEN
+        RAISE WARNING 'pg_engage: % provider event [%] skipped: %', provider, position, SQLERRM
+            USING DETAIL = left(item::text, 200);
+      END;
     END LOOP;
     RETURN recorded;
 END
 $$;
 COMMENT ON FUNCTION engage.ingest_provider_event(text, jsonb) IS
-    'Turns a provider webhook (sendgrid event batch, twilio status callback, or generic {"message_id", "event", "occurred_at"}) into response events; bounces and complaints also add the channel to engage.suppressions. Returns how many events were recorded (retries are de-duplicated).';
+    'Turns a provider webhook (sendgrid event batch, twilio status callback, or generic {"message_id", "event", "occurred_at"}) into response events; bounces and complaints also add the channel to engage.suppressions. Returns how many events were recorded (retries are de-duplicated). An item that cannot be read (a bad timestamp) is skipped with a WARNING naming its position; the others are recorded.';
 
 -- 4. Conversion attribution -------------------------------------------------------------------
 

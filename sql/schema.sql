@@ -15,11 +15,16 @@ CREATE TABLE engage.events (
     properties      jsonb       NOT NULL DEFAULT '{}',
     occurred_at     timestamptz NOT NULL DEFAULT now(),
     received_at     timestamptz NOT NULL DEFAULT now(),
-    idempotency_key text        COLLATE "C"
+    idempotency_key text        COLLATE "C",
+    -- Event times are finite and within years 1 to 9999, so event time plus any duration of the
+    -- trigger language (at most 3650 days) is a valid timestamp.
+    CONSTRAINT events_occurred_at_in_range
+        CHECK (occurred_at >= '0001-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00')
 );
 COMMENT ON TABLE engage.events IS
     'Customer events. INSERT or COPY into it: each statement is decided in the same transaction.';
-COMMENT ON COLUMN engage.events.occurred_at IS 'Event time: windows and caps use it.';
+COMMENT ON COLUMN engage.events.occurred_at IS
+    'Event time: windows and caps use it. Finite, from year 1 to 9999 (constraint events_occurred_at_in_range).';
 COMMENT ON COLUMN engage.events.received_at IS 'Arrival time in the database.';
 COMMENT ON COLUMN engage.events.idempotency_key IS
     'Optional: an event whose key is already stored is skipped (not stored, not decided).';
@@ -38,7 +43,7 @@ CREATE TABLE engage.profiles (
     push_token  text,
     locale      text,
     preferred_channel text,
-    consent     jsonb       NOT NULL DEFAULT '{}',
+    consent     jsonb       NOT NULL DEFAULT '{}' CHECK (engage.check_consent(consent)),
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -283,7 +288,8 @@ CREATE TRIGGER rules_changed
 CREATE FUNCTION engage.apply_consent_event() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    channel text := NEW.properties ->> 'channel';
+    -- A known channel's name in any case, or none (every channel); anything else is an ERROR.
+    channel text := nullif(engage.consent_key(NEW.properties ->> 'channel'), 'all');
     granted boolean := NEW.name = 'subscribe';
     change jsonb := CASE WHEN channel IS NULL THEN jsonb_build_object('all', granted)
                          ELSE jsonb_build_object(channel, granted) END;

@@ -8,6 +8,7 @@
 //! - `deliver`: the background worker, channel adapters and templates that send queued messages;
 //! - `schedule`: the scheduler worker that fires time-based triggers (engage.tick, sql/schedule.sql);
 //! - `predict`: customer-behaviour models fitted in the database (BG/NBD);
+//! - `jsonb`: reading jsonb values into serde values without failing on what jsonb can hold;
 //! - `sql_error`: the PostgreSQL errors raised to users.
 //!
 //! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql;
@@ -18,6 +19,7 @@ use pgrx::prelude::*;
 
 mod deliver;
 mod evaluate;
+mod jsonb;
 mod policy;
 mod predict;
 mod rule;
@@ -56,7 +58,9 @@ extension_sql_file!(
         deliver::validate_template,
         evaluate::evaluate_events,
         evaluate::rules_changed,
-        evaluate::skip_duplicate_event
+        evaluate::skip_duplicate_event,
+        evaluate::consent::consent_key,
+        evaluate::consent::check_consent
     ]
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
@@ -67,6 +71,8 @@ extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;
+#[cfg(test)]
+mod fuzz_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -566,6 +566,32 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_provider_batch_skips_its_unreadable_items_and_records_the_rest() {
+        metrics_fixture();
+        let alice_email = message_of("alice", "email");
+        let bob_email = message_of("bob", "email");
+        assert_eq!(
+            count(&format!(
+                r#"SELECT engage.ingest_provider_event('sendgrid', '[
+                     {{"event": "delivered", "timestamp": "NaN", "message_id": "msg_{alice_email}"}},
+                     {{"event": "open", "timestamp": "garbage", "message_id": "msg_{alice_email}"}},
+                     {{"event": "click", "timestamp": "Infinity", "message_id": "msg_{alice_email}"}},
+                     {{"event": "delivered", "timestamp": 1767261600, "message_id": "msg_{bob_email}"}}]')::int8"#
+            )),
+            1,
+            "three bad items skipped, the good one recorded"
+        );
+        assert_eq!(
+            count(&format!(
+                r#"SELECT engage.ingest_provider_event('generic',
+                     '[{{"message_id": "msg_{alice_email}", "event": "open", "occurred_at": "yesterday-ish"}},
+                       {{"message_id": "msg_{alice_email}", "event": "open", "occurred_at": "2026-01-01T10:00:00Z"}}]')::int8"#
+            )),
+            1
+        );
+    }
+
+    #[pg_test]
     fn latency_percentiles_per_trigger_and_channel() {
         metrics_fixture();
         assert_eq!(

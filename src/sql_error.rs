@@ -1,6 +1,7 @@
 //! The PostgreSQL errors pg_engage raises: a real SQLSTATE, a message naming the thing, and a
 //! DETAIL or HINT where they help. Every user-facing failure goes through here, never a panic.
 
+use crate::rule::error::excerpt;
 use crate::rule::DefinitionError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
@@ -13,7 +14,7 @@ fn raise(report: ErrorReport) -> ! {
 /// `22023 invalid_parameter_value`: a trigger definition that does not validate.
 pub fn invalid_definition(trigger: Option<&str>, error: &DefinitionError) -> ! {
     let message = match trigger {
-        Some(name) => format!("trigger \"{name}\": {error}"),
+        Some(name) => format!("trigger \"{}\": {error}", excerpt(name)),
         None => format!("invalid trigger definition: {error}"),
     };
     let mut report = ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, "pg_engage")
@@ -29,12 +30,23 @@ pub fn invalid_argument(message: String, hint: &str) -> ! {
     raise(ErrorReport::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, "pg_engage").set_hint(hint))
 }
 
+/// `22004 null_value_not_allowed`: a NULL argument where a value is required.
+pub fn null_argument(argument: &str) -> ! {
+    raise(
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{argument} must not be NULL"),
+            "pg_engage",
+        )
+    )
+}
+
 /// `42704 undefined_object`: no trigger of that name.
 pub fn undefined_trigger(name: &str) -> ! {
     raise(
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("trigger \"{name}\" does not exist"),
+            format!("trigger \"{}\" does not exist", excerpt(name)),
             "pg_engage",
         )
         .set_hint("SELECT name FROM engage.triggers lists the defined triggers."),
@@ -46,7 +58,7 @@ pub fn duplicate_trigger(name: &str) -> ! {
     raise(
         ErrorReport::new(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
-            format!("trigger \"{name}\" already exists"),
+            format!("trigger \"{}\" already exists", excerpt(name)),
             "pg_engage",
         )
         .set_hint("Use engage.update_trigger to change its definition."),

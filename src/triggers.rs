@@ -4,28 +4,41 @@
 //! path, and nothing is stored. Writes to engage.triggers fire `rules_changed`, which makes every
 //! backend recompile its rules before its next evaluated statement.
 
+use crate::jsonb;
 use crate::rule;
 use crate::sql_error;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::JsonB;
 
-fn checked_name(name: &str) -> &str {
+fn checked_name(name: Option<&str>) -> &str {
+    let Some(name) = name else { sql_error::null_argument("name") };
     let valid = !name.is_empty()
         && name.len() <= 100
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if !valid {
         sql_error::invalid_argument(
-            format!("invalid trigger name \"{name}\""),
+            format!("invalid trigger name \"{}\"", rule::error::excerpt(name)),
             "A trigger name is 1 to 100 characters: letters, digits, '_', '-' or '.'.",
         );
     }
     name
 }
 
-fn checked_definition(name: Option<&str>, definition: &JsonB) {
-    if let Err(e) = rule::parse(&definition.0) {
-        sql_error::invalid_definition(name, &e);
+/// The definition argument, validated: an ERROR naming the trigger, the JSON path and the problem
+/// for a NULL, an unreadable value (a number beyond double range, nesting beyond 64 levels) or a
+/// definition the language refuses.
+fn checked_definition<'a>(name: Option<&str>, definition: &'a Option<jsonb::Strict<'_>>) -> &'a serde_json::Value {
+    let Some(definition) = definition else { sql_error::null_argument("definition") };
+    match &definition.value {
+        Err(unreadable) => {
+            sql_error::invalid_definition(name, &rule::DefinitionError::new(&unreadable.path, unreadable.problem.clone()))
+        }
+        Ok(value) => {
+            if let Err(e) = rule::parse(value) {
+                sql_error::invalid_definition(name, &e);
+            }
+            value
+        }
     }
 }
 
@@ -45,8 +58,8 @@ fn one_int(query: &str, args: &[DatumWithOid]) -> Option<i32> {
 /// Validates a trigger definition: returns true, or raises an ERROR naming the JSON path and the
 /// problem. engage.trigger_definition uses it as its CHECK.
 #[pg_extern(immutable, parallel_safe)]
-fn validate_trigger(definition: JsonB) -> bool {
-    checked_definition(None, &definition);
+fn validate_trigger(definition: jsonb::Strict) -> bool {
+    checked_definition(None, &Some(definition));
     true
 }
 
@@ -66,23 +79,26 @@ fn duration(text: &str) -> Interval {
 
 /// Creates a trigger from a JSON definition and returns its id.
 #[pg_extern(volatile)]
-fn create_trigger(name: &str, definition: JsonB) -> i32 {
+fn create_trigger(name: Option<&str>, definition: Option<jsonb::Strict>) -> i32 {
     let name = checked_name(name);
     checked_definition(Some(name), &definition);
+    let definition = definition.as_ref().map(jsonb::Strict::datum);
     one_int(
         "INSERT INTO engage.triggers (name, definition) VALUES ($1, $2::jsonb) ON CONFLICT (name) DO NOTHING RETURNING id",
-        &[name.into(), definition.into()],
+        &[name.into(), definition.unwrap_or_else(|| unreachable!("checked above"))],
     )
     .unwrap_or_else(|| sql_error::duplicate_trigger(name))
 }
 
 /// Replaces a trigger's definition and returns its new version number.
 #[pg_extern(volatile)]
-fn update_trigger(name: &str, definition: JsonB) -> i32 {
+fn update_trigger(name: Option<&str>, definition: Option<jsonb::Strict>) -> i32 {
+    let Some(name) = name else { sql_error::null_argument("name") };
     checked_definition(Some(name), &definition);
+    let definition = definition.as_ref().map(jsonb::Strict::datum);
     one_int(
         "UPDATE engage.triggers SET definition = $2::jsonb, version = version + 1, updated_at = now() WHERE name = $1 RETURNING version",
-        &[name.into(), definition.into()],
+        &[name.into(), definition.unwrap_or_else(|| unreachable!("checked above"))],
     )
     .unwrap_or_else(|| sql_error::undefined_trigger(name))
 }

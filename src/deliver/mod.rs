@@ -55,6 +55,26 @@ pub mod settings {
         f64::from(LEASE_S.get().max(1))
     }
 
+    /// Refuses a time zone that either side cannot read: the insert path and the deliverer
+    /// (chrono-tz) and the SQL of the scheduler (PostgreSQL's own zone database).
+    #[pgrx::pg_guard]
+    unsafe extern "C-unwind" fn check_time_zone(
+        newval: *mut *mut std::ffi::c_char,
+        _extra: *mut *mut std::ffi::c_void,
+        _source: pgrx::pg_sys::GucSource::Type,
+    ) -> bool {
+        let value = if (*newval).is_null() { None } else { std::ffi::CStr::from_ptr(*newval).to_str().ok() };
+        let known = value.is_some_and(|zone| {
+            zone.parse::<chrono_tz::Tz>().is_ok() && !pgrx::pg_sys::pg_tzset(*newval).is_null()
+        });
+        if !known {
+            pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
+                c"engage.default_timezone is an IANA time zone name such as UTC, Europe/Berlin or America/New_York.".as_ptr(),
+            );
+        }
+        known
+    }
+
     /// Defines the delivery GUCs; `engage.database` only when preloading (it is postmaster-level).
     pub fn define(preloading: bool) {
         if preloading {
@@ -67,14 +87,20 @@ pub mod settings {
                 GucFlags::default(),
             );
         }
-        GucRegistry::define_string_guc(
-            c"engage.default_timezone",
-            c"IANA time zone for customers whose profile has none (quiet hours).",
-            c"",
-            &DEFAULT_TIMEZONE,
-            GucContext::Sighup,
-            GucFlags::default(),
-        );
+        // SAFETY: the check hook is guarded and reads only its argument.
+        unsafe {
+            GucRegistry::define_string_guc_with_hooks(
+                c"engage.default_timezone",
+                c"IANA time zone for customers whose profile has none (quiet hours, calendar triggers).",
+                c"A name such as Europe/Berlin; a value that is not one is refused when set.",
+                &DEFAULT_TIMEZONE,
+                GucContext::Sighup,
+                GucFlags::default(),
+                Some(check_time_zone),
+                None,
+                None,
+            )
+        };
         GucRegistry::define_bool_guc(
             c"engage.worker_enabled",
             c"Whether the built-in deliverer sends messages.",
@@ -141,6 +167,15 @@ static PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"pg_engage_worker_pid"
 static SENT: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_engage_worker_sent") };
 static FAILED: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_engage_worker_failed") };
 static LAST_BATCH: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_engage_worker_last_batch") };
+static SCHEDULER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"pg_engage_scheduler_pid") };
+
+/// Ends a worker that was asked to stop (SIGTERM: `pg_terminate_backend`, or a server shutdown)
+/// with exit code 1, so that the postmaster starts it again after its restart interval (5 s);
+/// during a shutdown it starts nothing. (Exit code 0 would unregister the worker for good.)
+pub fn exit_to_be_restarted() -> ! {
+    // SAFETY: called from a background worker's main function, outside any transaction.
+    unsafe { pg_sys::proc_exit(1) }
+}
 
 /// Updates of the shared worker state.
 pub mod status {
@@ -162,6 +197,19 @@ pub mod status {
 
     pub fn worker_stopped() {
         PID.get().store(0, Ordering::Release);
+    }
+
+    pub fn scheduler_started() {
+        // SAFETY: as in worker_started.
+        unsafe {
+            SCHEDULER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
+            pg_sys::before_shmem_exit(Some(clear_scheduler_pid), pg_sys::Datum::from(0));
+        }
+    }
+
+    #[pg_guard]
+    unsafe extern "C-unwind" fn clear_scheduler_pid(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
+        SCHEDULER_PID.get().store(0, Ordering::Release);
     }
 
     pub fn batch_done(results: &[worker::Outcome]) {
@@ -190,6 +238,7 @@ pub fn init() {
     pg_shmem_init!(SENT = AtomicI64::new(0));
     pg_shmem_init!(FAILED = AtomicI64::new(0));
     pg_shmem_init!(LAST_BATCH = AtomicI64::new(0));
+    pg_shmem_init!(SCHEDULER_PID = AtomicI32::new(0));
     BackgroundWorkerBuilder::new("pg_engage deliverer")
         .set_type("pg_engage deliverer")
         .set_library("pg_engage")
@@ -239,8 +288,10 @@ fn validate_template(template: Option<&str>) -> bool {
     true
 }
 
-/// The built-in deliverer's state: whether it runs, its process id, messages sent and failed
-/// since the server started, and when it last finished a batch.
+/// The built-in workers' state: whether the deliverer runs, its process id, messages sent and
+/// failed since the server started, when it last finished a batch; whether the scheduler runs
+/// and its process id. A worker that stopped is started again after 5 s, unless the server is
+/// shutting down.
 #[pg_extern(volatile)]
 #[allow(clippy::type_complexity)] // the row type is the SQL signature pgrx generates
 fn worker_status() -> TableIterator<
@@ -251,11 +302,14 @@ fn worker_status() -> TableIterator<
         name!(sent, i64),
         name!(failed, i64),
         name!(last_batch_at, Option<TimestampWithTimeZone>),
+        name!(scheduler_running, bool),
+        name!(scheduler_pid, Option<i32>),
     ),
 > {
     if !PRELOADED.load(Ordering::Acquire) {
-        return TableIterator::once((false, None, 0, 0, None));
+        return TableIterator::once((false, None, 0, 0, None, false, None));
     }
+    let scheduler = SCHEDULER_PID.get().load(Ordering::Acquire);
     let pid = PID.get().load(Ordering::Acquire);
     let last = LAST_BATCH.get().load(Ordering::Acquire);
     let last = (last != 0).then(|| TimestampWithTimeZone::try_from(last).ok()).flatten();
@@ -265,5 +319,7 @@ fn worker_status() -> TableIterator<
         SENT.get().load(Ordering::Acquire),
         FAILED.get().load(Ordering::Acquire),
         last,
+        scheduler > 0,
+        (scheduler > 0).then_some(scheduler),
     ))
 }

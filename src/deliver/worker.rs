@@ -4,6 +4,7 @@
 
 use super::channels::{self, Outgoing, SendError};
 use super::{settings, status, template};
+use crate::jsonb::Lenient;
 use crate::policy::quiet_hours::{self, QuietHours};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
@@ -57,6 +58,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     }
     status::worker_stopped();
     log!("pg_engage deliverer stopped");
+    super::exit_to_be_restarted();
 }
 
 /// Claims, sends and records one batch; returns how many messages it handled.
@@ -190,11 +192,11 @@ fn record(results: &[Outcome], deferred: &[(i64, String)], suppressed: &[(i64, &
 }
 
 const CLAIM: &str = "\
-SELECT c.id, c.customer_id, c.channel, c.template, c.payload::text, c.trigger_id,
+SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
        t.name AS trigger_name,
-       e.name AS event_name, e.properties::text, e.occurred_at::text,
-       p.attributes::text, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent::text,
-       ch.config::text, coalesce(s.secrets, '{}')::text, ch.enabled, ch.rate_limit_per_second::float8,
+       e.name AS event_name, e.properties, e.occurred_at::text,
+       p.attributes, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent,
+       ch.config, coalesce(s.secrets, '{}'), ch.enabled, ch.rate_limit_per_second::float8,
        p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS'),
        c.category <> 'marketing', coalesce(ch.requires_opt_in, false), cardinality(c.fallback) > 0,
        c.category <> 'escalation' AND EXISTS (SELECT 1 FROM engage.suppressions x
@@ -228,19 +230,19 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
                 customer_id: row.get(2)?.unwrap_or_default(),
                 channel: row.get(3)?.unwrap_or_default(),
                 template: row.get(4)?,
-                payload: json_text(row.get(5)?),
+                payload: json_value(row.get(5)?),
                 trigger_name: row.get(7)?.unwrap_or_default(),
                 event_name: row.get(8)?.unwrap_or_default(),
-                properties: json_text(row.get(9)?),
+                properties: json_value(row.get(9)?),
                 occurred_at: row.get(10)?.unwrap_or_default(),
-                attributes: json_text(row.get(11)?),
+                attributes: json_value(row.get(11)?),
                 email: row.get(12)?,
                 phone: row.get(13)?,
                 push_token: row.get(14)?,
                 locale: row.get(15)?.unwrap_or_else(|| "en".into()),
-                consent: json_text(row.get(16)?),
-                config: row.get::<String>(17)?.map(|t| json_text(Some(t))),
-                secrets: json_text(row.get(18)?),
+                consent: json_value(row.get(16)?),
+                config: row.get::<Lenient>(17)?.map(|j| j.0),
+                secrets: json_value(row.get(18)?),
                 enabled: row.get(19)?.unwrap_or(false),
                 rate: row.get(20)?,
                 timezone: row.get(21)?,
@@ -274,8 +276,9 @@ fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
 }
 
-fn json_text(text: Option<String>) -> Value {
-    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null)
+/// A jsonb column; a value JSON cannot hold (a number beyond double range) reads as missing.
+fn json_value(column: Option<Lenient>) -> Value {
+    column.map_or(Value::Null, |j| j.0)
 }
 
 struct Claimed {

@@ -6,6 +6,7 @@
 //! plan each match (variant, channel, send time); lock the customers and read their history with
 //! index probes; apply the policy; write all decisions and outbox rows with one statement.
 
+pub mod consent;
 mod history;
 mod lock;
 mod pattern;
@@ -488,7 +489,7 @@ fn route(
             }
         }
     }
-    let mut send_at = event.occurred_at + wait;
+    let mut send_at = event.occurred_at.saturating_add(wait);
     if let (true, Some((c, _))) = (marketing, &channel) {
         if let Some(quiet) = rules.channels.get(c).and_then(|p| p.quiet_hours) {
             let zone = quiet_hours::zone(profile.timezone.as_deref(), default_zone);

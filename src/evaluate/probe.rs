@@ -189,12 +189,12 @@ impl Row {
         self.int8(attnum)
     }
 
-    /// A jsonb column as JSON.
+    /// A jsonb column as JSON; a value JSON cannot hold reads as missing (see `crate::jsonb`).
     pub fn json(&self, attnum: i16) -> serde_json::Value {
-        // SAFETY: the column is of type jsonb; from_datum detoasts and converts it.
-        self.datum(attnum)
-            .and_then(|d| unsafe { pgrx::JsonB::from_datum(d, false) })
-            .map_or(serde_json::Value::Null, |j| j.0)
+        // SAFETY: the column is of type jsonb; the reader detoasts it.
+        self.datum(attnum).map_or(serde_json::Value::Null, |d| unsafe {
+            crate::jsonb::read(d, crate::jsonb::Reading::Lenient).unwrap_or(serde_json::Value::Null)
+        })
     }
 
     pub fn text(&self, attnum: i16) -> Option<String> {

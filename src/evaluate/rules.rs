@@ -132,12 +132,27 @@ thread_local! {
 pub fn current() -> Rc<RuleSet> {
     if STALE.load(Ordering::Acquire) {
         register_callback();
-        // Clear the flag before reading, so a change arriving during the read marks it again.
+        // Clear the flag before reading, so a change arriving during the read marks it again; and
+        // mark it again if the read fails (a lock timeout, a cancel, a permission error), so the
+        // next statement retries instead of deciding with a rule set it never loaded.
         STALE.store(false, Ordering::Release);
+        let on_failure = MarkStaleOnDrop;
         let loaded = Rc::new(load());
         CACHE.with(|c| *c.borrow_mut() = loaded);
+        std::mem::forget(on_failure);
     }
     CACHE.with(|c| Rc::clone(&c.borrow()))
+}
+
+/// Marks the cache stale when dropped; `current` forgets it once the load succeeded. An ERROR
+/// raised while loading unwinds through `current` (pgrx turns it into a Rust panic up to the
+/// function's boundary), and the drop runs on the way.
+struct MarkStaleOnDrop;
+
+impl Drop for MarkStaleOnDrop {
+    fn drop(&mut self) {
+        mark_stale();
+    }
 }
 
 /// Marks the cache stale in this backend (other backends learn through the relcache invalidation).

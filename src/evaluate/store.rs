@@ -10,7 +10,7 @@ use std::cell::OnceCell;
 /// What the insert path needs to know about the statement's customers: profile attributes,
 /// preferred channel, consent, time zone, and the channels they are suppressed on.
 const PROFILES: &str = "\
-SELECT q.customer_id, p.attributes::text, p.preferred_channel, p.consent::text, p.timezone,
+SELECT q.customer_id, p.attributes, p.preferred_channel, p.consent, p.timezone,
        (SELECT array_agg(s.channel) FROM engage.suppressions s WHERE s.customer_id = q.customer_id)
   FROM unnest($1::text[]) AS q(customer_id)
   LEFT JOIN engage.profiles p ON p.customer_id = q.customer_id";
@@ -219,9 +219,7 @@ pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, Profile)> {
                 .select(&plans.profiles, None, &args)?
                 .map(|row| {
                     let id: String = row.get(1)?.unwrap_or_default();
-                    let json = |text: Option<String>| {
-                        text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(serde_json::Value::Null)
-                    };
+                    let json = |j: Option<crate::jsonb::Lenient>| j.map_or(serde_json::Value::Null, |j| j.0);
                     Ok((
                         id,
                         Profile {

@@ -15,12 +15,13 @@ pub struct EventRow<'a> {
 }
 
 impl EventRow<'_> {
-    /// The event's properties as JSON (done only for events whose candidate rules need them).
+    /// The event's properties as JSON (done only for events whose candidate rules need them);
+    /// a value JSON cannot hold reads as missing (see `crate::jsonb`).
     pub fn properties(&self) -> serde_json::Value {
         // SAFETY: the datum is a jsonb value of the current slot, alive while the row is visited.
-        self.properties
-            .and_then(|d| unsafe { pgrx::JsonB::from_polymorphic_datum(d, false, pg_sys::JSONBOID) })
-            .map_or(serde_json::Value::Null, |j| j.0)
+        self.properties.map_or(serde_json::Value::Null, |d| unsafe {
+            crate::jsonb::read(d, crate::jsonb::Reading::Lenient).unwrap_or(serde_json::Value::Null)
+        })
     }
 }
 

@@ -89,10 +89,46 @@ pub fn variant_index(trigger_name: &str, customer_id: &str, weights: &[f64]) -> 
 /// Marketing consent for a channel: the customer's answer for that channel, else their answer for
 /// "all" (`profiles.consent`), else yes unless the channel requires an explicit opt-in.
 pub fn consents(consent: &serde_json::Value, channel: &str, requires_opt_in: bool) -> bool {
-    match consent.get(channel).or_else(|| consent.get("all")).and_then(serde_json::Value::as_bool) {
-        Some(answer) => answer,
+    match consent.get(channel).or_else(|| consent.get("all")) {
+        Some(serde_json::Value::Bool(answer)) => *answer,
+        // Fail closed: anything but a boolean (engage.profiles refuses it, but a value can only be
+        // read as one answer) is no consent.
+        Some(_) => false,
         None => !requires_opt_in,
     }
+}
+
+/// The key a consent answer is stored under for a channel name as apps write it: the channel's
+/// own name (case and surrounding spaces ignored) or `all`; None for anything else.
+pub fn consent_key(name: &str) -> Option<&'static str> {
+    let name = name.trim().to_ascii_lowercase();
+    if name == "all" {
+        return Some("all");
+    }
+    Channel::parse(&name).map(Channel::as_str)
+}
+
+/// Why a stored consent document is refused: keys are consent keys as stored (lower case), values
+/// booleans.
+pub fn consent_problem(consent: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Object(map) = consent else {
+        return Some("profiles.consent must be a JSON object such as {\"email\": true}".to_string());
+    };
+    for (key, value) in map {
+        if consent_key(key) != Some(key.as_str()) {
+            return Some(format!(
+                "profiles.consent has an unknown channel \"{}\": the keys are email, sms, whatsapp, push, webhook or all",
+                crate::rule::error::excerpt(key)
+            ));
+        }
+        if !value.is_boolean() {
+            return Some(format!(
+                "profiles.consent.{key} must be true or false, got {}",
+                crate::rule::error::show(value)
+            ));
+        }
+    }
+    None
 }
 
 /// At most `max` marketing messages per customer in any rolling window of `per_micros`, on one
@@ -313,8 +349,35 @@ fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     const HOUR: i64 = 3_600_000_000;
+
+    #[test]
+    fn consent_fails_closed_on_anything_but_a_boolean() {
+        assert!(consents(&json!({}), "email", false));
+        assert!(!consents(&json!({}), "sms", true));
+        assert!(consents(&json!({"sms": true}), "sms", true));
+        for odd in [json!("false"), json!(0), json!(null), json!("true"), json!(1), json!({})] {
+            assert!(!consents(&json!({"email": odd.clone()}), "email", false), "{odd}");
+            assert!(!consents(&json!({"all": odd.clone()}), "email", false), "{odd}");
+        }
+        assert!(!consents(&json!({"all": false}), "email", false));
+        assert!(consents(&json!({"all": false, "email": true}), "email", false));
+    }
+
+    #[test]
+    fn consent_keys_are_channels_in_any_case_or_all() {
+        assert_eq!(consent_key(" Email "), Some("email"));
+        assert_eq!(consent_key("ALL"), Some("all"));
+        for unknown in ["", "carrier_pigeon", "e-mail", "emails"] {
+            assert_eq!(consent_key(unknown), None, "{unknown:?}");
+        }
+        assert_eq!(consent_problem(&json!({"email": true, "all": false})), None);
+        assert!(consent_problem(&json!({"Email": true})).is_some_and(|p| p.contains("unknown channel")));
+        assert!(consent_problem(&json!({"sms": "no"})).is_some_and(|p| p.contains("true or false")));
+        assert!(consent_problem(&json!([])).is_some());
+    }
 
     const MINUTE: i64 = 60_000_000;
 
@@ -427,7 +490,7 @@ mod tests {
         assert!(!consents(&json!({"all": false}), "push", false));
         assert!(consents(&json!({"all": false, "sms": true}), "sms", true));
         assert!(consents(&json!({"all": true}), "sms", true));
-        assert!(consents(&json!({"sms": "maybe"}), "sms", false), "a non-boolean answer is no answer");
+        assert!(!consents(&json!({"sms": "maybe"}), "sms", false), "a non-boolean answer is no consent (fails closed)");
     }
 
     #[test]

@@ -47,6 +47,14 @@ pub fn show(value: &serde_json::Value) -> String {
     }
 }
 
+/// At most 40 characters of a name or key, for error messages and paths.
+pub fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 /// The JSON type name of a value, as used in "expected …, got an array" messages.
 pub fn type_name(value: &serde_json::Value) -> &'static str {
     match value {

@@ -207,8 +207,41 @@ impl Definition {
     }
 }
 
+/// A definition holds at most this many JSON values (objects, arrays and scalars together).
+pub const MAX_VALUES: usize = 10_000;
+/// A definition nests objects and arrays at most this deep (`$` is depth 1).
+pub const MAX_DEPTH: usize = 32;
+/// A trigger listens to at most this many event names.
+pub const MAX_EVENT_NAMES: usize = 100;
+
+/// Refuses a definition too large or too deep to be bounded work on every insert, before any
+/// part of it is read.
+fn check_bounds(value: &Value) -> Result<(), DefinitionError> {
+    let mut values = 0usize;
+    let mut pending: Vec<(&Value, usize, String)> = vec![(value, 1, "$".to_string())];
+    while let Some((v, depth, path)) = pending.pop() {
+        values += 1;
+        if values > MAX_VALUES {
+            return Err(DefinitionError::new("$", format!("a definition holds at most {MAX_VALUES} JSON values"))
+                .with_hint("split it into several triggers"));
+        }
+        let children: Vec<(&Value, String)> = match v {
+            Value::Array(items) => items.iter().enumerate().map(|(i, c)| (c, format!("{path}[{i}]"))).collect(),
+            Value::Object(map) => map.iter().map(|(k, c)| (c, format!("{path}.{}", error::excerpt(k)))).collect(),
+            _ => continue,
+        };
+        if depth >= MAX_DEPTH && !children.is_empty() {
+            return Err(DefinitionError::new(&path, format!("nested deeper than {MAX_DEPTH} levels"))
+                .with_hint("a predicate rarely needs more than a few levels of all/any/not"));
+        }
+        pending.extend(children.into_iter().map(|(c, p)| (c, depth + 1, p)));
+    }
+    Ok(())
+}
+
 /// Validates a definition and returns its typed form, or the first problem found.
 pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
+    check_bounds(value)?;
     let map = object(value, "$")?;
     reject_unknown(map, "$", FIELDS)?;
     let schedule = schedule::parse(map)?;
@@ -350,6 +383,10 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
 /// Parses a non-empty array of cancel conditions (`cancel_on`, `exit`).
 fn parse_cancel_list(value: &Value, path: &str) -> Result<Vec<CancelOn>, DefinitionError> {
     match value {
+        Value::Array(items) if items.len() > MAX_EVENT_NAMES => Err(DefinitionError::new(
+            "$.event",
+            format!("a trigger listens to at most {MAX_EVENT_NAMES} event names, got {}", items.len()),
+        )),
         Value::Array(items) if !items.is_empty() => {
             items.iter().enumerate().map(|(i, item)| parse_cancel_on(item, &format!("{path}[{i}]"))).collect()
         }
@@ -452,6 +489,10 @@ fn parse_events(value: &Value) -> Result<Vec<String>, DefinitionError> {
         other => Err(DefinitionError::new(path, format!("expected a non-empty event name, got {}", show(other)))),
     };
     match value {
+        Value::Array(items) if items.len() > MAX_EVENT_NAMES => Err(DefinitionError::new(
+            "$.event",
+            format!("a trigger listens to at most {MAX_EVENT_NAMES} event names, got {}", items.len()),
+        )),
         Value::Array(items) if !items.is_empty() => {
             items.iter().enumerate().map(|(i, v)| name(v, &format!("$.event[{i}]"))).collect()
         }

@@ -42,6 +42,7 @@ pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = crate::deliver::settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    crate::deliver::status::scheduler_started();
     log!("pg_engage scheduler started on database \"{database}\"");
     loop {
         let interval = TICK_INTERVAL_S.get();
@@ -59,6 +60,7 @@ pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
         }
     }
     log!("pg_engage scheduler stopped");
+    crate::deliver::exit_to_be_restarted();
 }
 
 /// One tick, then the rollups, each in its own transaction (an error in one is logged by

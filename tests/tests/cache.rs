@@ -6,6 +6,7 @@
 //! change inside A's own transaction applies to A's next insert.
 
 use pg_engage_it::*;
+use std::time::Duration;
 
 struct Sessions {
     a: Client,
@@ -174,4 +175,62 @@ fn each_backend_follows_many_alternating_changes() {
         assert_eq!(visit(&mut s, want), vec![fired("promo")], "round {round}: x = {want}");
         assert_eq!(visit(&mut s, want + 1), vec![], "round {round}: x = {}", want + 1);
     }
+}
+
+/// A new session (its cache not yet loaded) whose first rule load fails while session A holds
+/// `engage.channels` locked. Returns the new session.
+fn session_whose_first_load_fails(db: &str, fail: impl FnOnce(&mut Client, i32) -> DbError) -> (Client, Client) {
+    let mut holder = shared().create_db(db);
+    create_trigger(&mut holder, "always", json!({"event": "visit", "action": email("always")}));
+    let mut app = shared().connect(db);
+    let pid: i32 = app.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    holder.batch_execute("BEGIN; LOCK TABLE engage.channels IN ACCESS EXCLUSIVE MODE").unwrap();
+    let err = fail(&mut app, pid);
+    assert!(
+        count(&mut app, "SELECT count(*) FROM engage.events") == 0,
+        "the failed statement stored nothing ({err:?})"
+    );
+    holder.batch_execute("ROLLBACK").unwrap();
+    (holder, app)
+}
+
+#[test]
+fn a_rule_load_that_times_out_on_a_lock_is_retried_by_the_next_statement() {
+    let (_holder, mut app) = session_whose_first_load_fails("cache_lock_timeout", |app, _| {
+        app.batch_execute("SET lock_timeout = '200ms'").unwrap();
+        expect_db_error(
+            app.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'visit')", &[]),
+            "55P03",
+            "lock timeout",
+        )
+    });
+    let id = insert_event(&mut app, "c1", "visit", json!({}));
+    assert_eq!(decisions_for(&mut app, id), vec![fired("always")], "the next statement loads the rules again");
+}
+
+#[test]
+fn a_rule_load_that_is_cancelled_is_retried_by_the_next_statement() {
+    let (_holder, mut app) = session_whose_first_load_fails("cache_cancel", |app, pid| {
+        let mut canceller = shared().connect("cache_cancel");
+        std::thread::scope(|s| {
+            let insert = s.spawn(|| app.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'visit')", &[]));
+            // Cancel the insert once it waits for the lock on engage.channels.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let waiting = count(
+                    &mut canceller,
+                    &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"),
+                );
+                if waiting == 1 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the insert never waited for the lock");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            canceller.execute("SELECT pg_cancel_backend($1)", &[&pid]).unwrap();
+            expect_db_error(insert.join().unwrap(), "57014", "canceling statement")
+        })
+    });
+    let id = insert_event(&mut app, "c1", "visit", json!({}));
+    assert_eq!(decisions_for(&mut app, id), vec![fired("always")], "the next statement loads the rules again");
 }

@@ -378,3 +378,119 @@ fn valid_definitions_validate_true() {
     // validate_trigger stores nothing.
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers"), 1);
 }
+
+/// `rejects` for a definition given as JSON text (for what serde_json cannot hold, like 1e400):
+/// 22023 naming one of `paths` from validate_trigger, create_trigger and update_trigger.
+#[track_caller]
+fn rejects_text(c: &mut Client, definition: &str, paths: &[&str]) {
+    for (what, sql) in [
+        ("validate_trigger", "SELECT engage.validate_trigger($1::text::jsonb)::text"),
+        ("create_trigger", "SELECT engage.create_trigger('bad', $1::text::jsonb)::text"),
+        ("update_trigger", "SELECT engage.update_trigger('good', $1::text::jsonb)::text"),
+    ] {
+        let result = c.query_one(sql, &[&definition]).map(|r| r.get::<_, Option<String>>(0));
+        let db = expect_db_error(result, INVALID, "");
+        assert!(
+            paths.iter().any(|p| names_path(db.message(), p)),
+            "{what}: the message does not name {paths:?}: {:?}",
+            db.message()
+        );
+    }
+    assert_eq!(count(c, "SELECT count(*) FROM engage.triggers WHERE name = 'bad'"), 0);
+    assert_eq!(count(c, "SELECT count(*) FROM engage.triggers WHERE name = 'good' AND version = 1"), 1);
+}
+
+#[test]
+fn durations_longer_than_ten_years_are_rejected() {
+    let mut c = db("def_long_duration");
+    for wait in ["106751990d", "99999999d", "3651d"] {
+        let db = rejects(&mut c, with("wait", json!(wait)), &["$.wait"], &["longer than 3650d"]);
+        assert!(db.hint().is_some_and(|h| h.contains("3650d")), "{:?}", db.hint());
+    }
+    let db = rejects(&mut c, with("cap", json!({"max": 1, "per": "99999999d"})), &["$.cap.per"], &[]);
+    assert!(db.message().contains("3650d"), "{}", db.message());
+    create_trigger(&mut c, "ten_years", with("wait", json!("3650d")));
+}
+
+#[test]
+fn numbers_beyond_double_range_are_rejected_at_their_path() {
+    let mut c = db("def_huge_numbers");
+    rejects_text(
+        &mut c,
+        r#"{"event": "e", "action": {"channel": "webhook", "payload": {"limit": 1e400}}}"#,
+        &["$.action.payload.limit"],
+    );
+    rejects_text(
+        &mut c,
+        r#"{"event": "e", "where": {"property": "amount", "gt": -1e400}, "action": {"channel": "webhook"}}"#,
+        &["$.where.gt"],
+    );
+    rejects_text(
+        &mut c,
+        r#"{"event": "e", "where": {"all": [{"property": "a", "eq": 1}, {"property": "b", "in": [1, 1e400]}]}, "action": {"channel": "webhook"}}"#,
+        &["$.where.all[1].in[1]"],
+    );
+}
+
+#[test]
+fn definitions_too_deep_or_too_large_are_rejected() {
+    let mut c = db("def_bounds");
+    // A `where` nested 200 deep (not of not of ...), and one nested 40 deep.
+    for depth in [200, 40] {
+        let mut predicate = json!({"property": "x", "eq": 1});
+        for _ in 0..depth {
+            predicate = json!({"not": predicate});
+        }
+        let text = with_where(predicate).to_string();
+        let result = c.query_one("SELECT engage.create_trigger('bad', $1::text::jsonb)", &[&text]);
+        let db = expect_db_error(result.map(|r| r.get::<_, i32>(0)), INVALID, "nested deeper than");
+        assert!(db.message().contains("at $.where.not.not.not"), "depth {depth}: {}", db.message());
+    }
+    // 10,000 event names.
+    let names: Vec<String> = (0..10_000).map(|i| format!("e{i}")).collect();
+    let db = rejects(&mut c, with("event", json!(names)), &["$.event", "$"], &[]);
+    assert!(db.message().contains("at most"), "{}", db.message());
+    let names: Vec<String> = (0..101).map(|i| format!("e{i}")).collect();
+    rejects(&mut c, with("event", json!(names)), &["$.event"], &["at most 100 event names"]);
+    // 100,000 `any` conditions.
+    let any: Vec<Value> = (0..100_000).map(|i| json!({"property": "x", "eq": i})).collect();
+    rejects(&mut c, with_where(json!({"any": any})), &["$"], &["at most 10000 JSON values"]);
+    // Within the limits: 100 names and a where of 1,000 conditions.
+    let names: Vec<String> = (0..100).map(|i| format!("e{i}")).collect();
+    let any: Vec<Value> = (0..1_000).map(|i| json!({"property": "x", "eq": i})).collect();
+    let mut fine = with("event", json!(names));
+    fine["where"] = json!({"any": any});
+    create_trigger(&mut c, "large_but_fine", fine);
+}
+
+#[test]
+fn null_arguments_are_errors() {
+    let mut c = db("def_nulls");
+    let code = "22004";
+    for sql in [
+        "SELECT engage.create_trigger(NULL, '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT engage.create_trigger('n', NULL)",
+        "SELECT engage.update_trigger(NULL, '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT engage.update_trigger('good', NULL)",
+    ] {
+        let db = expect_db_error(c.query_one(sql, &[]).map(|r| r.get::<_, Option<i32>>(0)), code, "must not be NULL");
+        assert!(db.message().contains("name") || db.message().contains("definition"), "{sql}: {}", db.message());
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.triggers"), 1);
+}
+
+#[test]
+fn long_names_are_quoted_as_excerpts() {
+    let mut c = db("def_long_names");
+    let long = "n".repeat(100_000);
+    for sql in [
+        "SELECT engage.create_trigger($1, '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT engage.update_trigger($1, '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT engage.drop_trigger($1)::text",
+    ] {
+        let err = c.query_one(sql, &[&long]).map(|_| ()).unwrap_err();
+        let message = err.as_db_error().expect("a server error").message().to_string();
+        assert!(message.len() < 300, "{sql}: a {}-byte message", message.len());
+        assert!(message.contains("nnnn..."), "{sql}: {message}");
+    }
+}

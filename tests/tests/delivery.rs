@@ -1265,3 +1265,59 @@ fn a_refused_connection_is_retried_not_dead() {
     );
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.dead_letters"), 0);
 }
+
+/// Both workers come back after `pg_terminate_backend` (not a server shutdown), and
+/// `worker_status()` says when one is down.
+#[test]
+fn terminated_workers_are_restarted_and_reported_down_meanwhile() {
+    let (cluster, mut c) = start_deliverer("worker_restart", &[("engage.tick_interval", "1")]);
+    let deliverer = wait_for_worker(&cluster, &mut c, None);
+    let scheduler = wait_for(
+        "the scheduler to run",
+        WAIT,
+        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0) {
+            Some(pid) => Ok(pid),
+            None => Err("no scheduler".to_string()),
+        },
+        || cluster.log_tail(20),
+    );
+    c.execute("SELECT pg_terminate_backend($1)", &[&deliverer]).unwrap();
+    c.execute("SELECT pg_terminate_backend($1)", &[&scheduler]).unwrap();
+    // Down at once (the restart interval is 5 s) ...
+    let down: (bool, bool) = {
+        let row = c.query_one("SELECT running, scheduler_running FROM engage.worker_status()", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(down, (false, false), "worker_status right after the terminations");
+    // ... and back with new processes.
+    let again = wait_for_worker(&cluster, &mut c, Some(deliverer));
+    assert_ne!(again, deliverer);
+    wait_for(
+        "the scheduler to run again",
+        WAIT,
+        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0) {
+            Some(pid) if pid != scheduler => Ok(pid),
+            other => Err(format!("scheduler pid {other:?}")),
+        },
+        || cluster.log_tail(20),
+    );
+}
+
+/// A time zone that is not one is refused when set, not read as UTC by one side and an error
+/// by the other.
+#[test]
+fn an_unknown_default_timezone_is_refused_when_set() {
+    let (cluster, mut c) = start_deliverer("bad_timezone", &[]);
+    for zone in ["Mars/Olympus", "", "Europe/Berln"] {
+        let db = assert_sql_error(
+            &mut c,
+            &format!("ALTER SYSTEM SET engage.default_timezone = '{zone}'"),
+            &[],
+            "22023",
+            "engage.default_timezone",
+        );
+        assert!(db.hint().is_some_and(|h| h.contains("IANA")), "{zone}: {:?}", db.hint());
+    }
+    c.batch_execute("ALTER SYSTEM SET engage.default_timezone = 'Pacific/Auckland'").unwrap();
+    drop(cluster);
+}
