@@ -477,6 +477,27 @@ pub fn assert_sql_error(
 // pg_engage helpers
 // ---------------------------------------------------------------------------------------------
 
+/// Makes the session of `client` (connected to database `db` as the superuser) act as a new
+/// non-superuser role that owns nothing and has only table rights on the engage schema (what a
+/// database team grants an app until the extension ships its own roles): `SET ROLE`, so every
+/// later statement of the session runs with that role's rights.
+#[track_caller]
+pub fn act_as_non_superuser(client: &mut Client, db: &str) {
+    let role = format!("{db}_app");
+    let sql = format!(
+        "CREATE ROLE {role} NOSUPERUSER NOCREATEDB NOCREATEROLE;
+         GRANT USAGE ON SCHEMA engage TO {role};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA engage TO {role};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA engage TO {role};
+         SET ROLE {role};"
+    );
+    if let Err(e) = client.batch_execute(&sql) {
+        panic!("act as non-superuser {role}: {}", error_text(&e));
+    }
+    let superuser: bool = client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
+    assert!(!superuser, "the session must run as a non-superuser");
+}
+
 /// `engage.create_trigger(name, definition)`; panics with the server error when it fails.
 #[track_caller]
 pub fn create_trigger(client: &mut Client, name: &str, definition: Value) -> i32 {

@@ -1,6 +1,7 @@
 //! Consent fails closed: channel names in subscribe / unsubscribe (functions or events) are
 //! known channels in any case, or an ERROR; profiles.consent holds only known channels with
-//! boolean answers; and only an explicit answer counts.
+//! boolean answers; and only an explicit answer counts. The app's statements run as a
+//! non-superuser role.
 
 use pg_engage_it::*;
 
@@ -9,6 +10,7 @@ fn setup(db: &str) -> Client {
     create_trigger(&mut c, "promo", json!({"event": "visit", "action": email("promo")}));
     c.batch_execute("INSERT INTO engage.channels (kind, requires_opt_in) VALUES ('sms', true)").unwrap();
     create_trigger(&mut c, "promo_sms", json!({"event": "visit_sms", "action": {"channel": "sms", "template": "t"}}));
+    act_as_non_superuser(&mut c, db);
     c
 }
 

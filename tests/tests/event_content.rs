@@ -5,6 +5,8 @@
 //! - properties nested deeper than 64 levels are stored; the deep part reads as missing;
 //! - an event time that is infinite or outside years 1 to 9999 is refused with the constraint
 //!   `events_occurred_at_in_range`, before anything is decided.
+//!
+//! The app's statements run as a non-superuser role.
 
 use pg_engage_it::*;
 
@@ -29,6 +31,7 @@ fn setup(db: &str) -> Client {
         "any_cart",
         json!({"event": "cart_updated", "category": "transactional", "action": {"channel": "webhook"}}),
     );
+    act_as_non_superuser(&mut c, db);
     c
 }
 
