@@ -13,30 +13,37 @@ use crate::policy::{Candidate, Queued, Reason, Rival};
 use crate::rule::Channel;
 use std::collections::HashMap;
 
-/// Fills `prior_fired` of capped candidates: stored decisions of the same customer and trigger in
-/// the cap's window, `(occurred_at - window, occurred_at]`, that fired (or were held out, for a
-/// trigger with a holdout: a control decision is one that would have fired).
-pub fn count_prior_fired(candidates: &mut [Candidate], customers: &[String], holdouts: &[bool]) {
+/// Fills `stored_fired` of capped candidates: the event times of stored decisions of the same
+/// customer and trigger that fired (or were held out, for a trigger with a holdout: a control
+/// decision is one that would have fired) within the cap's window on either side of the
+/// candidate, `(occurred_at - window, occurred_at + window)`.
+pub fn read_stored_fired(candidates: &mut [Candidate], customers: &[String], holdouts: &[bool]) {
     if candidates.iter().all(|c| c.cap.is_none()) {
         return;
     }
     let mut probe = Probe::open(c"decisions", c"decisions_pkey", 4);
     let outcome = probe.column(c"outcome");
+    let occurred_at = probe.column(c"occurred_at");
     for (i, c) in candidates.iter_mut().enumerate() {
         let Some((_, window)) = c.cap else { continue };
         let keys = [
             Key::text_eq(1, &customers[c.customer]),
             Key::timestamptz_gt(2, c.occurred_at.saturating_sub(window)),
-            Key::timestamptz_le(2, c.occurred_at),
+            Key::timestamptz_lt(2, c.occurred_at.saturating_add(window)),
             Key::int4_eq(3, c.trigger_id),
         ];
-        let mut prior = 0;
-        probe.for_each(&keys, |row| match row.text(outcome).as_deref() {
-            Some("fired") => prior += 1,
-            Some("held_out") if holdouts[i] => prior += 1,
-            _ => {}
+        let mut stored = Vec::new();
+        probe.for_each(&keys, |row| {
+            let counts = match row.text(outcome).as_deref() {
+                Some("fired") => true,
+                Some("held_out") => holdouts[i],
+                _ => false,
+            };
+            if let (true, Some(at)) = (counts, row.timestamptz(occurred_at)) {
+                stored.push(at);
+            }
         });
-        c.prior_fired = prior;
+        c.stored_fired = stored;
     }
 }
 

@@ -233,7 +233,7 @@ fn decide_and_write(
                 event_id: events[e].id,
                 occurred_at: events[e].occurred_at,
                 cap: rule.definition.cap.map(|c| (c.max, c.per_micros)),
-                prior_fired: 0,
+                stored_fired: Vec::new(),
                 transactional: rule.definition.category == Category::Transactional,
                 blocked: plan.channel.as_ref().err().copied(),
                 channel: plan.channel.as_ref().map_or(Channel::Webhook, |(c, _)| *c),
@@ -245,7 +245,7 @@ fn decide_and_write(
     // Serialise the statement's customers against concurrent statements, then read their history.
     lock::lock_customers(candidates.iter().map(|c| customers[c.customer].as_str()));
     let holdouts: Vec<bool> = matched.iter().map(|&(_, r)| rules.rules[r].definition.holdout > 0.0).collect();
-    history::count_prior_fired(&mut candidates, customers, &holdouts);
+    history::read_stored_fired(&mut candidates, customers, &holdouts);
     let after_finish: Vec<bool> =
         matched.iter().map(|&(_, r)| rules.rules[r].definition.reentry == Reentry::AfterFinish).collect();
     history::block_reentry(&mut candidates, customers, &after_finish);

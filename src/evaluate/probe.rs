@@ -67,6 +67,14 @@ impl Key {
             value: pg_sys::Datum::from(value),
         }
     }
+    pub fn timestamptz_lt(column: i16, micros: i64) -> Key {
+        Key {
+            column,
+            strategy: pg_sys::BTLessStrategyNumber,
+            function: pg_sys::F_TIMESTAMPTZ_LT,
+            value: pg_sys::Datum::from(micros),
+        }
+    }
     pub fn timestamptz_le(column: i16, micros: i64) -> Key {
         Key {
             column,

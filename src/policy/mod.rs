@@ -141,7 +141,7 @@ pub struct FrequencyCap {
 }
 
 /// One (event, trigger) match, as the policy sees it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
     /// Index of the customer within the statement (same customer, same index).
     pub customer: usize,
@@ -152,8 +152,10 @@ pub struct Candidate {
     pub occurred_at: i64,
     /// `(max, window)` when the trigger is capped.
     pub cap: Option<(i64, i64)>,
-    /// Fired decisions already stored for this customer and trigger in `(occurred_at - window, occurred_at]`.
-    pub prior_fired: i64,
+    /// Event times of the fired decisions already stored for this customer and trigger that can
+    /// share a cap window with this one: `(occurred_at - window, occurred_at + window)`, on both
+    /// sides, since a late or out-of-order event can be decided after later ones.
+    pub stored_fired: Vec<i64>,
     /// Transactional: no conflicts, no frequency caps.
     pub transactional: bool,
     /// Already decided before the policy runs: no channel the action could use is allowed.
@@ -200,8 +202,10 @@ pub struct Verdict {
 /// Decides every candidate of a statement, in this order:
 ///
 /// 1. `blocked` candidates (no allowed channel) are suppressed with that reason.
-/// 2. Caps, per (customer, trigger), in event-time order: a candidate fires only if the stored
-///    fired decisions in its window plus the ones fired earlier in this statement stay below max.
+/// 2. Caps, per (customer, trigger), in event-time order: a candidate fires only if no rolling
+///    window of the cap that contains it would then hold more than max fired decisions, counting
+///    the stored ones on both sides of it in event time and the ones fired earlier in this
+///    statement.
 /// 3. Conflicts, per customer, among marketing candidates that passed and rivals: rivals whose
 ///    message is already out stand. Then, in priority order (ties: lower trigger id, then earlier
 ///    event), a candidate or replaceable rival is kept unless something of another trigger kept
@@ -313,6 +317,19 @@ pub fn decide(
     Verdict { outcomes, replaced: (0..rivals.len()).filter(|&r| replaced[r]).collect() }
 }
 
+/// Whether one more fired decision at `t` would put more than `max` fired decisions in some
+/// rolling window `(s - window, s]` that contains `t`, given the event times of the others,
+/// earlier or later than `t`. The count in a window changes only where a decision enters it, so
+/// the windows ending at `t` and at each later decision less than `window` after it cover all.
+pub fn breaks_cap(t: i64, max: i64, window: i64, fired: &[i64]) -> bool {
+    let later_ends = fired.iter().copied().filter(|&f| f > t && f < t.saturating_add(window));
+    std::iter::once(t).chain(later_ends).any(|end| {
+        let start = end.saturating_sub(window);
+        let inside = fired.iter().filter(|&&f| f > start && f <= end).count() as i64;
+        inside + 1 > max
+    })
+}
+
 fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
     let mut order: Vec<usize> = (0..candidates.len()).collect();
     order.sort_by_key(|&i| {
@@ -334,9 +351,9 @@ fn apply_caps(candidates: &[Candidate]) -> Vec<Outcome> {
             continue;
         }
         if let Some((max, window)) = c.cap {
-            let since = c.occurred_at.saturating_sub(window);
-            let earlier = fired_times.iter().filter(|&&t| t > since && t <= c.occurred_at).count() as i64;
-            if c.prior_fired + earlier >= max {
+            let mut fired = c.stored_fired.clone();
+            fired.extend_from_slice(&fired_times);
+            if breaks_cap(c.occurred_at, max, window, &fired) {
                 outcomes[i] = Outcome::Suppressed(Reason::Cap);
                 continue;
             }
@@ -394,7 +411,7 @@ mod tests {
             event_id,
             occurred_at: at,
             cap: None,
-            prior_fired: 0,
+            stored_fired: Vec::new(),
             transactional: false,
             blocked: None,
             channel: Channel::Email,
@@ -511,13 +528,53 @@ mod tests {
 
     #[test]
     fn cap_counts_stored_and_earlier_in_statement_in_event_time_order() {
-        let capped =
-            |event_id, at, prior| Candidate { cap: Some((2, HOUR)), prior_fired: prior, ..cand(0, 1, 0, event_id, at) };
+        // One stored fired decision at -0.25h, which the history read returns to the candidates
+        // whose two-sided range holds it.
+        let capped = |event_id, at, stored: &[i64]| Candidate {
+            cap: Some((2, HOUR)),
+            stored_fired: stored.to_vec(),
+            ..cand(0, 1, 0, event_id, at)
+        };
+        let stored = -HOUR / 4;
         // Given out of order: the later event (id 1) is decided after the two earlier ones.
-        let outcomes = decide_now(&[capped(1, 3 * HOUR / 2, 0), capped(2, 0, 1), capped(3, HOUR / 2, 1)]);
-        assert_eq!(outcomes[1], Outcome::Fired); // 1 stored + 0 earlier < 2
-        assert_eq!(outcomes[2], Outcome::Suppressed(Reason::Cap)); // the same stored one + 1 earlier
+        let outcomes =
+            decide_now(&[capped(1, 3 * HOUR / 2, &[]), capped(2, 0, &[stored]), capped(3, HOUR / 2, &[stored])]);
+        assert_eq!(outcomes[1], Outcome::Fired); // (-1h, 0] holds the stored one and this: 2
+        assert_eq!(outcomes[2], Outcome::Suppressed(Reason::Cap)); // (-0.5h, 0.5h] would hold 3
         assert_eq!(outcomes[0], Outcome::Fired); // window (0.5h, 1.5h]: event at 0 no longer counts
+    }
+
+    #[test]
+    fn cap_counts_stored_decisions_later_in_event_time() {
+        // A late event, decided after one an hour later in event time fired: a cap of 1 per day
+        // holds in both directions.
+        let late = Candidate { cap: Some((1, 24 * HOUR)), stored_fired: vec![HOUR], ..cand(0, 1, 0, 1, 0) };
+        assert_eq!(decide_now(&[late]), vec![Outcome::Suppressed(Reason::Cap)]);
+        // With max 2, only decisions that can share one window with the candidate count together:
+        // at -0.9h and +0.9h (window 1h) they never do, at -0.4h and +0.4h they do.
+        let between = |stored: Vec<i64>| Candidate { cap: Some((2, HOUR)), stored_fired: stored, ..cand(0, 1, 0, 1, 0) };
+        let apart = 9 * HOUR / 10;
+        assert_eq!(decide_now(&[between(vec![-apart, apart])]), vec![Outcome::Fired]);
+        let close = 4 * HOUR / 10;
+        assert_eq!(decide_now(&[between(vec![-close, close])]), vec![Outcome::Suppressed(Reason::Cap)]);
+        assert_eq!(decide_now(&[between(vec![close, 2 * close])]), vec![Outcome::Suppressed(Reason::Cap)]);
+    }
+
+    #[test]
+    fn breaks_cap_matches_a_brute_force_over_every_window() {
+        // Every window (end - w, end] containing t, over a fine grid of ends, against breaks_cap.
+        let w = 10;
+        for mask in 0u32..(1 << 8) {
+            let fired: Vec<i64> = (0..8).filter(|b| mask & (1 << b) != 0).map(|b| i64::from(b) * 3 - 10).collect();
+            for max in 1..4 {
+                for t in -12..12 {
+                    let brute = (t..t + w).any(|end| {
+                        fired.iter().filter(|&&f| f > end - w && f <= end).count() as i64 + 1 > max
+                    });
+                    assert_eq!(breaks_cap(t, max, w, &fired), brute, "fired {fired:?} max {max} t {t}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -546,7 +603,7 @@ mod tests {
 
     #[test]
     fn a_capped_high_priority_trigger_does_not_block_a_lower_one() {
-        let high = Candidate { cap: Some((1, HOUR)), prior_fired: 1, ..cand(0, 1, 9, 1, 0) };
+        let high = Candidate { cap: Some((1, HOUR)), stored_fired: vec![-1], ..cand(0, 1, 9, 1, 0) };
         let outcomes = decide_now(&[high, cand(0, 2, 1, 1, 0)]);
         assert_eq!(outcomes, vec![Outcome::Suppressed(Reason::Cap), Outcome::Fired]);
     }

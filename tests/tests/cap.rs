@@ -334,3 +334,118 @@ fn cap_holds_under_repeatable_read() {
 fn cap_holds_under_serializable() {
     cap_holds_under_isolation("cap_serializable", postgres::IsolationLevel::Serializable);
 }
+
+/// Event times in microseconds of the fired decisions of `trigger`, per customer, in event-time order.
+fn fired_times(c: &mut Client, trigger: &str) -> Vec<(String, Vec<i64>)> {
+    c.query(
+        "SELECT d.customer_id::text, array_agg((extract(epoch FROM d.occurred_at) * 1000000)::int8 ORDER BY d.occurred_at)
+           FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id
+          WHERE t.name = $1 AND d.outcome = 'fired'
+          GROUP BY 1 ORDER BY 1",
+        &[&trigger],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// Asserts that no rolling window `(s - per, s]` holds more than `max` of `times` (sorted).
+#[track_caller]
+fn assert_no_window_breaks(trigger: &str, customer: &str, times: &[i64], max: usize, per: i64) {
+    for pair in times.windows(max + 1) {
+        assert!(
+            pair[max] - pair[0] >= per,
+            "{trigger}, customer {customer}: {} fired decisions within {per} µs: {pair:?}",
+            max + 1
+        );
+    }
+}
+
+/// Eight connections insert for a handful of customers for several seconds, with event times set
+/// explicitly and out of order (up to an hour either side of a base), against caps of 1 and 2 per
+/// hour and a higher-priority rival: no window of any cap ever holds more than its max, whichever
+/// transaction locks a customer first.
+#[test]
+fn caps_hold_in_both_directions_of_event_time_under_concurrency() {
+    const CONNECTIONS: usize = 8;
+    const HOUR: i64 = 3_600_000_000;
+    let db = "cap_stress";
+    let mut c = shared().create_db(db);
+    create_trigger(
+        &mut c,
+        "cap_one",
+        json!({"event": "cart_updated", "priority": 5, "action": {"channel": "webhook"}, "cap": {"max": 1, "per": "1h"}}),
+    );
+    create_trigger(
+        &mut c,
+        "cap_two",
+        json!({"event": "cart_updated", "category": "transactional", "action": {"channel": "webhook"},
+               "cap": {"max": 2, "per": "1h"}}),
+    );
+    create_trigger(
+        &mut c,
+        "once_a_day",
+        json!({"event": "cart_updated", "category": "transactional", "action": {"channel": "webhook"},
+               "reentry": {"once_per": "1d"}}),
+    );
+    create_trigger(&mut c, "rival", json!({"event": "visit", "priority": 9, "action": {"channel": "webhook"}}));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    let inserted: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|t| {
+                s.spawn(move || {
+                    let mut c = shared().connect(db);
+                    // The rival competes with cap_one within a minute of event time, so both
+                    // outcomes occur.
+                    c.batch_execute("SET engage.conflict_window = '1min'").unwrap();
+                    // A small linear congruential generator per connection: repeatable streams.
+                    let mut state = 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(t as u64 + 1);
+                    let mut next = move |n: u64| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        (state >> 33) % n
+                    };
+                    let mut inserted = 0;
+                    while std::time::Instant::now() < deadline {
+                        let customer = format!("race{}", next(5));
+                        let name = if next(10) == 0 { "visit" } else { "cart_updated" };
+                        // Minutes from -120 to +119 around the base: late, early and equal times.
+                        let minutes = next(240) as i64 - 120;
+                        let rows = 1 + next(2) as i64;
+                        let sql = "INSERT INTO engage.events (customer_id, name, occurred_at) \
+                                   SELECT $1, $2, '2025-06-01T12:00:00Z'::timestamptz + ($3::int8 + k) * interval '1 minute' \
+                                     FROM generate_series(0::int8, $4::int8 - 1) AS k";
+                        c.execute(sql, &[&customer, &name, &minutes, &rows])
+                            .unwrap_or_else(|e| panic!("insert: {}", error_text(&e)));
+                        inserted += rows as usize;
+                    }
+                    inserted
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).sum()
+    });
+    let decided = count(&mut c, "SELECT count(*) FROM engage.decisions");
+    println!("{CONNECTIONS} connections inserted {inserted} events; {decided} decisions");
+    for row in c
+        .query(
+            "SELECT t.name || ' ' || d.outcome || coalesce(' ' || d.reason, '') || ': ' || count(*)
+               FROM engage.decisions d JOIN engage.triggers t ON t.id = d.trigger_id GROUP BY t.name, d.outcome, d.reason ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+    {
+        println!("  {}", row.get::<_, String>(0));
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.events"), inserted as i64);
+    assert!(inserted > 200, "too few events for a stress test: {inserted}");
+    for (trigger, max, per) in [("cap_one", 1, HOUR), ("cap_two", 2, HOUR), ("once_a_day", 1, 24 * HOUR)] {
+        let per_customer = fired_times(&mut c, trigger);
+        assert!(!per_customer.is_empty(), "{trigger} fired for nobody");
+        for (customer, times) in &per_customer {
+            assert_no_window_breaks(trigger, customer, times, max, per);
+        }
+        let fired: usize = per_customer.iter().map(|(_, t)| t.len()).sum();
+        println!("{trigger}: {fired} fired over {} customers", per_customer.len());
+    }
+}
