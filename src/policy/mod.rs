@@ -426,12 +426,12 @@ mod tests {
     #[test]
     fn a_better_candidate_replaces_a_pending_rival_but_not_one_already_sent() {
         let new = cand(0, 2, 9, 1, 5 * MINUTE);
-        let v = decide(&[new], &[rival(1, 1, 0, true)], &[], &[], 10 * MINUTE);
+        let v = decide(&[new.clone()], &[rival(1, 1, 0, true)], &[], &[], 10 * MINUTE);
         assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![0] });
-        let v = decide(&[new], &[rival(1, 1, 0, false)], &[], &[], 10 * MINUTE);
+        let v = decide(&[new.clone()], &[rival(1, 1, 0, false)], &[], &[], 10 * MINUTE);
         assert_eq!(v, Verdict { outcomes: vec![Outcome::Suppressed(Reason::Conflict)], replaced: vec![] });
         // A better rival beats the candidate; a rival outside the window does not compete.
-        let v = decide(&[new], &[rival(1, 10, 0, true)], &[], &[], 10 * MINUTE);
+        let v = decide(&[new.clone()], &[rival(1, 10, 0, true)], &[], &[], 10 * MINUTE);
         assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Conflict)]);
         let v = decide(&[new], &[rival(1, 10, -6 * MINUTE, true)], &[], &[], 10 * MINUTE);
         assert_eq!(v, Verdict { outcomes: vec![Outcome::Fired], replaced: vec![] });
@@ -447,7 +447,7 @@ mod tests {
         let receipt = Candidate { transactional: true, ..cand(0, 1, 0, 1, 0) };
         let promo = cand(0, 2, 9, 1, 0);
         let caps = [FrequencyCap { channel: None, max: 1, per_micros: 60 * MINUTE }];
-        let v = decide(&[receipt, promo], &[rival(3, 99, 0, false)], &[], &caps, 10 * MINUTE);
+        let v = decide(&[receipt.clone(), promo.clone()], &[rival(3, 99, 0, false)], &[], &caps, 10 * MINUTE);
         assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Suppressed(Reason::Conflict)]);
         let v = decide(&[receipt, promo], &[], &[], &caps, 10 * MINUTE);
         assert_eq!(v.outcomes, vec![Outcome::Fired, Outcome::Fired]);
