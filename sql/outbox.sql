@@ -2,10 +2,12 @@
 -- claim a batch (each row leased for a while), deliver, then complete or fail each row.
 -- A row whose lease expires before complete/fail (the deliverer died) is claimed again, so a
 -- message is delivered at least once; its id never changes, so receivers can de-duplicate.
+-- Every claim hands out a new lease token, and only the current token records an outcome: a
+-- deliverer that lost its lease changes nothing.
 
 CREATE FUNCTION engage.claim(
     batch_size integer  DEFAULT 100,
-    lease      interval DEFAULT '5 minutes',
+    lease_for  interval DEFAULT '5 minutes',
     worker     text     DEFAULT NULL
 ) RETURNS TABLE (
     id          bigint,
@@ -19,12 +21,28 @@ CREATE FUNCTION engage.claim(
     attempts    integer,
     due_at      timestamptz,
     category    text,
-    variant     text
+    variant     text,
+    lease       bigint
 )
-LANGUAGE sql AS $$
-    -- Only the head of each customer's queue (by scheduled_at, kept across retries) is claimable,
-    -- and not while another deliverer holds it or it waits for a retry: a customer's messages go
-    -- out one at a time, in order. Messages of a disabled channel are held, not failed.
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- Poison messages: a claimed message whose lease expired after its channel's max_attempts
+    -- claims (the deliverer died or hung on it every time) is not claimed again; it moves to its
+    -- next fallback channel, or dead.
+    UPDATE engage.outbox o
+       SET status   = CASE WHEN pg_catalog.cardinality(o.fallback) > 0 THEN 'pending' ELSE 'dead' END,
+           channel  = CASE WHEN pg_catalog.cardinality(o.fallback) > 0 THEN o.fallback[1] ELSE o.channel END,
+           fallback = CASE WHEN pg_catalog.cardinality(o.fallback) > 0 THEN o.fallback[2:] ELSE o.fallback END,
+           attempts = CASE WHEN pg_catalog.cardinality(o.fallback) > 0 THEN 0 ELSE o.attempts END,
+           due_at = now(), lease_until = NULL,
+           last_error = 'lease expired ' || o.attempts || ' times: the deliverer died or hung on this message'
+     WHERE o.status = 'claimed' AND o.lease_until < now()
+       AND o.attempts >= coalesce((SELECT c.max_attempts FROM engage.channels c WHERE c.kind = o.channel), 8);
+
+    -- Only the head of each customer's queue of a category (by scheduled_at, kept across
+    -- retries) is claimable, and not while another deliverer holds it or it waits for a retry: a
+    -- customer's messages of one category go out one at a time, in order, and a marketing message
+    -- waiting for the end of quiet hours never holds up a transactional one. Messages of a
+    -- disabled channel are held, not failed.
     WITH heads AS (
         SELECT o.id
           FROM engage.outbox o
@@ -34,6 +52,7 @@ LANGUAGE sql AS $$
            AND NOT EXISTS (
                  SELECT 1 FROM engage.outbox earlier
                   WHERE earlier.customer_id = o.customer_id
+                    AND earlier.category = o.category
                     AND earlier.status IN ('pending', 'claimed')
                     AND (earlier.scheduled_at, earlier.id) < (o.scheduled_at, o.id))
            AND NOT EXISTS (
@@ -44,26 +63,39 @@ LANGUAGE sql AS $$
     )
     UPDATE engage.outbox o
        SET status = 'claimed',
-           lease_until = now() + claim.lease,
+           lease_until = now() + claim.lease_for,
            claimed_by = coalesce(claim.worker, current_user),
            claimed_at = now(),
-           attempts = o.attempts + 1
+           attempts = o.attempts + 1,
+           lease = o.lease + 1
       FROM heads
      WHERE o.id = heads.id
     RETURNING o.id, o.customer_id, o.channel, o.fallback, o.template, o.payload, o.event_id,
-              o.trigger_id, o.attempts, o.due_at, o.category, o.variant
+              o.trigger_id, o.attempts, o.due_at, o.category, o.variant, o.lease
 $$;
 
-CREATE FUNCTION engage.complete(message_id bigint, provider_message_id text DEFAULT NULL)
+CREATE FUNCTION engage.extend_lease(message_id bigint, lease bigint, lease_for interval DEFAULT '5 minutes')
 RETURNS boolean
-LANGUAGE sql AS $$
-    -- Only a claimed row completes; completing a message twice (a duplicate delivery after an
-    -- expired lease) is a no-op that returns false.
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- The holder's heartbeat: a long send keeps its lease; false when the lease is no longer its.
+    WITH extended AS (
+        UPDATE engage.outbox o SET lease_until = now() + extend_lease.lease_for
+         WHERE o.id = extend_lease.message_id AND o.status = 'claimed' AND o.lease = extend_lease.lease
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT 1 FROM extended)
+$$;
+
+CREATE FUNCTION engage.complete(message_id bigint, lease bigint, provider_message_id text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- Only the current lease completes: completing after another deliverer took the message over
+    -- (an expired lease), or twice, is a no-op that returns false.
     WITH sent AS (
         UPDATE engage.outbox o
            SET status = 'sent', sent_at = now(), lease_until = NULL,
                provider_message_id = complete.provider_message_id, last_error = NULL
-         WHERE o.id = complete.message_id AND o.status = 'claimed'
+         WHERE o.id = complete.message_id AND o.status = 'claimed' AND o.lease = complete.lease
         RETURNING o.*
     ), logged AS (
         INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, category,
@@ -81,66 +113,70 @@ LANGUAGE sql AS $$
     SELECT EXISTS (SELECT 1 FROM logged)
 $$;
 
-CREATE FUNCTION engage.fail(message_id bigint, error text, retryable boolean DEFAULT true)
+CREATE FUNCTION engage.fail(message_id bigint, lease bigint, error text, retryable boolean DEFAULT true)
 RETURNS text
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- Retryable: back to pending after an exponential backoff with jitter (equal jitter: half the
     -- delay fixed, half random), up to the channel's max_attempts; then, or when not retryable,
-    -- the next fallback channel if any, else dead with the last error.
+    -- the next fallback channel if any, else dead with the last error. The delay is computed in
+    -- seconds as a double and capped before it becomes an interval, so no attempt count can
+    -- overflow it. Only the current lease records; a stale one gets NULL.
     WITH policy AS (
         SELECT coalesce(c.max_attempts, 8) AS max_attempts,
-               coalesce(c.backoff_base, interval '10 seconds') AS base,
-               coalesce(c.backoff_max, interval '1 hour') AS cap
+               extract(epoch FROM coalesce(c.backoff_base, interval '10 seconds'))::float8 AS base_s,
+               extract(epoch FROM coalesce(c.backoff_max, interval '1 hour'))::float8 AS cap_s
           FROM engage.outbox o LEFT JOIN engage.channels c ON c.kind = o.channel
          WHERE o.id = fail.message_id
     )
     UPDATE engage.outbox o
        SET status = CASE
                       WHEN fail.retryable AND o.attempts < p.max_attempts THEN 'pending'
-                      WHEN cardinality(o.fallback) > 0 THEN 'pending'
+                      WHEN pg_catalog.cardinality(o.fallback) > 0 THEN 'pending'
                       ELSE 'dead' END,
            due_at = CASE
                       WHEN fail.retryable AND o.attempts < p.max_attempts
-                      THEN now() + least(p.cap, p.base * power(2, o.attempts - 1))
-                                   * (0.5 + random() / 2)
+                      THEN now() + pg_catalog.make_interval(secs =>
+                               least(p.cap_s, p.base_s * power(2::float8, least(greatest(o.attempts - 1, 0), 60)))
+                               * (0.5 + random() / 2))
                       ELSE now() END,
-           channel  = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR cardinality(o.fallback) = 0
+           channel  = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR pg_catalog.cardinality(o.fallback) = 0
                            THEN o.channel ELSE o.fallback[1] END,
-           fallback = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR cardinality(o.fallback) = 0
+           fallback = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR pg_catalog.cardinality(o.fallback) = 0
                            THEN o.fallback ELSE o.fallback[2:] END,
-           attempts = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR cardinality(o.fallback) = 0
+           attempts = CASE WHEN (fail.retryable AND o.attempts < p.max_attempts) OR pg_catalog.cardinality(o.fallback) = 0
                            THEN o.attempts ELSE 0 END,
            lease_until = NULL,
-           last_error = fail.error
+           last_error = left(fail.error, 2000)
       FROM policy p
-     WHERE o.id = fail.message_id AND o.status = 'claimed'
+     WHERE o.id = fail.message_id AND o.status = 'claimed' AND o.lease = fail.lease
     RETURNING o.status
 $$;
 
-CREATE FUNCTION engage.defer(message_id bigint, until timestamptz, reason text DEFAULT 'deferred')
+CREATE FUNCTION engage.defer(message_id bigint, lease bigint, until timestamptz, reason text DEFAULT 'deferred')
 RETURNS boolean
-LANGUAGE sql AS $$
-    -- Gives a claimed message back, due later, without spending an attempt (quiet hours).
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    -- Gives a claimed message back, due later, without spending an attempt (quiet hours). Its
+    -- place in the customer's queue moves to `until` too, so it holds up nothing due before.
     WITH deferred AS (
         UPDATE engage.outbox o
-           SET status = 'pending', due_at = defer.until, lease_until = NULL,
-               attempts = greatest(o.attempts - 1, 0), last_error = defer.reason
-         WHERE o.id = defer.message_id AND o.status = 'claimed'
+           SET status = 'pending', due_at = defer.until, scheduled_at = greatest(o.scheduled_at, defer.until),
+               lease_until = NULL, attempts = greatest(o.attempts - 1, 0), last_error = defer.reason
+         WHERE o.id = defer.message_id AND o.status = 'claimed' AND o.lease = defer.lease
         RETURNING 1
     )
     SELECT EXISTS (SELECT 1 FROM deferred)
 $$;
 
-CREATE FUNCTION engage.suppress(message_id bigint, reason text, detail text DEFAULT NULL)
+CREATE FUNCTION engage.suppress(message_id bigint, lease bigint, reason text, detail text DEFAULT NULL)
 RETURNS boolean
-LANGUAGE sql AS $$
+LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     -- The send-time re-check: a claimed message that no longer passes the policy is recorded as
     -- suppressed with its reason, not sent and not failed.
     WITH suppressed AS (
         UPDATE engage.outbox o
            SET status = 'suppressed', reason = suppress.reason, lease_until = NULL,
                last_error = coalesce(suppress.detail, suppress.reason)
-         WHERE o.id = suppress.message_id AND o.status = 'claimed'
+         WHERE o.id = suppress.message_id AND o.status = 'claimed' AND o.lease = suppress.lease
         RETURNING 1
     )
     SELECT EXISTS (SELECT 1 FROM suppressed)
@@ -163,14 +199,16 @@ SELECT id, customer_id, channel, template, trigger_id, event_id, attempts, last_
  WHERE status = 'dead';
 
 COMMENT ON FUNCTION engage.claim(integer, interval, text) IS
-    'Claims up to batch_size due messages (the head of each customer''s queue) for a lease; deliver each, then call engage.complete or engage.fail.';
-COMMENT ON FUNCTION engage.complete(bigint, text) IS
-    'Marks a claimed message sent and logs it in engage.messages; false if it was not claimed (e.g. already completed).';
-COMMENT ON FUNCTION engage.fail(bigint, text, boolean) IS
-    'Records a failed attempt: retryable failures back off exponentially with jitter; permanent or exhausted ones move to the next fallback channel or to dead. Returns the new status.';
-COMMENT ON FUNCTION engage.defer(bigint, timestamptz, text) IS
-    'Gives a claimed message back, due at until, without spending an attempt (used for quiet hours); false if it was not claimed.';
-COMMENT ON FUNCTION engage.suppress(bigint, text, text) IS
-    'Records a claimed message as suppressed at send time (reason: consent, suppression or frequency) instead of sending it; false if it was not claimed.';
+    'Claims up to batch_size due messages (the head of each customer''s queue per category) for a lease and returns each with its lease token; deliver each, then call engage.complete or engage.fail with that token. A message whose lease expired max_attempts times moves to its next fallback channel or dead.';
+COMMENT ON FUNCTION engage.extend_lease(bigint, bigint, interval) IS
+    'Heartbeat: extends a claimed message''s lease by lease_for; false if the lease token is no longer current.';
+COMMENT ON FUNCTION engage.complete(bigint, bigint, text) IS
+    'Marks a claimed message sent and logs it in engage.messages; false if the lease token is not current (taken over, or already completed).';
+COMMENT ON FUNCTION engage.fail(bigint, bigint, text, boolean) IS
+    'Records a failed attempt: retryable failures back off exponentially with jitter (never overflowing); permanent or exhausted ones move to the next fallback channel or to dead. Returns the new status, or NULL if the lease token is not current.';
+COMMENT ON FUNCTION engage.defer(bigint, bigint, timestamptz, text) IS
+    'Gives a claimed message back, due at until (and queued from then), without spending an attempt (used for quiet hours); false if the lease token is not current.';
+COMMENT ON FUNCTION engage.suppress(bigint, bigint, text, text) IS
+    'Records a claimed message as suppressed at send time (reason: consent, suppression or frequency) instead of sending it; false if the lease token is not current.';
 COMMENT ON FUNCTION engage.redrive(bigint) IS 'Puts a dead message back in the queue, due now, with its attempts reset; false if it was not dead.';
 COMMENT ON VIEW engage.dead_letters IS 'Messages that could not be delivered, with the last error; engage.redrive(id) retries one.';

@@ -108,6 +108,7 @@ CREATE TABLE engage.outbox (
     reason      text,
     fallback    text[]      NOT NULL DEFAULT '{}',
     attempts    integer     NOT NULL DEFAULT 0,
+    lease       bigint      NOT NULL DEFAULT 0,
     lease_until timestamptz,
     claimed_by  text,
     claimed_at  timestamptz,
@@ -128,6 +129,10 @@ COMMENT ON COLUMN engage.outbox.reason IS
     'Why a cancelled or suppressed message was not sent: cancel_on, conflict (superseded by a higher-priority trigger), or, at send time, consent, suppression or frequency.';
 COMMENT ON COLUMN engage.outbox.category IS 'marketing (consent, frequency caps, conflicts and quiet hours apply), transactional (they do not), or escalation (a message about the customer to a team, see engage.escalations: none of them, nor the suppression list, apply).';
 COMMENT ON COLUMN engage.outbox.step IS 'For a journey (a trigger with steps): which step, from 0. Every step is queued when the customer enters.';
+COMMENT ON COLUMN engage.outbox.attempts IS
+    'Claims on the current channel: a claim counts as an attempt (a deliverer that dies on the message spent it); defer gives it back.';
+COMMENT ON COLUMN engage.outbox.lease IS
+    'The lease token: how many times the message was ever claimed. engage.claim returns it; complete, fail, defer, suppress and extend_lease act only with the current token, so a deliverer whose lease was taken over changes nothing.';
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
@@ -179,15 +184,16 @@ CREATE TABLE engage.channels (
     kind                  text    PRIMARY KEY CHECK (kind IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
     config                jsonb   NOT NULL DEFAULT '{}',
     enabled               boolean NOT NULL DEFAULT true,
-    rate_limit_per_second numeric CHECK (rate_limit_per_second > 0),
+    rate_limit_per_second numeric CHECK (rate_limit_per_second >= 0.001),
     cost_per_message      numeric(12, 6) NOT NULL DEFAULT 0,
     max_attempts          integer NOT NULL DEFAULT 8 CHECK (max_attempts >= 1),
-    backoff_base          interval NOT NULL DEFAULT '10 seconds',
+    backoff_base          interval NOT NULL DEFAULT '10 seconds' CHECK (backoff_base > '0'),
     backoff_max           interval NOT NULL DEFAULT '1 hour',
     quiet_hours_start     time,
     quiet_hours_end       time,
     requires_opt_in       boolean NOT NULL DEFAULT false,
-    CHECK ((quiet_hours_start IS NULL) = (quiet_hours_end IS NULL))
+    CHECK ((quiet_hours_start IS NULL) = (quiet_hours_end IS NULL)),
+    CHECK (backoff_max >= backoff_base AND backoff_max <= '30 days')
 );
 COMMENT ON COLUMN engage.channels.requires_opt_in IS
     'When true, marketing messages on this channel need an explicit opt-in (profiles.consent ->> kind = true), as SMS and WhatsApp often do by law.';

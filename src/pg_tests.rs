@@ -735,7 +735,7 @@ mod tests {
     /// Sends every pending message the way the deliverer does (claim, then engage.complete).
     fn send_pending() {
         run("UPDATE engage.outbox SET status = 'claimed', claimed_at = now(), attempts = 1 WHERE status = 'pending'");
-        run("SELECT engage.complete(id) FROM engage.outbox WHERE status = 'claimed'");
+        run("SELECT engage.complete(id, lease) FROM engage.outbox WHERE status = 'claimed'");
     }
 
     #[pg_test]

@@ -16,12 +16,19 @@ use std::time::{Duration, Instant};
 /// One claimed message: either ready to send, or already known to fail (no address, no consent,
 /// no template, a template error), which is recorded without any network call.
 enum Prepared {
-    Send(Outgoing),
-    Fail(i64, SendError),
+    Send(Leased, Outgoing),
+    Fail(Leased, SendError),
     /// Inside the customer's quiet hours: give it back, due at this RFC 3339 instant.
-    Defer(i64, String),
+    Defer(Leased, String),
     /// No longer passes the policy (consent, suppression list, frequency cap): reason, detail.
-    Suppress(i64, &'static str, String),
+    Suppress(Leased, &'static str, String),
+}
+
+/// A claimed message: its outbox id and the lease token its outcome is recorded with.
+#[derive(Debug, Clone, Copy)]
+pub struct Leased {
+    pub id: i64,
+    pub token: i64,
 }
 
 #[pg_guard]
@@ -68,13 +75,13 @@ fn deliver_one_batch(pacing: &RateLimits) -> usize {
         return 0;
     }
     let results = send_all(&batch, pacing);
-    let deferred: Vec<(i64, String)> = batch
+    let deferred: Vec<(Leased, String)> = batch
         .iter()
-        .filter_map(|p| if let Prepared::Defer(id, until) = p { Some((*id, until.clone())) } else { None })
+        .filter_map(|p| if let Prepared::Defer(leased, until) = p { Some((*leased, until.clone())) } else { None })
         .collect();
-    let suppressed: Vec<(i64, &str, String)> = batch
+    let suppressed: Vec<(Leased, &str, String)> = batch
         .iter()
-        .filter_map(|p| if let Prepared::Suppress(id, r, d) = p { Some((*id, *r, d.clone())) } else { None })
+        .filter_map(|p| if let Prepared::Suppress(leased, r, d) = p { Some((*leased, *r, d.clone())) } else { None })
         .collect();
     let handled = results.len() + deferred.len() + suppressed.len();
     BackgroundWorker::transaction(|| record(&results, &deferred, &suppressed));
@@ -83,7 +90,7 @@ fn deliver_one_batch(pacing: &RateLimits) -> usize {
 }
 
 /// The outcome of one message, to record.
-pub type Outcome = (i64, Result<Option<String>, SendError>);
+pub type Outcome = (Leased, Result<Option<String>, SendError>);
 
 fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
     let timeout = settings::http_timeout();
@@ -99,10 +106,10 @@ fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
                 let Some(item) = next else { break };
                 let outcome = match item {
                     Prepared::Defer(..) | Prepared::Suppress(..) => continue,
-                    Prepared::Fail(id, error) => (*id, Err(error.clone())),
-                    Prepared::Send(msg) => {
+                    Prepared::Fail(leased, error) => (*leased, Err(error.clone())),
+                    Prepared::Send(leased, msg) => {
                         pacing.wait_turn(msg);
-                        (msg.outbox_id, channels::send(&agent, timeout, msg))
+                        (*leased, channels::send(&agent, timeout, msg))
                     }
                 };
                 if let Ok(mut r) = results.lock() {
@@ -123,7 +130,8 @@ impl RateLimits {
         let Some(rate) = msg.config.get("rate_limit_per_second").and_then(Value::as_f64).filter(|r| *r > 0.0) else {
             return;
         };
-        let gap = Duration::from_secs_f64(1.0 / rate);
+        // engage.channels allows at least 0.001 per second; bound the gap anyway (no panic).
+        let gap = Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::MAX).min(Duration::from_secs(1000));
         let slot = {
             let Ok(mut next) = self.0.lock() else { return };
             let now = Instant::now();
@@ -135,18 +143,77 @@ impl RateLimits {
     }
 }
 
-/// Records a batch's outcomes with set-based calls of the public API.
-fn record(results: &[Outcome], deferred: &[(i64, String)], suppressed: &[(i64, &str, String)]) {
-    let (mut sent_ids, mut provider_ids) = (Vec::new(), Vec::new());
-    let (mut failed_ids, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new());
-    for (id, result) in results {
+/// Records a batch's outcomes with set-based calls of the public API, in a subtransaction. Should
+/// that fail (one message's bookkeeping raising an ERROR), each message is recorded in its own
+/// subtransaction, so one failure undoes only its own message: it stays claimed, its lease
+/// expires and it is claimed again (and ends dead after max_attempts claims).
+fn record(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[(Leased, &str, String)]) {
+    if in_subtransaction(|| record_set(results, deferred, suppressed)).is_ok() {
+        return;
+    }
+    for outcome in results {
+        if let Err(e) = in_subtransaction(|| record_set(std::slice::from_ref(outcome), &[], &[])) {
+            warning!("pg_engage deliverer could not record the outcome of message {}: {e}", outcome.0.id);
+        }
+    }
+    for d in deferred {
+        if let Err(e) = in_subtransaction(|| record_set(&[], std::slice::from_ref(d), &[])) {
+            warning!("pg_engage deliverer could not defer message {}: {e}", d.0.id);
+        }
+    }
+    for x in suppressed {
+        if let Err(e) = in_subtransaction(|| record_set(&[], &[], std::slice::from_ref(x))) {
+            warning!("pg_engage deliverer could not suppress message {}: {e}", x.0.id);
+        }
+    }
+}
+
+/// Runs `f` in a subtransaction of the current transaction: kept if it returns, rolled back alone
+/// (with the ERROR's message returned) if it raises one.
+fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
+    // SAFETY: the same steps as PL/pgSQL's exception blocks: begin an internal subtransaction,
+    // release it on success, roll it back on error, and restore the caller's memory context and
+    // resource owner either way. pgrx turns the ERROR into a panic caught here and flushes it.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::PgTryBuilder::new(std::panic::AssertUnwindSafe(move || {
+            f();
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::CurrentResourceOwner = owner;
+            Ok(())
+        }))
+        .catch_others(|e| {
+            pg_sys::MemoryContextSwitchTo(context);
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::CurrentResourceOwner = owner;
+            Err(match e {
+                pg_sys::panic::CaughtError::PostgresError(r) | pg_sys::panic::CaughtError::ErrorReport(r) => {
+                    r.message().to_string()
+                }
+                other => format!("{other:?}"),
+            })
+        })
+        .execute()
+    }
+}
+
+fn record_set(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[(Leased, &str, String)]) {
+    let (mut sent_ids, mut sent_leases, mut provider_ids) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut failed_ids, mut failed_leases, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (leased, result) in results {
         match result {
             Ok(provider_id) => {
-                sent_ids.push(*id);
+                sent_ids.push(leased.id);
+                sent_leases.push(leased.token);
                 provider_ids.push(provider_id.clone());
             }
             Err(e) => {
-                failed_ids.push(*id);
+                failed_ids.push(leased.id);
+                failed_leases.push(leased.token);
                 errors.push(e.message.clone());
                 retryable.push(e.retryable);
             }
@@ -155,35 +222,41 @@ fn record(results: &[Outcome], deferred: &[(i64, String)], suppressed: &[(i64, &
     Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
         if !sent_ids.is_empty() {
             client.update(
-                "SELECT engage.complete(u.id, u.provider_id) FROM unnest($1::int8[], $2::text[]) AS u(id, provider_id)",
+                "SELECT engage.complete(u.id, u.lease, u.provider_id) \
+                   FROM unnest($1::int8[], $2::int8[], $3::text[]) AS u(id, lease, provider_id)",
                 None,
-                &[sent_ids.into(), provider_ids.into()],
+                &[sent_ids.into(), sent_leases.into(), provider_ids.into()],
             )?;
         }
         if !deferred.is_empty() {
-            let (ids, until): (Vec<i64>, Vec<String>) = deferred.iter().cloned().unzip();
+            let ids: Vec<i64> = deferred.iter().map(|d| d.0.id).collect();
+            let leases: Vec<i64> = deferred.iter().map(|d| d.0.token).collect();
+            let until: Vec<&str> = deferred.iter().map(|d| d.1.as_str()).collect();
             client.update(
-                "SELECT engage.defer(u.id, u.until::timestamptz, 'deferred: quiet hours until ' || u.until) \
-                   FROM unnest($1::int8[], $2::text[]) AS u(id, until)",
+                "SELECT engage.defer(u.id, u.lease, u.until::timestamptz, 'deferred: quiet hours until ' || u.until) \
+                   FROM unnest($1::int8[], $2::int8[], $3::text[]) AS u(id, lease, until)",
                 None,
-                &[ids.into(), until.into()],
+                &[ids.into(), leases.into(), until.into()],
             )?;
         }
         if !suppressed.is_empty() {
-            let ids: Vec<i64> = suppressed.iter().map(|s| s.0).collect();
+            let ids: Vec<i64> = suppressed.iter().map(|s| s.0.id).collect();
+            let leases: Vec<i64> = suppressed.iter().map(|s| s.0.token).collect();
             let reasons: Vec<&str> = suppressed.iter().map(|s| s.1).collect();
             let details: Vec<&str> = suppressed.iter().map(|s| s.2.as_str()).collect();
             client.update(
-                "SELECT engage.suppress(u.id, u.reason, u.detail) FROM unnest($1::int8[], $2::text[], $3::text[]) AS u(id, reason, detail)",
+                "SELECT engage.suppress(u.id, u.lease, u.reason, u.detail) \
+                   FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS u(id, lease, reason, detail)",
                 None,
-                &[ids.into(), reasons.into(), details.into()],
+                &[ids.into(), leases.into(), reasons.into(), details.into()],
             )?;
         }
         if !failed_ids.is_empty() {
             client.update(
-                "SELECT engage.fail(u.id, u.error, u.retryable) FROM unnest($1::int8[], $2::text[], $3::bool[]) AS u(id, error, retryable)",
+                "SELECT engage.fail(u.id, u.lease, u.error, u.retryable) \
+                   FROM unnest($1::int8[], $2::int8[], $3::text[], $4::bool[]) AS u(id, lease, error, retryable)",
                 None,
-                &[failed_ids.into(), errors.into(), retryable.into()],
+                &[failed_ids.into(), failed_leases.into(), errors.into(), retryable.into()],
             )?;
         }
         Ok(())
@@ -210,7 +283,8 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
                                        AND (f.channel IS NULL OR m.channel = f.channel)
                                        AND m.sent_at > now() - f.per)
            ORDER BY f.id LIMIT 1)
-       END
+       END,
+       c.lease
   FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer') c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
@@ -255,6 +329,7 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
                 has_fallback: row.get(26)?.unwrap_or(false),
                 suppressed: row.get(27)?.unwrap_or(false),
                 over_frequency_cap: row.get(28)?,
+                leased: Leased { id: row.get(1)?.unwrap_or_default(), token: row.get(29)?.unwrap_or_default() },
             });
         }
         if claimed.is_empty() {
@@ -311,6 +386,7 @@ struct Claimed {
     suppressed: bool,
     /// The frequency cap that sending now would exceed, described.
     over_frequency_cap: Option<String>,
+    leased: Leased,
 }
 
 /// Templates by (name, channel, locale): (subject, body, html).
@@ -330,23 +406,23 @@ impl Claimed {
         };
         if let Some((reason, detail)) = refused {
             return if self.has_fallback {
-                Prepared::Fail(self.id, SendError { retryable: false, message: detail })
+                Prepared::Fail(self.leased, SendError { retryable: false, message: detail })
             } else {
-                Prepared::Suppress(self.id, reason, detail)
+                Prepared::Suppress(self.leased, reason, detail)
             };
         }
         if let (true, Some(quiet)) = (marketing, &self.quiet) {
             let zone = quiet_hours::zone(self.timezone.as_deref(), &settings::default_timezone());
             if let Some(until) = quiet.deferral(now(), zone) {
-                return Prepared::Defer(self.id, until.to_rfc3339());
+                return Prepared::Defer(self.leased, until.to_rfc3339());
             }
         }
         if let (true, Some(cap)) = (marketing, &self.over_frequency_cap) {
-            return Prepared::Suppress(self.id, "frequency", cap.clone());
+            return Prepared::Suppress(self.leased, "frequency", cap.clone());
         }
         match self.try_prepare(templates) {
-            Ok(msg) => Prepared::Send(msg),
-            Err(e) => Prepared::Fail(self.id, e),
+            Ok(msg) => Prepared::Send(self.leased, msg),
+            Err(e) => Prepared::Fail(self.leased, e),
         }
     }
 

@@ -708,7 +708,7 @@ fn claim(c: &mut Client, batch: i32, lease: &str, worker: &str) -> BTreeMap<i64,
 }
 
 fn complete(c: &mut Client, id: i64, provider: Option<&str>) -> Option<bool> {
-    c.query_one("SELECT engage.complete($1, $2)", &[&id, &provider]).unwrap().get(0)
+    c.query_one("SELECT engage.complete($1, (SELECT lease FROM engage.outbox WHERE id = $1), $2)", &[&id, &provider]).unwrap().get(0)
 }
 
 #[test]
@@ -771,7 +771,7 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
     // fail(retryable): back to pending, due after 1 min * 2^0 * [0.5, 1], error kept.
     let (new_status, delay): (Option<String>, f64) = {
         let mut tx = c.transaction().unwrap();
-        let s: Option<String> = tx.query_one("SELECT engage.fail($1, 'HTTP 503: busy', true)", &[&b1]).unwrap().get(0);
+        let s: Option<String> = tx.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: busy', true)", &[&b1]).unwrap().get(0);
         let d: f64 = tx
             .query_one("SELECT extract(epoch FROM due_at - now())::float8 FROM engage.outbox WHERE id = $1", &[&b1])
             .unwrap()
@@ -801,7 +801,7 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
     assert_eq!(claimed, BTreeMap::from([(b1, (3, "ext-3".to_string()))]), "an expired lease is claimable again");
 
     // Third failure with max_attempts = 3 and no fallback: dead, in dead_letters.
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 503: still busy', true)", &[&b1]).unwrap().get(0);
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: still busy', true)", &[&b1]).unwrap().get(0);
     assert_eq!(s.as_deref(), Some("dead"), "retries exhausted");
     let dead: Vec<(i64, Option<String>, i32)> = c
         .query("SELECT id, last_error, attempts FROM engage.dead_letters", &[])
@@ -820,7 +820,7 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
     // A permanent failure with a fallback list moves to the next channel, attempts reset.
     c.execute("UPDATE engage.outbox SET fallback = '{sms,webhook}' WHERE id = $1", &[&b1]).unwrap();
     let s: Option<String> =
-        c.query_one("SELECT engage.fail($1, 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
+        c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
     assert_eq!(s.as_deref(), Some("pending"));
     let (channel, fallback, attempts, due_now): (String, Vec<String>, i32, bool) = {
         let r = c
@@ -925,7 +925,7 @@ fn a_retrying_head_keeps_the_customers_later_messages_waiting() {
     let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
 
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 503', true)", &[&first]).unwrap().get(0);
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503', true)", &[&first]).unwrap().get(0);
     assert_eq!(s.as_deref(), Some("pending"));
     let claimed = claim(&mut c, 10, "30 seconds", "x");
     assert!(
@@ -948,7 +948,7 @@ fn a_dead_head_releases_the_customers_next_message() {
     let second = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:01:00Z");
     let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, 'HTTP 410', false)", &[&first]).unwrap().get(0);
+    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 410', false)", &[&first]).unwrap().get(0);
     assert_eq!(s.as_deref(), Some("dead"));
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![second]);
 }
@@ -1320,4 +1320,210 @@ fn an_unknown_default_timezone_is_refused_when_set() {
     }
     c.batch_execute("ALTER SYSTEM SET engage.default_timezone = 'Pacific/Auckland'").unwrap();
     drop(cluster);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery II: fenced leases, poison messages, backoff without overflow, per-category order,
+// per-message bookkeeping
+// ---------------------------------------------------------------------------------------------
+
+/// A database with a webhook trigger `hook` on event `e` (and `urgent`, transactional, on `code`)
+/// and a webhook channel with `max_attempts`; returns the outbox id of one message for `c1`.
+fn one_message(db: &str, max_attempts: i32) -> (Client, i64) {
+    let mut c = shared().create_db(db);
+    create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
+    c.execute(
+        "INSERT INTO engage.channels (kind, max_attempts, backoff_base, backoff_max) VALUES ('webhook', $1, '10 seconds', '1 hour')",
+        &[&max_attempts],
+    )
+    .unwrap();
+    let event = insert_event_at(&mut c, "c1", "e", json!({}), "2020-01-01T00:00:00Z");
+    let id = outbox_id_of(&mut c, event);
+    (c, id)
+}
+
+/// engage.claim → (id, lease token) of each claimed message.
+fn claim_leases(c: &mut Client, lease: &str) -> Vec<(i64, i64)> {
+    c.query("SELECT id, lease FROM engage.claim(10, $1::text::interval, 'test')", &[&lease])
+        .unwrap_or_else(|e| panic!("claim: {}", error_text(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[test]
+fn a_stale_lease_holder_changes_nothing() {
+    let (mut c, id) = one_message("dlv_fenced", 8);
+    let [(_, a)] = claim_leases(&mut c, "1 second")[..] else { panic!("A claims the message") };
+    std::thread::sleep(Duration::from_millis(1200));
+    let [(_, b)] = claim_leases(&mut c, "1 minute")[..] else { panic!("B takes it over after A's lease expired") };
+    assert_ne!(a, b, "each claim has its own token");
+
+    // A's late outcomes: no-ops that say so; B's lease and claim stand.
+    let failed: Option<String> =
+        c.query_one("SELECT engage.fail($1, $2, 'late timeout', true)", &[&id, &a]).unwrap().get(0);
+    assert_eq!(failed, None, "a stale fail records nothing");
+    let completed: bool = c.query_one("SELECT engage.complete($1, $2, 'from-A')", &[&id, &a]).unwrap().get(0);
+    assert!(!completed, "a stale complete records nothing");
+    for sql in [
+        "SELECT engage.defer($1, $2, now() + interval '1 hour')",
+        "SELECT engage.suppress($1, $2, 'consent')",
+        "SELECT engage.extend_lease($1, $2, '1 hour')",
+    ] {
+        let done: bool = c.query_one(sql, &[&id, &a]).unwrap().get(0);
+        assert!(!done, "{sql} with a stale token");
+    }
+    let (status, lease_left): (String, f64) = {
+        let r = c
+            .query_one("SELECT status, extract(epoch FROM lease_until - now())::float8 FROM engage.outbox WHERE id = $1", &[&id])
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(status, "claimed");
+    assert!(lease_left > 50.0, "B's lease is intact: {lease_left} s left");
+    assert!(claim_leases(&mut c, "1 minute").is_empty(), "nobody else can claim it while B holds it");
+
+    // B extends its lease, then completes: its provider id is the one recorded.
+    let extended: bool = c.query_one("SELECT engage.extend_lease($1, $2, '10 minutes')", &[&id, &b]).unwrap().get(0);
+    assert!(extended);
+    let completed: bool = c.query_one("SELECT engage.complete($1, $2, 'from-B')", &[&id, &b]).unwrap().get(0);
+    assert!(completed, "the current holder completes");
+    let provider: String =
+        c.query_one("SELECT provider_message_id FROM engage.messages WHERE outbox_id = $1", &[&id]).unwrap().get(0);
+    assert_eq!(provider, "from-B");
+}
+
+#[test]
+fn a_message_whose_lease_keeps_expiring_ends_dead_or_on_its_fallback() {
+    let (mut c, id) = one_message("dlv_poison", 2);
+    // Two claims whose leases expire (the deliverer died on the message each time) ...
+    for round in 1..=2 {
+        assert_eq!(claim_leases(&mut c, "1 second").len(), 1, "claim {round}");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    // ... and it is not claimed a third time: dead, with the reason.
+    assert!(claim_leases(&mut c, "1 minute").is_empty(), "a poison message is not claimed again");
+    let (status, error): (String, String) = {
+        let r = c.query_one("SELECT status, last_error FROM engage.outbox WHERE id = $1", &[&id]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(status, "dead");
+    assert!(error.contains("lease expired 2 times"), "{error}");
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.dead_letters"), 1);
+
+    // With a fallback channel, it moves there instead, with a fresh count of attempts.
+    c.execute(
+        "UPDATE engage.outbox SET status = 'claimed', lease_until = now() - interval '1 second', attempts = 2, \
+                fallback = '{email}' WHERE id = $1",
+        &[&id],
+    )
+    .unwrap();
+    c.batch_execute("INSERT INTO engage.channels (kind) VALUES ('email')").unwrap();
+    let claimed = claim_leases(&mut c, "1 minute");
+    assert_eq!(claimed.len(), 1, "claimed again on the fallback channel");
+    let (channel, attempts): (String, i32) = {
+        let r = c.query_one("SELECT channel, attempts FROM engage.outbox WHERE id = $1", &[&id]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((channel.as_str(), attempts), ("email", 1));
+}
+
+#[test]
+fn backoff_never_overflows_whatever_the_attempt_count() {
+    let (mut c, id) = one_message("dlv_backoff", 1000);
+    for attempts in [40, 41, 64, 999] {
+        c.execute(
+            "UPDATE engage.outbox SET status = 'pending', due_at = now() - interval '1 second', attempts = $2 WHERE id = $1",
+            &[&id, &(attempts - 1)],
+        )
+        .unwrap();
+        let [(_, lease)] = claim_leases(&mut c, "1 minute")[..] else { panic!("claim at attempt {attempts}") };
+        let status: Option<String> = c
+            .query_one("SELECT engage.fail($1, $2, 'HTTP 503', true)", &[&id, &lease])
+            .unwrap_or_else(|e| panic!("fail at attempt {attempts}: {}", error_text(&e)))
+            .get(0);
+        assert_eq!(status.as_deref(), Some("pending"), "attempt {attempts}");
+        let delay: f64 = c
+            .query_one("SELECT extract(epoch FROM due_at - now())::float8 FROM engage.outbox WHERE id = $1", &[&id])
+            .unwrap()
+            .get(0);
+        assert!((1700.0..=3601.0).contains(&delay), "attempt {attempts}: capped at backoff_max (1 h, jittered): {delay}");
+    }
+    // Settings that would overflow are refused when set.
+    assert_sql_error(&mut c, "UPDATE engage.channels SET backoff_max = '1000 years'", &[], "23514", "check");
+    assert_sql_error(&mut c, "UPDATE engage.channels SET rate_limit_per_second = 1e-300", &[], "23514", "check");
+}
+
+#[test]
+fn a_marketing_message_waiting_for_quiet_hours_does_not_hold_up_a_transactional_one() {
+    let (mut c, promo) = one_message("dlv_categories", 8);
+    create_trigger(
+        &mut c,
+        "code",
+        json!({"event": "login", "category": "transactional", "action": {"channel": "webhook"}}),
+    );
+    // The marketing message is claimed and deferred 10 hours (quiet hours).
+    let [(_, lease)] = claim_leases(&mut c, "1 minute")[..] else { panic!("claim the marketing message") };
+    let deferred: bool =
+        c.query_one("SELECT engage.defer($1, $2, now() + interval '10 hours')", &[&promo, &lease]).unwrap().get(0);
+    assert!(deferred);
+    // A one-time code for the same customer, due now, goes out at once.
+    let login = insert_event(&mut c, "c1", "login", json!({}));
+    let code = outbox_id_of(&mut c, login);
+    let claimed: Vec<i64> = claim_leases(&mut c, "1 minute").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(claimed, vec![code], "the transactional message is not behind the deferred marketing one");
+    // A later marketing message due now is not behind the deferred one either: the deferred
+    // message's place in the queue moved to its new due time.
+    let later = insert_event_at(&mut c, "c1", "e", json!({}), "2020-01-01T01:00:00Z");
+    let later = outbox_id_of(&mut c, later);
+    let claimed: Vec<i64> = claim_leases(&mut c, "1 minute").into_iter().map(|(id, _)| id).collect();
+    assert_eq!(claimed, vec![later]);
+}
+
+/// One message whose bookkeeping raises an ERROR (here a faulty trigger an operator added on
+/// engage.messages) does not undo the others of its batch: they are recorded once and sent once;
+/// it stays claimed, is retried, and ends dead after max_attempts claims.
+#[test]
+fn one_message_whose_bookkeeping_fails_does_not_undo_its_batch() {
+    let (cluster, mut c) = start_deliverer("dlv_isolated", &[("engage.lease", "'2s'")]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/hooks"), &signing_secret(b"isolation test key, 32 bytes!!!"), 3, "1 second");
+    create_trigger(&mut c, "hook", json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}));
+    c.batch_execute(
+        "CREATE FUNCTION public.reject_c7() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.customer_id = 'c7' THEN RAISE EXCEPTION 'faulty audit trigger'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER reject_c7 BEFORE INSERT ON engage.messages FOR EACH ROW EXECUTE FUNCTION public.reject_c7();
+         INSERT INTO engage.events (customer_id, name) SELECT 'c' || i, 'e' FROM generate_series(1, 20) AS i;",
+    )
+    .unwrap();
+    let rows = wait_for(
+        "19 messages sent and c7's dead",
+        Duration::from_secs(60),
+        || {
+            let rows = outbox(&mut c);
+            let sent = rows.iter().filter(|o| o.status == "sent").count();
+            let dead = rows.iter().filter(|o| o.status == "dead").count();
+            if sent == 19 && dead == 1 {
+                Ok(rows)
+            } else {
+                Err(format!("sent {sent}, dead {dead}"))
+            }
+        },
+        || cluster.log_tail(30),
+    );
+    let c7 = rows.iter().find(|o| o.customer_id == "c7").unwrap();
+    assert!(c7.last_error.as_deref().is_some_and(|e| e.contains("lease expired")), "{:?}", c7.last_error);
+    let requests = receiver.requests();
+    let mut per_message: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &requests {
+        *per_message.entry(r.header("webhook-id").unwrap_or("").to_string()).or_default() += 1;
+    }
+    for o in rows.iter().filter(|o| o.status == "sent") {
+        assert_eq!(per_message.get(&format!("msg_{}", o.id)), Some(&1), "message {} sent once", o.id);
+    }
+    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 19);
+    println!("{} requests for 20 messages (c7's message was sent on each of its claims)", requests.len());
 }
