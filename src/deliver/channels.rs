@@ -172,7 +172,7 @@ fn email(timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError>
         .message_id(Some(format!("<{}@{domain}>", message_id(msg.outbox_id))));
     if let Some(url) = msg.config.get("unsubscribe_url").and_then(Value::as_str) {
         let url = url.replace("{message_id}", &message_id(msg.outbox_id));
-        builder = builder.header(ListUnsubscribe(format!("<{url}>")));
+        builder = builder.header(ListUnsubscribe(format!("<{url}>"))).header(ListUnsubscribePost);
     }
     let text = SinglePart::builder().header(header::ContentType::TEXT_PLAIN).body(msg.text.clone());
     let email = match &msg.html {
@@ -195,6 +195,23 @@ fn email(timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError>
         Ok(response) => Ok(response.message().next().map(str::to_string)),
         Err(e) if e.is_permanent() => Err(SendError::permanent(format!("SMTP: {e}"))),
         Err(e) => Err(SendError::retry(format!("SMTP: {e}"))),
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058): mailbox providers may
+/// unsubscribe with one POST to the List-Unsubscribe URL, without the recipient visiting it.
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl lettre::message::header::Header for ListUnsubscribePost {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
     }
 }
 

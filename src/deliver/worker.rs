@@ -70,7 +70,12 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
 
 /// Claims, sends and records one batch; returns how many messages it handled.
 fn deliver_one_batch(pacing: &RateLimits) -> usize {
-    let batch = BackgroundWorker::transaction(|| claim_and_prepare(settings::batch_size(), settings::lease_seconds()));
+    // The claim commits before anything is rendered: a template that kills the worker while it
+    // renders has spent an attempt of its own message (so it ends dead after max_attempts claims)
+    // and undoes nothing else.
+    let (claimed, templates) =
+        BackgroundWorker::transaction(|| claim(settings::batch_size(), settings::lease_seconds()));
+    let batch: Vec<Prepared> = claimed.into_iter().map(|c| c.prepare(&templates)).collect();
     if batch.is_empty() {
         return 0;
     }
@@ -294,8 +299,9 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
 
 const TEMPLATES: &str = "SELECT name, channel, locale, subject, body, html FROM engage.templates";
 
-fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
-    Spi::connect_mut(|client| -> Result<Vec<Prepared>, pgrx::spi::Error> {
+/// Claims a batch and reads what sending it needs: the claimed messages and the templates.
+fn claim(batch_size: i32, lease_seconds: f64) -> (Vec<Claimed>, Templates) {
+    Spi::connect_mut(|client| -> Result<(Vec<Claimed>, Templates), pgrx::spi::Error> {
         let rows = client.update(CLAIM, None, &[batch_size.into(), lease_seconds.into()])?;
         let mut claimed = Vec::new();
         for row in rows {
@@ -333,7 +339,7 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
             });
         }
         if claimed.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Templates::new()));
         }
         let mut templates = Templates::new();
         for row in client.select(TEMPLATES, None, &[])? {
@@ -341,7 +347,7 @@ fn claim_and_prepare(batch_size: i32, lease_seconds: f64) -> Vec<Prepared> {
                 (row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
             templates.insert(key, (row.get(4)?, row.get(5)?.unwrap_or_default(), row.get(6)?));
         }
-        Ok(claimed.into_iter().map(|c| c.prepare(&templates)).collect())
+        Ok((claimed, templates))
     })
     .unwrap_or_else(|e| error!("pg_engage deliverer could not claim messages: {e}"))
 }

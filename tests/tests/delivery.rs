@@ -228,6 +228,7 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
         "{}",
         m.data
     );
+    assert_eq!(m.header("List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"), "RFC 8058\n{}", m.data);
     assert!(m.header("To").is_some_and(|t| t.contains("ada@example.com")), "{}", m.data);
     assert!(m.header("From").is_some_and(|t| t.contains("news@shop.example")), "{}", m.data);
     // Both parts, rendered from profile, event and payload.
