@@ -20,16 +20,19 @@ CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
     WHERE properties ? 'message_id';
 
 -- Trigger-language paths and the numbers at them, as SQL reads them (goals, crossings).
+-- These two are inlined into the views' queries, so they pin nothing (a SET clause would stop
+-- the inlining): every name in them is qualified instead.
 CREATE FUNCTION engage.json_path(path text) RETURNS text[]
 LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT string_to_array(regexp_replace(path, '^\$\.', ''), '.')
+    SELECT pg_catalog.string_to_array(pg_catalog.regexp_replace(path, '^\$\.', ''), '.')
 $$;
 COMMENT ON FUNCTION engage.json_path(text) IS
     'A trigger-language path ("plan.renews_on" or "$.plan.renews_on") as a text[] for #> and #>>.';
 
 CREATE FUNCTION engage.json_number(document jsonb, path text[]) RETURNS numeric
 LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN jsonb_typeof(document #> path) = 'number' THEN (document #>> path)::numeric END
+    SELECT CASE WHEN pg_catalog.jsonb_typeof(document OPERATOR(pg_catalog.#>) path) OPERATOR(pg_catalog.=) 'number'
+                THEN (document OPERATOR(pg_catalog.#>>) path)::pg_catalog.numeric END
 $$;
 COMMENT ON FUNCTION engage.json_number(jsonb, text[]) IS
     'The number at a path of a JSON document; NULL when absent or not a number.';

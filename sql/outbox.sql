@@ -24,7 +24,7 @@ CREATE FUNCTION engage.claim(
     variant     text,
     lease       bigint
 )
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- Poison messages: a claimed message whose lease expired after its channel's max_attempts
     -- claims (the deliverer died or hung on it every time) is not claimed again; it moves to its
     -- next fallback channel, or dead.
@@ -76,7 +76,7 @@ $$;
 
 CREATE FUNCTION engage.extend_lease(message_id bigint, lease bigint, lease_for interval DEFAULT '5 minutes')
 RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- The holder's heartbeat: a long send keeps its lease; false when the lease is no longer its.
     WITH extended AS (
         UPDATE engage.outbox o SET lease_until = now() + extend_lease.lease_for
@@ -88,7 +88,7 @@ $$;
 
 CREATE FUNCTION engage.complete(message_id bigint, lease bigint, provider_message_id text DEFAULT NULL)
 RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- Only the current lease completes: completing after another deliverer took the message over
     -- (an expired lease), or twice, is a no-op that returns false.
     WITH sent AS (
@@ -115,7 +115,7 @@ $$;
 
 CREATE FUNCTION engage.fail(message_id bigint, lease bigint, error text, retryable boolean DEFAULT true)
 RETURNS text
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- Retryable: back to pending after an exponential backoff with jitter (equal jitter: half the
     -- delay fixed, half random), up to the channel's max_attempts; then, or when not retryable,
     -- the next fallback channel if any, else dead with the last error. The delay is computed in
@@ -154,7 +154,7 @@ $$;
 
 CREATE FUNCTION engage.defer(message_id bigint, lease bigint, until timestamptz, reason text DEFAULT 'deferred')
 RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- Gives a claimed message back, due later, without spending an attempt (quiet hours). Its
     -- place in the customer's queue moves to `until` too, so it holds up nothing due before.
     WITH deferred AS (
@@ -169,7 +169,7 @@ $$;
 
 CREATE FUNCTION engage.suppress(message_id bigint, lease bigint, reason text, detail text DEFAULT NULL)
 RETURNS boolean
-LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql AS $$
     -- The send-time re-check: a claimed message that no longer passes the policy is recorded as
     -- suppressed with its reason, not sent and not failed.
     WITH suppressed AS (

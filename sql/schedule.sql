@@ -25,12 +25,18 @@ COMMENT ON TABLE engage.tick_progress IS
 -- past the end of its month is clamped. NULL when the attribute is not such a date.
 CREATE FUNCTION engage.profile_date(raw text, year integer DEFAULT NULL) RETURNS date
 LANGUAGE sql IMMUTABLE AS $$
-    -- One expression, so that the planner inlines it into the tick's query.
-    SELECT CASE WHEN raw ~ '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])' THEN
-               make_date(coalesce(year, substr(raw, 1, 4)::integer), substr(raw, 6, 2)::integer, 1)
-               + (least(substr(raw, 9, 2)::integer,
-                        extract(day FROM make_date(coalesce(year, substr(raw, 1, 4)::integer), substr(raw, 6, 2)::integer, 1)
-                                         + interval '1 month' - interval '1 day')::integer) - 1)
+    -- One expression, so that the planner inlines it into the tick's query; inlined, it pins no
+    -- search_path, so every name is qualified.
+    SELECT CASE WHEN raw OPERATOR(pg_catalog.~) '^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])' THEN
+               pg_catalog.make_date(coalesce(year, pg_catalog.substr(raw, 1, 4)::pg_catalog.int4),
+                                    pg_catalog.substr(raw, 6, 2)::pg_catalog.int4, 1)
+               OPERATOR(pg_catalog.+)
+               (least(pg_catalog.substr(raw, 9, 2)::pg_catalog.int4,
+                      pg_catalog.date_part('day',
+                          pg_catalog.make_date(coalesce(year, pg_catalog.substr(raw, 1, 4)::pg_catalog.int4),
+                                               pg_catalog.substr(raw, 6, 2)::pg_catalog.int4, 1)
+                          OPERATOR(pg_catalog.+) interval '1 month' OPERATOR(pg_catalog.-) interval '1 day')::pg_catalog.int4)
+                OPERATOR(pg_catalog.-) 1)
            END
 $$;
 COMMENT ON FUNCTION engage.profile_date(text, integer) IS

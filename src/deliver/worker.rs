@@ -40,7 +40,9 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     // The claim's correlated policy sub-queries have a high estimated cost over the (unknown)
     // batch, which would cross jit_above_cost and spend most of a second compiling a query that
     // runs in a millisecond. The worker's statements are all short: no JIT for this session.
-    BackgroundWorker::transaction(|| Spi::run("SET jit = off"))
+    // Its statements resolve names in pg_catalog only (engage objects are qualified), so nothing a
+    // role creates in public, nor a database-level search_path, can run as the worker.
+    BackgroundWorker::transaction(|| Spi::run("SET jit = off; SET search_path = pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("pg_engage deliverer could not configure its session: {e}"));
     status::worker_started();
     log!("pg_engage deliverer started on database \"{database}\"");

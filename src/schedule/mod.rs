@@ -42,6 +42,9 @@ pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let database = crate::deliver::settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
+    // Names resolve in pg_catalog only (engage objects are qualified): see the deliverer.
+    BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
+        .unwrap_or_else(|e| error!("pg_engage scheduler could not configure its session: {e}"));
     crate::deliver::status::scheduler_started();
     log!("pg_engage scheduler started on database \"{database}\"");
     loop {
