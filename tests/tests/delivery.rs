@@ -1282,9 +1282,11 @@ fn terminated_workers_are_restarted_and_reported_down_meanwhile() {
         },
         || cluster.log_tail(20),
     );
-    c.execute("SELECT pg_terminate_backend($1)", &[&deliverer]).unwrap();
-    c.execute("SELECT pg_terminate_backend($1)", &[&scheduler]).unwrap();
-    // Down at once (the restart interval is 5 s) ...
+    // Terminate both and wait (up to 4 s) for them to exit: down before the restart interval (5 s) ...
+    for pid in [deliverer, scheduler] {
+        let gone: bool = c.query_one("SELECT pg_terminate_backend($1, 4000)", &[&pid]).unwrap().get(0);
+        assert!(gone, "worker {pid} did not exit within 4 s");
+    }
     let down: (bool, bool) = {
         let row = c.query_one("SELECT running, scheduler_running FROM engage.worker_status()", &[]).unwrap();
         (row.get(0), row.get(1))
