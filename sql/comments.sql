@@ -31,23 +31,3 @@ COMMENT ON FUNCTION engage.bgnbd_p_alive(double precision, double precision, dou
 COMMENT ON FUNCTION engage.bgnbd_expected_purchases(double precision, double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS
     'BG/NBD expected repeat purchases of a customer (x, t_x, T) in the next t units: the paper''s equation (10). NULL for invalid input.';
 
--- Every function of the extension runs with search_path = pg_catalog, pg_temp, whoever calls it
--- and whatever their own search_path: names resolve in pg_catalog (or are schema-qualified, as
--- every engage object is), so a function or operator a role creates in public (an overload of
--- unnest or cardinality, say) can never run in the insert path, the workers or the views. The
--- three small SQL functions that the planner inlines into views' queries are the exception (a
--- SET clause would stop the inlining); every name in them is qualified instead.
-DO $pin$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN
-        SELECT p.oid::regprocedure
-          FROM pg_catalog.pg_proc p
-         WHERE p.pronamespace = 'engage'::regnamespace
-           AND p.proname NOT IN ('json_path', 'json_number', 'profile_date')
-    LOOP
-        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
-    END LOOP;
-END
-$pin$;

@@ -43,7 +43,9 @@ pub extern "C-unwind" fn _PG_init() {
         &CONFLICT_WINDOW,
         0,
         i32::MAX,
-        GucContext::Userset,
+        // It changes what is decided: a superuser, or a role granted SET on it (engage_admin),
+        // sets it; an app cannot switch conflicts off for its own inserts.
+        GucContext::Suset,
         GucFlags::UNIT_S,
     );
     deliver::init();
@@ -67,7 +69,31 @@ extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"])
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["predict", "metrics"]);
-extension_sql_file!("../sql/comments.sql", name = "comments", finalize);
+extension_sql_file!(
+    "../sql/comments.sql",
+    name = "comments",
+    requires = [
+        "schedule",
+        triggers::validate_trigger,
+        triggers::create_trigger,
+        triggers::update_trigger,
+        triggers::enable_trigger,
+        triggers::disable_trigger,
+        triggers::drop_trigger,
+        triggers::duration,
+        evaluate::evaluate_events,
+        evaluate::rules_changed,
+        evaluate::skip_duplicate_event,
+        evaluate::consent::consent_key,
+        evaluate::consent::check_consent,
+        deliver::validate_template,
+        deliver::worker_status,
+        predict::bgnbd_fit,
+        predict::bgnbd_p_alive,
+        predict::bgnbd_expected_purchases
+    ]
+);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 mod pg_tests;

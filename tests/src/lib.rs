@@ -477,25 +477,31 @@ pub fn assert_sql_error(
 // pg_engage helpers
 // ---------------------------------------------------------------------------------------------
 
-/// Makes the session of `client` (connected to database `db` as the superuser) act as a new
-/// non-superuser role that owns nothing and has only table rights on the engage schema (what a
-/// database team grants an app until the extension ships its own roles): `SET ROLE`, so every
-/// later statement of the session runs with that role's rights.
+/// A connection to database `db` of `cluster` as a new login role `<db>_<suffix>` that is a
+/// member of the extension's roles `member_of` (`engage_writer`, `engage_analyst`,
+/// `engage_admin`, `engage_worker`) and nothing else: no superuser, owns nothing.
 #[track_caller]
-pub fn act_as_non_superuser(client: &mut Client, db: &str) {
-    let role = format!("{db}_app");
-    let sql = format!(
-        "CREATE ROLE {role} NOSUPERUSER NOCREATEDB NOCREATEROLE;
-         GRANT USAGE ON SCHEMA engage TO {role};
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA engage TO {role};
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA engage TO {role};
-         SET ROLE {role};"
-    );
-    if let Err(e) = client.batch_execute(&sql) {
-        panic!("act as non-superuser {role}: {}", error_text(&e));
+pub fn connect_as_member(cluster: &Cluster, db: &str, suffix: &str, member_of: &[&str]) -> Client {
+    let role = format!("{db}_{suffix}");
+    let mut admin = cluster.connect(db);
+    let mut sql = format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE;");
+    for r in member_of {
+        sql.push_str(&format!("GRANT {r} TO {role};"));
     }
+    if let Err(e) = admin.batch_execute(&sql) {
+        panic!("create role {role}: {}", error_text(&e));
+    }
+    let mut client = postgres::Config::new()
+        .host("127.0.0.1")
+        .port(cluster.port())
+        .user(&role)
+        .dbname(db)
+        .application_name("pg_engage_it")
+        .connect(NoTls)
+        .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
     let superuser: bool = client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
-    assert!(!superuser, "the session must run as a non-superuser");
+    assert!(!superuser, "{role} must not be a superuser");
+    client
 }
 
 /// `engage.create_trigger(name, definition)`; panics with the server error when it fails.

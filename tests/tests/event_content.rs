@@ -6,13 +6,15 @@
 //! - an event time that is infinite or outside years 1 to 9999 is refused with the constraint
 //!   `events_occurred_at_in_range`, before anything is decided.
 //!
-//! The app's statements run as a non-superuser role.
+//! The app's statements run as a member of engage_writer, which may insert events and read nothing.
 
 use pg_engage_it::*;
 
 /// A database with a `where` trigger, a waiting trigger cancelled by a matching `order_id`, and a
 /// trigger with no condition, all on `cart_updated`.
-fn setup(db: &str) -> Client {
+/// Returns the owner's session (which also reads what was decided) and an app's: a login role
+/// that is a member of engage_writer only.
+fn setup(db: &str) -> (Client, Client) {
     let mut c = shared().create_db(db);
     create_trigger(
         &mut c,
@@ -31,8 +33,8 @@ fn setup(db: &str) -> Client {
         "any_cart",
         json!({"event": "cart_updated", "category": "transactional", "action": {"channel": "webhook"}}),
     );
-    act_as_non_superuser(&mut c, db);
-    c
+    let app = connect_as_member(shared(), db, "app", &["engage_writer"]);
+    (c, app)
 }
 
 fn decided(c: &mut Client, customer: &str) -> Vec<(String, String)> {
@@ -49,9 +51,9 @@ fn decided(c: &mut Client, customer: &str) -> Vec<(String, String)> {
 
 #[test]
 fn numbers_beyond_double_range_read_as_missing_and_lose_nothing() {
-    let mut c = setup("content_huge_numbers");
+    let (mut c, mut app) = setup("content_huge_numbers");
     // One statement, three rows, the middle one unreadable as a double: all three are stored.
-    c.batch_execute(
+    app.batch_execute(
         r#"INSERT INTO engage.events (customer_id, name, properties) VALUES
              ('a', 'cart_updated', '{"amount": 150}'),
              ('b', 'cart_updated', '{"amount": 1e400}'),
@@ -66,7 +68,7 @@ fn numbers_beyond_double_range_read_as_missing_and_lose_nothing() {
     assert_eq!(decided(&mut c, "n"), vec![fired("any_cart"), fired("reminder")]);
 
     // A cancelling event with such a number: stored, and it cancels nothing by `same`.
-    c.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'order_completed', '{"amount": 1e400}')"#)
+    app.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'order_completed', '{"amount": 1e400}')"#)
         .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'cancelled'"), 0);
 
@@ -77,19 +79,19 @@ fn numbers_beyond_double_range_read_as_missing_and_lose_nothing() {
         json!({"pattern": {"count": {"event": "cart_updated", "at_least": 2}, "within": "1d", "same": ["amount"]},
                "category": "transactional", "action": {"channel": "webhook"}}),
     );
-    c.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 1e400}')"#)
+    app.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 1e400}')"#)
         .unwrap();
-    c.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 5}')"#)
+    app.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 5}')"#)
         .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.events WHERE customer_id = 'b'"), 4);
 }
 
 #[test]
 fn deeply_nested_properties_are_stored_and_decided() {
-    let mut c = setup("content_deep");
+    let (mut c, mut app) = setup("content_deep");
     for depth in [127, 128, 500, 2000] {
         let text = format!("{}{}{}", r#"{"amount": 150, "deep": "#, "[".repeat(depth), "]".repeat(depth) + "}");
-        c.execute(
+        app.execute(
             "INSERT INTO engage.events (customer_id, name, properties) VALUES ($1, 'cart_updated', $2::text::jsonb)",
             &[&format!("d{depth}"), &text],
         )
@@ -105,9 +107,9 @@ fn deeply_nested_properties_are_stored_and_decided() {
 
 #[test]
 fn event_times_out_of_range_are_refused_before_anything_is_decided() {
-    let mut c = setup("content_times");
+    let (mut c, mut app) = setup("content_times");
     for at in ["infinity", "-infinity", "10000-01-01 00:00:00+00", "0001-12-31 23:00:00+00 BC"] {
-        let result = c.execute(
+        let result = app.execute(
             "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('t', 'cart_updated', $1::text::timestamptz)",
             &[&at],
         );
@@ -124,7 +126,7 @@ fn event_times_out_of_range_are_refused_before_anything_is_decided() {
         json!({"event": "edge", "wait": "3650d", "category": "transactional", "action": {"channel": "webhook"}}),
     );
     for at in ["0001-01-01 00:00:00+00", "9999-12-31 23:59:59+00"] {
-        insert_event_at(&mut c, "t", "edge", json!({}), at);
+        insert_event_at(&mut app, "t", "edge", json!({}), at);
     }
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE trigger_id = (SELECT id FROM engage.triggers WHERE name = 'far')"), 2);
     let last: String = c

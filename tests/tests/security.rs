@@ -125,3 +125,193 @@ fn overloads_in_public_never_run_inside_the_extension() {
         ]
     );
 }
+
+/// The views an analyst reads.
+const VIEWS: [&str; 17] = [
+    "trigger_goals",
+    "trigger_volume",
+    "trigger_volume_daily",
+    "trigger_fire_rate",
+    "current_messages",
+    "current_touches",
+    "current_exposures",
+    "message_responses",
+    "trigger_response_rates",
+    "attributed_conversions",
+    "trigger_revenue",
+    "trigger_exposures",
+    "holdout_uplift",
+    "variant_results",
+    "trigger_latency",
+    "trigger_roi",
+    "customer_predictions",
+];
+
+#[track_caller]
+fn denied(c: &mut Client, who: &str, sql: &str) {
+    let result = c.batch_execute(sql);
+    let err = result.err().unwrap_or_else(|| panic!("{who} may not: {sql}"));
+    let code = err.as_db_error().map(|d| d.code().code().to_string());
+    assert_eq!(code.as_deref(), Some("42501"), "{who}: {sql}: {}", error_text(&err));
+}
+
+#[track_caller]
+fn allowed(c: &mut Client, who: &str, sql: &str) {
+    if let Err(e) = c.batch_execute(sql) {
+        panic!("{who} may: {sql}: {}", error_text(&e));
+    }
+}
+
+/// A database with a trigger, a webhook channel with a secret, and one event decided; returns
+/// the owner's session.
+fn roles_db(db: &str) -> Client {
+    let mut owner = shared().create_db(db);
+    create_trigger(&mut owner, "welcome", json!({"event": "signed_up", "action": {"channel": "webhook"}}));
+    owner
+        .batch_execute(
+            "INSERT INTO engage.channels (kind, config) VALUES ('webhook', '{\"url\": \"https://hooks.example/x\"}');
+             INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('webhook', '{\"signing_secret\": \"s3cr3t\"}');
+             SELECT engage.identify('c0', '{\"email\": \"c0@example.com\"}');
+             INSERT INTO engage.events (customer_id, name) VALUES ('c0', 'signed_up');",
+        )
+        .unwrap();
+    owner
+}
+
+#[test]
+fn the_writer_inserts_events_and_reads_nothing() {
+    let db = "sec_writer";
+    let mut owner = roles_db(db);
+    let mut app = connect_as_member(shared(), db, "app", &["engage_writer"]);
+    let id = insert_event(&mut app, "c1", "signed_up", json!({"plan": "pro"}));
+    assert_eq!(decisions_for(&mut owner, id), vec![fired("welcome")], "decided with the owner's rights");
+    allowed(
+        &mut app,
+        "writer",
+        "SELECT engage.track('c2', 'signed_up');
+         SELECT engage.identify('c2', '{\"email\": \"c2@example.com\"}');
+         SELECT engage.unsubscribe('c2', 'sms'); SELECT engage.subscribe('c2', 'sms');
+         INSERT INTO engage.events (customer_id, name) SELECT 'b' || i, 'signed_up' FROM generate_series(1, 50) i;",
+    );
+    let mut copy = app.copy_in("COPY engage.events (customer_id, name) FROM STDIN").unwrap();
+    std::io::Write::write_all(&mut copy, b"k1\tsigned_up\nk2\tsigned_up\n").unwrap();
+    copy.finish().unwrap();
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM engage.decisions WHERE outcome = 'fired'"), 55);
+    for sql in [
+        "SELECT customer_id FROM engage.events",
+        "SELECT * FROM engage.profiles",
+        "SELECT * FROM engage.decisions",
+        "SELECT * FROM engage.outbox",
+        "SELECT * FROM engage.channels",
+        "SELECT * FROM engage.channel_secrets",
+        "SELECT * FROM engage.trigger_volume",
+        "INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, due_at, scheduled_at, category)
+              VALUES (1, 1, 'c9', 'webhook', now(), now(), 'escalation')",
+        "INSERT INTO engage.decisions (event_id, trigger_id, customer_id, occurred_at, outcome) VALUES (1, 1, 'c9', now(), 'fired')",
+        "SELECT * FROM engage.claim(10, '1 minute', 'x')",
+        "SELECT engage.create_trigger('mine', '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT * FROM engage.tick()",
+        "SET engage.conflict_window = 0",
+    ] {
+        denied(&mut app, "writer", sql);
+    }
+}
+
+#[test]
+fn an_app_cannot_switch_conflicts_off_for_its_own_inserts() {
+    let db = "sec_conflict_window";
+    let mut owner = roles_db(db);
+    create_trigger(&mut owner, "low", json!({"event": "visit", "priority": 1, "action": {"channel": "webhook"}}));
+    create_trigger(&mut owner, "high", json!({"event": "visit", "priority": 9, "action": {"channel": "webhook"}}));
+    let mut app = connect_as_member(shared(), db, "app", &["engage_writer"]);
+    // Before the library is loaded in this session the setting is a placeholder; the library
+    // refuses the app's value when it defines the setting.
+    let _ = app.batch_execute("SET engage.conflict_window = 0");
+    let id = insert_event(&mut app, "c1", "visit", json!({}));
+    assert_eq!(decisions_for(&mut owner, id), vec![suppressed("low", "conflict"), fired("high")]);
+    denied(&mut app, "writer", "SET engage.conflict_window = 0");
+    denied(&mut app, "writer", &format!("ALTER ROLE {db}_app SET engage.conflict_window = 0"));
+    // engage_admin may set it.
+    let mut admin = connect_as_member(shared(), db, "admin", &["engage_admin"]);
+    allowed(&mut admin, "admin", "SET engage.conflict_window = '1min'");
+}
+
+#[test]
+fn the_analyst_reads_every_view_and_no_base_table() {
+    let db = "sec_analyst";
+    let _owner = roles_db(db);
+    let mut analyst = connect_as_member(shared(), db, "analyst", &["engage_analyst"]);
+    for view in VIEWS {
+        allowed(&mut analyst, "analyst", &format!("SELECT * FROM engage.{view}"));
+    }
+    allowed(&mut analyst, "analyst", "SELECT * FROM engage.decisions; SELECT name FROM engage.triggers");
+    for sql in [
+        "SELECT * FROM engage.events",
+        "SELECT * FROM engage.profiles",
+        "SELECT * FROM engage.outbox",
+        "SELECT * FROM engage.channel_secrets",
+        "SELECT * FROM engage.channels",
+        "INSERT INTO engage.events (customer_id, name) VALUES ('x', 'signed_up')",
+        "SELECT engage.create_trigger('mine', '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+        "SELECT * FROM engage.claim(10, '1 minute', 'x')",
+    ] {
+        denied(&mut analyst, "analyst", sql);
+    }
+}
+
+#[test]
+fn the_admin_manages_definitions_and_writes_secrets_it_cannot_read() {
+    let db = "sec_admin";
+    let mut owner = roles_db(db);
+    let mut admin = connect_as_member(shared(), db, "admin", &["engage_admin"]);
+    allowed(
+        &mut admin,
+        "admin",
+        "SELECT engage.create_trigger('promo', '{\"event\": \"visit\", \"action\": {\"channel\": \"email\", \"template\": \"promo\"}}');
+         SELECT engage.update_trigger('promo', '{\"event\": \"visit\", \"action\": {\"channel\": \"email\", \"template\": \"promo2\"}}');
+         SELECT engage.disable_trigger('promo'); SELECT engage.enable_trigger('promo');
+         INSERT INTO engage.channels (kind, config) VALUES ('email', '{\"host\": \"127.0.0.1\", \"port\": 25, \"from\": \"a@b.c\"}');
+         INSERT INTO engage.templates (name, channel, body) VALUES ('promo2', 'email', 'Hi {{ profile.first_name }}');
+         INSERT INTO engage.frequency_caps (channel, max_messages, per) VALUES (NULL, 3, '1 day');
+         INSERT INTO engage.suppressions (customer_id, channel, reason) VALUES ('c0', 'all', 'manual');
+         INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('email', '{\"password\": \"pw\"}');
+         UPDATE engage.channel_secrets SET secrets = '{\"signing_secret\": \"rotated\"}' WHERE kind = 'webhook';
+         SELECT * FROM engage.tick(); SELECT engage.refresh_metrics();
+         SELECT * FROM engage.dead_letters; SELECT * FROM engage.trigger_volume; SELECT count(*) FROM engage.outbox;
+         SET engage.conflict_window = '5min';",
+    );
+    let rotated: Value = owner.query_one("SELECT secrets FROM engage.channel_secrets WHERE kind = 'webhook'", &[]).unwrap().get(0);
+    assert_eq!(rotated, json!({"signing_secret": "rotated"}));
+    for sql in [
+        "SELECT secrets FROM engage.channel_secrets",
+        "UPDATE engage.channel_secrets SET secrets = secrets WHERE kind = 'webhook' RETURNING secrets",
+        "SELECT * FROM engage.claim(10, '1 minute', 'x')",
+        "INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, due_at, scheduled_at) VALUES (1, 1, 'c', 'webhook', now(), now())",
+    ] {
+        denied(&mut admin, "admin", sql);
+    }
+}
+
+#[test]
+fn the_worker_runs_the_delivery_contract_and_nothing_else() {
+    let db = "sec_worker";
+    let mut owner = roles_db(db);
+    let mut worker = connect_as_member(shared(), db, "worker", &["engage_worker"]);
+    let claimed = worker.query("SELECT id, lease FROM engage.claim(10, '1 minute', 'external')", &[]).unwrap();
+    assert_eq!(claimed.len(), 1);
+    let (id, lease): (i64, i64) = (claimed[0].get(0), claimed[0].get(1));
+    let done: bool = worker.query_one("SELECT engage.complete($1, $2, 'p-1')", &[&id, &lease]).unwrap().get(0);
+    assert!(done);
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM engage.messages"), 1);
+    for sql in [
+        "SELECT * FROM engage.events",
+        "SELECT * FROM engage.profiles",
+        "SELECT * FROM engage.channel_secrets",
+        "SELECT * FROM engage.outbox",
+        "INSERT INTO engage.events (customer_id, name) VALUES ('x', 'signed_up')",
+        "SELECT engage.redrive(1)",
+        "SELECT engage.create_trigger('mine', '{\"event\": \"e\", \"action\": {\"channel\": \"webhook\"}}')",
+    ] {
+        denied(&mut worker, "worker", sql);
+    }
+}

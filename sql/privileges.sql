@@ -1,0 +1,136 @@
+-- Who may do what (README, "Security"). Loaded last, once every function exists.
+
+-- 1. Every function of the extension runs with search_path = pg_catalog, pg_temp, whoever calls
+-- it and whatever their own search_path: names resolve in pg_catalog (or are schema-qualified,
+-- as every engage object is), so a function or operator a role creates in public (an overload of
+-- unnest or cardinality, say) can never run in the insert path, the workers or the views. The
+-- three small SQL functions that the planner inlines into views' queries are the exception (a
+-- SET clause would stop the inlining); every name in them is qualified instead.
+DO $pin$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'engage'::regnamespace
+           AND p.proname NOT IN ('json_path', 'json_number', 'profile_date')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$pin$;
+
+-- 2. The four roles, NOLOGIN, to be granted to login roles. Roles belong to the cluster, not to
+-- the database: the first CREATE EXTENSION creates them, later ones (other databases) reuse them,
+-- and DROP EXTENSION leaves them.
+DO $roles$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['engage_writer', 'engage_analyst', 'engage_admin', 'engage_worker'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL; -- another database's CREATE EXTENSION created it at the same moment
+            END;
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA engage TO engage_writer, engage_analyst, engage_admin, engage_worker;
+
+-- 3. Nothing runs for PUBLIC: each role gets exactly its functions.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA engage FROM PUBLIC;
+
+-- Functions that act on tables their callers may not touch run with the owner's rights; each is
+-- executable only by the roles below, and pins its search_path (1.).
+ALTER FUNCTION engage.track(text, text, jsonb, timestamptz, text) SECURITY DEFINER;
+ALTER FUNCTION engage.identify(text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION engage.subscribe(text, text) SECURITY DEFINER;
+ALTER FUNCTION engage.unsubscribe(text, text) SECURITY DEFINER;
+-- The triggers on engage.events decide as the owner: an app needs INSERT on events and nothing else.
+ALTER FUNCTION engage.evaluate_events() SECURITY DEFINER;
+ALTER FUNCTION engage.skip_duplicate_event() SECURITY DEFINER;
+ALTER FUNCTION engage.apply_consent_event() SECURITY DEFINER;
+ALTER FUNCTION engage.profile_crossings() SECURITY DEFINER;
+ALTER FUNCTION engage.mark_goal_change() SECURITY DEFINER;
+-- The delivery contract.
+ALTER FUNCTION engage.claim(integer, interval, text) SECURITY DEFINER;
+ALTER FUNCTION engage.extend_lease(bigint, bigint, interval) SECURITY DEFINER;
+ALTER FUNCTION engage.complete(bigint, bigint, text) SECURITY DEFINER;
+ALTER FUNCTION engage.fail(bigint, bigint, text, boolean) SECURITY DEFINER;
+ALTER FUNCTION engage.defer(bigint, bigint, timestamptz, text) SECURITY DEFINER;
+ALTER FUNCTION engage.suppress(bigint, bigint, text, text) SECURITY DEFINER;
+-- What the metrics views compute from the base tables.
+ALTER FUNCTION engage.message_facts_of(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.touches_of(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.exposures_of(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.purchase_summaries(text, date, interval) SECURITY DEFINER;
+-- What operators run: ticks, rollups, model fits.
+ALTER FUNCTION engage.tick(timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
+ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
+ALTER FUNCTION engage.fit_purchase_model(text, date, interval) SECURITY DEFINER;
+ALTER FUNCTION engage.ingest_provider_event(text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION engage.redrive(bigint) SECURITY DEFINER;
+
+-- engage_writer: apps. Insert events (INSERT, COPY, track), profiles and consent; read nothing
+-- but the id of the event it inserted (INSERT ... RETURNING id).
+GRANT INSERT, SELECT (id) ON engage.events TO engage_writer;
+GRANT EXECUTE ON FUNCTION engage.track(text, text, jsonb, timestamptz, text), engage.identify(text, jsonb),
+                          engage.subscribe(text, text), engage.unsubscribe(text, text)
+    TO engage_writer;
+
+-- engage_analyst: every metrics view and the decision log; no secrets, no addresses.
+GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volume_daily,
+                engage.trigger_fire_rate, engage.current_messages, engage.current_touches,
+                engage.current_exposures, engage.message_responses, engage.trigger_response_rates,
+                engage.attributed_conversions, engage.trigger_revenue, engage.trigger_exposures,
+                engage.holdout_uplift, engage.variant_results, engage.trigger_latency, engage.trigger_roi,
+                engage.customer_predictions, engage.decisions, engage.triggers
+    TO engage_analyst;
+GRANT EXECUTE ON FUNCTION engage.json_path(text), engage.json_number(jsonb, text[]), engage.duration(text),
+                          engage.message_facts_of(text[]), engage.touches_of(text[]), engage.exposures_of(text[]),
+                          engage.trigger_volume_in(interval, timestamptz), engage.trigger_latency_in(timestamptz),
+                          engage.purchase_summaries(text, date, interval),
+                          engage.compare_groups(bigint, bigint, numeric, numeric, bigint, bigint, numeric, numeric),
+                          engage.bgnbd_p_alive(double precision, double precision, double precision, double precision,
+                                               double precision, double precision, double precision),
+                          engage.bgnbd_expected_purchases(double precision, double precision, double precision,
+                                                          double precision, double precision, double precision,
+                                                          double precision, double precision)
+    TO engage_analyst;
+
+-- engage_worker: an external deliverer. The claim / complete / fail / defer contract, nothing else.
+GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text), engage.extend_lease(bigint, bigint, interval),
+                          engage.complete(bigint, bigint, text), engage.fail(bigint, bigint, text, boolean),
+                          engage.defer(bigint, bigint, timestamptz, text), engage.suppress(bigint, bigint, text, text)
+    TO engage_worker;
+
+-- engage_admin: operators. Definitions, channels, templates, caps, suppressions, redrive, ticks
+-- and models, and everything the analyst reads. Writes channel secrets, never reads them back.
+GRANT engage_analyst TO engage_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON engage.triggers, engage.channels, engage.templates,
+                                        engage.frequency_caps, engage.suppressions
+    TO engage_admin;
+GRANT INSERT, UPDATE, DELETE, SELECT (kind) ON engage.channel_secrets TO engage_admin;
+GRANT SELECT ON engage.events, engage.profiles, engage.outbox, engage.dead_letters, engage.messages,
+                engage.escalations, engage.tick_progress, engage.purchase_models
+    TO engage_admin;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA engage TO engage_admin;
+GRANT EXECUTE ON FUNCTION engage.create_trigger(text, jsonb), engage.update_trigger(text, jsonb),
+                          engage.enable_trigger(text), engage.disable_trigger(text), engage.drop_trigger(text),
+                          engage.validate_trigger(jsonb), engage.validate_template(text), engage.redrive(bigint),
+                          engage.worker_status(), engage.ingest_provider_event(text, jsonb),
+                          engage.tick(timestamptz), engage.refresh_metrics(integer), engage.rebuild_metrics(),
+                          engage.fit_purchase_model(text, date, interval)
+    TO engage_admin;
+
+-- Settings that change what is decided are not for apps: engage.conflict_window is a superuser
+-- setting (PGC_SUSET) that engage_admin may also set.
+GRANT SET ON PARAMETER engage.conflict_window TO engage_admin;
