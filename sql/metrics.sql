@@ -345,7 +345,8 @@ DECLARE
     picked text[];
 BEGIN
     -- One refresh at a time; a second caller finds the work taken and returns at once.
-    IF NOT pg_try_advisory_xact_lock(hashtext('engage.refresh_metrics')) THEN
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
         RETURN 0;
     END IF;
     -- Marks committed after this statement's snapshot are not removed: their customers stay
@@ -378,7 +379,7 @@ DECLARE
     done bigint := 0;
     step integer;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('engage.refresh_metrics'));
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
     -- Mark every customer with a message or a decision, then refresh them in batches.
     INSERT INTO engage.metrics_dirty (customer_id)
     SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;

@@ -47,10 +47,9 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA engage FROM PUBLIC;
 
 -- Functions that act on tables their callers may not touch run with the owner's rights; each is
 -- executable only by the roles below, and pins its search_path (1.).
-ALTER FUNCTION engage.track(text, text, jsonb, timestamptz, text) SECURITY DEFINER;
+-- (track, subscribe and unsubscribe insert an event with the caller's own rights, so the caller
+-- is who the reserved-name check sees; identify writes profiles, which apps cannot.)
 ALTER FUNCTION engage.identify(text, jsonb) SECURITY DEFINER;
-ALTER FUNCTION engage.subscribe(text, text) SECURITY DEFINER;
-ALTER FUNCTION engage.unsubscribe(text, text) SECURITY DEFINER;
 -- The triggers on engage.events decide as the owner: an app needs INSERT on events and nothing else.
 ALTER FUNCTION engage.evaluate_events() SECURITY DEFINER;
 ALTER FUNCTION engage.skip_duplicate_event() SECURITY DEFINER;
@@ -72,7 +71,8 @@ ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.purchase_summaries(text, date, interval) SECURITY DEFINER;
 -- What operators run: ticks, rollups, model fits.
-ALTER FUNCTION engage.tick(timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.tick(timestamptz, boolean) SECURITY DEFINER;
+ALTER FUNCTION engage.set_tick_progress(text, timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
 ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
 ALTER FUNCTION engage.fit_purchase_model(text, date, interval) SECURITY DEFINER;
@@ -127,7 +127,7 @@ GRANT EXECUTE ON FUNCTION engage.create_trigger(text, jsonb), engage.update_trig
                           engage.enable_trigger(text), engage.disable_trigger(text), engage.drop_trigger(text),
                           engage.validate_trigger(jsonb), engage.validate_template(text), engage.redrive(bigint),
                           engage.worker_status(), engage.ingest_provider_event(text, jsonb),
-                          engage.tick(timestamptz), engage.refresh_metrics(integer), engage.rebuild_metrics(),
+                          engage.tick(timestamptz, boolean), engage.set_tick_progress(text, timestamptz), engage.refresh_metrics(integer), engage.rebuild_metrics(),
                           engage.fit_purchase_model(text, date, interval)
     TO engage_admin;
 

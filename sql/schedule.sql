@@ -18,7 +18,9 @@ CREATE TABLE engage.tick_progress (
     ticked_until timestamptz NOT NULL
 );
 COMMENT ON TABLE engage.tick_progress IS
-    'Per scheduled trigger: the instant up to which engage.tick has fired it. The next tick covers (ticked_until, moment].';
+    'Per scheduled trigger: the instant up to which engage.tick has fired it. The next tick covers (ticked_until, moment]. engage.set_tick_progress moves it.';
+
+
 
 -- The local calendar date of a profile attribute ("YYYY-MM-DD", optionally followed by a time),
 -- moved into `year` when given: the 29th of February becomes the 28th in other years, and a day
@@ -175,7 +177,7 @@ $$;
 COMMENT ON FUNCTION engage.fire_predicted(integer, timestamptz) IS
     'engage.tick for "predicted" triggers: fires for customers with at least min_purchases purchase days whose P(alive) under the newest model is below the threshold, once per number of purchase days.';
 
-CREATE FUNCTION engage.tick(moment timestamptz DEFAULT now())
+CREATE FUNCTION engage.tick(moment timestamptz DEFAULT now(), ahead_of_now boolean DEFAULT false)
 RETURNS TABLE (trigger text, kind text, since timestamptz, fired bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -183,8 +185,16 @@ DECLARE
     from_ timestamptz;
     n bigint;
 BEGIN
+    -- Ticks only move forward: a moment in the future would fire its occasions early and then
+    -- skip them until then. Only on purpose.
+    IF moment > now() + interval '1 minute' AND NOT ahead_of_now THEN
+        RAISE EXCEPTION 'tick moment % is % ahead of now', moment, date_trunc('second', moment - now())
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Ticks only move forward: every scheduled trigger would fire the occasions up to that moment now, and none until then.',
+                  HINT = 'Pass ahead_of_now => true to mean it; engage.set_tick_progress moves a trigger''s progress back.';
+    END IF;
     -- One tick at a time: the scheduler worker and a manual or pg_cron call take turns.
-    PERFORM pg_advisory_xact_lock(hashtext('engage.tick'));
+    PERFORM FROM engage.locks WHERE name = 'tick' FOR UPDATE;
     FOR t IN
         SELECT tr.id, tr.name, tr.enabled, tr.created_at, p.ticked_until,
                (SELECT k FROM unnest(ARRAY['inactive', 'anniversary', 'date', 'predicted']) k
@@ -221,8 +231,23 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION engage.tick(timestamptz) IS
-    'Fires the scheduled triggers (inactive, anniversary, date, predicted) for the occasions due in (the last tick, moment], through the insert path and its policy. Idempotent: an occasion fires once, whoever ticks. Ticks only move forward. Returns per trigger the window start and how many occasions fired.';
+COMMENT ON FUNCTION engage.tick(timestamptz, boolean) IS
+    'Fires the scheduled triggers (inactive, anniversary, date, predicted) for the occasions due in (the last tick, moment], through the insert path and its policy. Idempotent: an occasion fires once, whoever ticks. Ticks only move forward; a moment more than a minute ahead of now is an ERROR unless ahead_of_now. Returns per trigger the window start and how many occasions fired.';
+
+CREATE FUNCTION engage.set_tick_progress(trigger text, ticked_until timestamptz) RETURNS boolean
+LANGUAGE sql AS $$
+    -- After a tick too far ahead, or to replay: the next tick covers (ticked_until, moment].
+    -- Occasions already fired stay fired (their idempotency keys are stored).
+    WITH moved AS (
+        UPDATE engage.tick_progress p SET ticked_until = set_tick_progress.ticked_until
+          FROM engage.triggers t
+         WHERE t.id = p.trigger_id AND t.name = set_tick_progress.trigger
+        RETURNING 1
+    )
+    SELECT EXISTS (SELECT FROM moved)
+$$;
+COMMENT ON FUNCTION engage.set_tick_progress(text, timestamptz) IS
+    'Moves a scheduled trigger''s progress (engage.tick_progress) to ticked_until; false if the trigger has none. Occasions already fired do not fire again.';
 
 -- Crossings of a profile attribute, from the statement that changed the profiles. A profile
 -- created above the level counts as crossing upward (it had no value below); one created below

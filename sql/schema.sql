@@ -365,3 +365,39 @@ COMMENT ON FUNCTION engage.track(text, text, jsonb, timestamptz, text) IS
     'Records one event (Segment-style track) and returns its id, or NULL when its idempotency_key was seen before.';
 COMMENT ON FUNCTION engage.identify(text, jsonb) IS
     'Upserts a customer profile (Segment-style identify): traits merge into attributes; email, phone, timezone, push_token, locale and preferred_channel traits also fill those columns.';
+
+-- Who runs the scheduler's tick or the metrics refresh takes turns on a row of this table. Only
+-- the extension's owner may lock its rows (an advisory lock key, which any role can take, would
+-- let any role stall the scheduler or the rollups).
+CREATE TABLE engage.locks (
+    name text PRIMARY KEY
+);
+INSERT INTO engage.locks (name) VALUES ('tick'), ('refresh_metrics');
+COMMENT ON TABLE engage.locks IS
+    'One row per job that runs one at a time (tick, refresh_metrics): engage.tick and engage.refresh_metrics lock it.';
+
+-- Event names and idempotency keys beginning with "trigger:" are the scheduler's: engage.tick
+-- and threshold crossings insert events named `trigger:<trigger>` with keys `trigger:<id>:...`,
+-- as the extension's owner. An app that could write them would fire a scheduled trigger at will,
+-- or pre-empt (or probe for) an occasion's key.
+CREATE FUNCTION engage.refuse_reserved_names() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname = current_user) THEN
+        RAISE EXCEPTION 'event names and idempotency keys beginning with "trigger:" are reserved for pg_engage''s scheduled triggers'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = pg_catalog.format('name %s, idempotency_key %s', pg_catalog.quote_literal(pg_catalog.left(NEW.name, 60)),
+                                             pg_catalog.quote_nullable(pg_catalog.left(NEW.idempotency_key, 60))),
+                  HINT = 'Name the event otherwise; scheduled triggers fire from engage.tick.';
+    END IF;
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION engage.refuse_reserved_names() IS
+    'BEFORE INSERT row trigger on engage.events: refuses (42501) an event named "trigger:..." or keyed "trigger:..." unless inserted by the extension (its owner, a superuser).';
+-- Fires before skip_duplicate_event (triggers fire in name order), so a reserved key is refused
+-- before it could be found to exist.
+CREATE TRIGGER refuse_reserved_names
+    BEFORE INSERT ON engage.events
+    FOR EACH ROW WHEN (NEW.name LIKE 'trigger:%' OR NEW.idempotency_key LIKE 'trigger:%')
+    EXECUTE FUNCTION engage.refuse_reserved_names();

@@ -793,7 +793,7 @@ mod tests {
 
     /// Ticks at `moment` and returns how many occasions fired, over all triggers.
     fn tick(moment: &str) -> i64 {
-        count(&format!("SELECT coalesce(sum(fired), 0)::int8 FROM engage.tick('{moment}')"))
+        count(&format!("SELECT coalesce(sum(fired), 0)::int8 FROM engage.tick('{moment}', ahead_of_now => true)"))
     }
 
     /// The decisions of a trigger: customer@event time (UTC, minutes)=outcome, in time order.
@@ -847,7 +847,7 @@ mod tests {
         run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
                ('old', 'login', now() - interval '30 days'), ('recent', 'login', now() - interval '6 days')");
         assert_eq!(tick("now"), 0, "old was already lapsed when the trigger was created");
-        assert_eq!(count("SELECT sum(fired)::int8 FROM engage.tick(now() + interval '1 day')"), 1);
+        assert_eq!(count("SELECT sum(fired)::int8 FROM engage.tick(now() + interval '1 day', ahead_of_now => true)"), 1);
         assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE customer_id = 'recent'"), 1);
         assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE customer_id = 'old'"), 0);
     }

@@ -315,3 +315,72 @@ fn the_worker_runs_the_delivery_contract_and_nothing_else() {
         denied(&mut worker, "worker", sql);
     }
 }
+
+/// Event names and idempotency keys beginning with "trigger:" belong to the scheduler: an app can
+/// neither fire a scheduled trigger with a forged event nor pre-empt or probe an occasion's key.
+#[test]
+fn apps_cannot_forge_the_schedulers_events_or_keys() {
+    let db = "sec_reserved";
+    let mut owner = roles_db(db);
+    create_trigger(
+        &mut owner,
+        "winback",
+        json!({"inactive": {"event": "purchase", "for": "1d"}, "backfill": true, "action": {"channel": "webhook"}}),
+    );
+    let mut app = connect_as_member(shared(), db, "app", &["engage_writer"]);
+    for sql in [
+        "INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'trigger:winback')",
+        "INSERT INTO engage.events (customer_id, name, idempotency_key) VALUES ('c1', 'purchase', 'trigger:1:c1:1')",
+        "SELECT engage.track('c1', 'trigger:winback')",
+        "SELECT engage.track('c1', 'purchase', '{}', now(), 'trigger:7:c1:9')",
+    ] {
+        let err = app.batch_execute(sql).unwrap_err();
+        let db_err = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db_err.code().code(), "42501", "{sql}: {}", error_text(&err));
+        assert!(db_err.message().contains("reserved") && db_err.message().contains("\"trigger:\""), "{}", db_err.message());
+    }
+    let mut copy = app.copy_in("COPY engage.events (customer_id, name) FROM STDIN").unwrap();
+    std::io::Write::write_all(&mut copy, b"c1\tpurchase\nc1\ttrigger:winback\n").unwrap();
+    let err = copy.finish().unwrap_err();
+    assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("42501"), "{}", error_text(&err));
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM engage.decisions WHERE trigger_id = (SELECT id FROM engage.triggers WHERE name = 'winback')"), 0);
+    // The scheduler itself still fires it, through its own events and keys.
+    owner.batch_execute("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES ('c1', 'purchase', now() - interval '2 days')").unwrap();
+    assert_eq!(count(&mut owner, "SELECT sum(fired)::int8 FROM engage.tick()"), 1);
+}
+
+/// No role can stall the scheduler or push its progress past now by accident.
+#[test]
+fn the_scheduler_cannot_be_stalled_or_pushed_into_the_future() {
+    let db = "sec_tick";
+    let mut owner = roles_db(db);
+    create_trigger(
+        &mut owner,
+        "winback",
+        json!({"inactive": {"event": "purchase", "for": "1d"}, "backfill": true, "action": {"channel": "webhook"}}),
+    );
+    // A role holding the advisory lock the scheduler used to take stalls nothing any more, and it
+    // cannot lock the scheduler's own row.
+    let mut hostile = connect_as_member(shared(), db, "hostile", &[]);
+    hostile.batch_execute("SELECT pg_advisory_lock(hashtext('engage.tick'))").unwrap();
+    denied(&mut hostile, "a role without grants", "BEGIN; SELECT FROM engage.locks FOR UPDATE");
+    hostile.batch_execute("ROLLBACK").unwrap();
+    let mut app = connect_as_member(shared(), db, "app", &["engage_writer", "engage_analyst", "engage_worker"]);
+    denied(&mut app, "writer, analyst and worker", "BEGIN; SELECT FROM engage.locks FOR UPDATE");
+    app.batch_execute("ROLLBACK").unwrap();
+    owner.batch_execute("SET statement_timeout = '10s'").unwrap();
+    assert_eq!(count(&mut owner, "SELECT count(*) FROM engage.tick()"), 1, "the tick ran while the advisory lock was held");
+
+    // A moment far ahead is refused unless meant; the progress can be moved back.
+    let mut admin = connect_as_member(shared(), db, "admin", &["engage_admin"]);
+    let err = admin.query("SELECT * FROM engage.tick('2100-01-01')", &[]).unwrap_err();
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "22023", "{}", error_text(&err));
+    assert!(db_err.message().contains("ahead of now"), "{}", db_err.message());
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until > now() + interval '1 day'"), 0);
+    admin.batch_execute("SELECT * FROM engage.tick('2100-01-01', ahead_of_now => true)").unwrap();
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until = '2100-01-01'"), 1);
+    let moved: bool = admin.query_one("SELECT engage.set_tick_progress('winback', now())", &[]).unwrap().get(0);
+    assert!(moved);
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until <= now()"), 1);
+}
