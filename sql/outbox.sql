@@ -86,31 +86,46 @@ LANGUAGE sql AS $$
     SELECT EXISTS (SELECT 1 FROM extended)
 $$;
 
-CREATE FUNCTION engage.complete(message_id bigint, lease bigint, provider_message_id text DEFAULT NULL)
-RETURNS boolean
+CREATE FUNCTION engage.complete_many(message_ids bigint[], leases bigint[], provider_message_ids text[])
+RETURNS bigint
 LANGUAGE sql AS $$
-    -- Only the current lease completes: completing after another deliverer took the message over
-    -- (an expired lease), or twice, is a no-op that returns false.
-    WITH sent AS (
+    -- Marks claimed messages sent and logs them in engage.messages, in one statement: the i-th
+    -- message with the i-th lease token and provider id. Only the current lease completes:
+    -- completing after another deliverer took a message over (an expired lease), or twice, does
+    -- nothing. Returns how many were completed.
+    WITH done AS (
+        SELECT u.id, u.lease, u.provider_message_id
+          FROM unnest(complete_many.message_ids, complete_many.leases, complete_many.provider_message_ids)
+               AS u(id, lease, provider_message_id)
+    ), sent AS (
         UPDATE engage.outbox o
            SET status = 'sent', sent_at = now(), lease_until = NULL,
-               provider_message_id = complete.provider_message_id, last_error = NULL
-         WHERE o.id = complete.message_id AND o.status = 'claimed' AND o.lease = complete.lease
+               provider_message_id = d.provider_message_id, last_error = NULL
+          FROM done d
+         WHERE o.id = d.id AND o.status = 'claimed' AND o.lease = d.lease
         RETURNING o.*
     ), logged AS (
         INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, category,
                                      variant, queued_at, claimed_at, sent_at, attempts, provider_message_id, cost)
         SELECT s.id, s.event_id, s.trigger_id, s.customer_id, s.channel, s.template, s.category, s.variant,
                s.created_at, s.claimed_at, s.sent_at, s.attempts, s.provider_message_id,
-               coalesce((SELECT c.cost_per_message FROM engage.channels c WHERE c.kind = s.channel), 0)
-          FROM sent s
+               coalesce(c.cost_per_message, 0)
+          FROM sent s LEFT JOIN engage.channels c ON c.kind = s.channel
         ON CONFLICT (outbox_id) DO NOTHING
         RETURNING customer_id
     ), marked AS (
-        -- The customer's metrics rollups now miss this message (sql/metrics.sql, "Rollups").
+        -- The customers' metrics rollups now miss these messages (sql/metrics.sql, "Rollups").
         INSERT INTO engage.metrics_dirty (customer_id) SELECT customer_id FROM logged
     )
-    SELECT EXISTS (SELECT 1 FROM logged)
+    SELECT count(*) FROM logged
+$$;
+
+CREATE FUNCTION engage.complete(message_id bigint, lease bigint, provider_message_id text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE sql AS $$
+    -- One message: engage.complete_many of one.
+    SELECT engage.complete_many(ARRAY[complete.message_id], ARRAY[complete.lease],
+                                ARRAY[complete.provider_message_id]) = 1
 $$;
 
 CREATE FUNCTION engage.fail(message_id bigint, lease bigint, error text, retryable boolean DEFAULT true)
@@ -202,6 +217,8 @@ COMMENT ON FUNCTION engage.claim(integer, interval, text) IS
     'Claims up to batch_size due messages (the head of each customer''s queue per category) for a lease and returns each with its lease token; deliver each, then call engage.complete or engage.fail with that token. A message whose lease expired max_attempts times moves to its next fallback channel or dead.';
 COMMENT ON FUNCTION engage.extend_lease(bigint, bigint, interval) IS
     'Heartbeat: extends a claimed message''s lease by lease_for; false if the lease token is no longer current.';
+COMMENT ON FUNCTION engage.complete_many(bigint[], bigint[], text[]) IS
+    'Marks claimed messages sent (the i-th with the i-th lease token and provider id) and logs them in engage.messages in one statement; returns how many were completed (a stale token completes nothing).';
 COMMENT ON FUNCTION engage.complete(bigint, bigint, text) IS
     'Marks a claimed message sent and logs it in engage.messages; false if the lease token is not current (taken over, or already completed).';
 COMMENT ON FUNCTION engage.fail(bigint, bigint, text, boolean) IS

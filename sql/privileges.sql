@@ -60,6 +60,7 @@ ALTER FUNCTION engage.mark_goal_change() SECURITY DEFINER;
 ALTER FUNCTION engage.claim(integer, interval, text) SECURITY DEFINER;
 ALTER FUNCTION engage.extend_lease(bigint, bigint, interval) SECURITY DEFINER;
 ALTER FUNCTION engage.complete(bigint, bigint, text) SECURITY DEFINER;
+ALTER FUNCTION engage.complete_many(bigint[], bigint[], text[]) SECURITY DEFINER;
 ALTER FUNCTION engage.fail(bigint, bigint, text, boolean) SECURITY DEFINER;
 ALTER FUNCTION engage.defer(bigint, bigint, timestamptz, text) SECURITY DEFINER;
 ALTER FUNCTION engage.suppress(bigint, bigint, text, text) SECURITY DEFINER;
@@ -108,7 +109,8 @@ GRANT EXECUTE ON FUNCTION engage.json_path(text), engage.json_number(jsonb, text
 
 -- engage_worker: an external deliverer. The claim / complete / fail / defer contract, nothing else.
 GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text), engage.extend_lease(bigint, bigint, interval),
-                          engage.complete(bigint, bigint, text), engage.fail(bigint, bigint, text, boolean),
+                          engage.complete(bigint, bigint, text), engage.complete_many(bigint[], bigint[], text[]),
+                          engage.fail(bigint, bigint, text, boolean),
                           engage.defer(bigint, bigint, timestamptz, text), engage.suppress(bigint, bigint, text, text)
     TO engage_worker;
 

@@ -10,7 +10,7 @@ use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// One claimed message: either ready to send, or already known to fail (no address, no consent,
@@ -47,65 +47,117 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     status::worker_started();
     log!("pg_engage deliverer started on database \"{database}\"");
 
-    // Pacing state lives as long as the worker, so rate limits hold across batches.
-    let pacing = RateLimits::default();
+    // Pacing state lives as long as the worker, so rate limits hold across batches; so does the
+    // HTTP agent, so connections to providers are kept alive across batches.
+    let pacing = Arc::new(RateLimits::default());
+    let mut http = Http::new();
     let mut idle = false;
+    // Two batches overlap: while one is being sent on its own threads, this thread records the
+    // one before it and claims the one after it (the database and the network both stay busy).
+    let mut in_flight: Option<InFlight> = None;
     loop {
         let wait = if idle { settings::poll_interval() } else { Duration::ZERO };
         if !BackgroundWorker::wait_latch(Some(wait)) {
-            break; // SIGTERM: the previous batch is fully recorded; nothing is in flight.
+            break; // SIGTERM: the batch in flight is finished and recorded below.
         }
         if BackgroundWorker::sighup_received() {
             // SAFETY: called from the worker's main loop, as PostgreSQL's own workers do.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+            http = Http::new();
         }
-        if !settings::worker_enabled() {
-            idle = true;
-            continue;
-        }
-        idle = deliver_one_batch(&pacing) == 0;
+        let next = if settings::worker_enabled() { start_batch(&pacing, &http) } else { None };
+        let finished = in_flight.take().map(finish_batch).is_some();
+        idle = next.is_none() && !finished;
+        in_flight = next;
+    }
+    if let Some(batch) = in_flight.take() {
+        finish_batch(batch);
     }
     status::worker_stopped();
     log!("pg_engage deliverer stopped");
     super::exit_to_be_restarted();
 }
 
-/// Claims, sends and records one batch; returns how many messages it handled.
-fn deliver_one_batch(pacing: &RateLimits) -> usize {
+/// A batch whose messages are being sent on their own threads, with what needs no sending.
+struct InFlight {
+    sending: std::thread::JoinHandle<Vec<Outcome>>,
+    deferred: Vec<(Leased, String)>,
+    suppressed: Vec<(Leased, &'static str, String)>,
+}
+
+/// Claims a batch and starts sending it; None when nothing is due.
+fn start_batch(pacing: &Arc<RateLimits>, http: &Http) -> Option<InFlight> {
     // The claim commits before anything is rendered: a template that kills the worker while it
     // renders has spent an attempt of its own message (so it ends dead after max_attempts claims)
     // and undoes nothing else.
     let (claimed, templates) =
         BackgroundWorker::transaction(|| claim(settings::batch_size(), settings::lease_seconds()));
-    let batch: Vec<Prepared> = claimed.into_iter().map(|c| c.prepare(&templates)).collect();
-    if batch.is_empty() {
-        return 0;
+    if claimed.is_empty() {
+        return None;
     }
-    let results = send_all(&batch, pacing);
-    let deferred: Vec<(Leased, String)> = batch
-        .iter()
-        .filter_map(|p| if let Prepared::Defer(leased, until) = p { Some((*leased, until.clone())) } else { None })
-        .collect();
-    let suppressed: Vec<(Leased, &str, String)> = batch
-        .iter()
-        .filter_map(|p| if let Prepared::Suppress(leased, r, d) = p { Some((*leased, *r, d.clone())) } else { None })
-        .collect();
-    let handled = results.len() + deferred.len() + suppressed.len();
-    BackgroundWorker::transaction(|| record(&results, &deferred, &suppressed));
+    let (mut to_send, mut deferred, mut suppressed) = (Vec::new(), Vec::new(), Vec::new());
+    for prepared in claimed.into_iter().map(|c| c.prepare(&templates)) {
+        match prepared {
+            Prepared::Defer(leased, until) => deferred.push((leased, until)),
+            Prepared::Suppress(leased, reason, detail) => suppressed.push((leased, reason, detail)),
+            other => to_send.push(other),
+        }
+    }
+    let (pacing, agent, timeout) = (Arc::clone(pacing), http.agent.clone(), http.timeout);
+    let threads = settings::concurrency();
+    let sending = std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, threads));
+    Some(InFlight { sending, deferred, suppressed })
+}
+
+/// Waits for a batch's sends and records every outcome.
+fn finish_batch(batch: InFlight) {
+    let results = batch.sending.join().unwrap_or_else(|_| {
+        // Its messages stay claimed: their leases expire and they are sent again.
+        warning!("pg_engage deliverer: a sending thread panicked; its batch is retried when the leases expire");
+        Vec::new()
+    });
+    BackgroundWorker::transaction(|| record(&results, &batch.deferred, &batch.suppressed));
     status::batch_done(&results);
-    handled
 }
 
 /// The outcome of one message, to record.
 pub type Outcome = (Leased, Result<Option<String>, SendError>);
 
-fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
-    let timeout = settings::http_timeout();
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+/// The HTTP client of the deliverer's sending threads: one connection pool for the life of the
+/// worker (rebuilt on reload, for a new timeout), with an idle connection kept per sending thread,
+/// and no redirects followed (a provider URL answering 3xx fails the attempt: a redirect could
+/// carry the credentials to another host).
+struct Http {
+    agent: ureq::Agent,
+    timeout: Duration,
+}
+
+impl Http {
+    fn new() -> Http {
+        let timeout = settings::http_timeout();
+        let threads = settings::concurrency();
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_idle_connections_per_host(threads)
+            .max_idle_connections(threads * 8)
+            .build()
+            .into();
+        Http { agent, timeout }
+    }
+}
+
+fn send_all(
+    batch: &[Prepared],
+    pacing: &RateLimits,
+    agent: &ureq::Agent,
+    timeout: Duration,
+    threads: usize,
+) -> Vec<Outcome> {
     let queue: Mutex<std::slice::Iter<Prepared>> = Mutex::new(batch.iter());
     let results: Mutex<Vec<Outcome>> = Mutex::new(Vec::with_capacity(batch.len()));
-    let threads = settings::concurrency().min(batch.len()).max(1);
+    let threads = threads.min(batch.len()).max(1);
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
@@ -116,7 +168,7 @@ fn send_all(batch: &[Prepared], pacing: &RateLimits) -> Vec<Outcome> {
                     Prepared::Fail(leased, error) => (*leased, Err(error.clone())),
                     Prepared::Send(leased, msg) => {
                         pacing.wait_turn(msg);
-                        (*leased, channels::send(&agent, timeout, msg))
+                        (*leased, channels::send(agent, timeout, msg))
                     }
                 };
                 if let Ok(mut r) = results.lock() {
@@ -229,8 +281,7 @@ fn record_set(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[
     Spi::connect_mut(|client| -> Result<(), pgrx::spi::Error> {
         if !sent_ids.is_empty() {
             client.update(
-                "SELECT engage.complete(u.id, u.lease, u.provider_id) \
-                   FROM unnest($1::int8[], $2::int8[], $3::text[]) AS u(id, lease, provider_id)",
+                "SELECT engage.complete_many($1::int8[], $2::int8[], $3::text[])",
                 None,
                 &[sent_ids.into(), sent_leases.into(), provider_ids.into()],
             )?;

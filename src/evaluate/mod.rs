@@ -44,14 +44,18 @@ fn evaluate_events<'a>(
     Ok(None)
 }
 
-/// Tells every backend (this one at once, others at commit) that trigger definitions changed.
+/// Tells every backend (this one at once, others at commit) that trigger definitions or channel
+/// and frequency-cap policies changed; and wakes the deliverer at commit, so a channel enabled
+/// again delivers its held messages at once rather than at the next poll.
 #[pg_trigger]
 fn rules_changed<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     rules::mark_stale();
-    // SAFETY: tg_relation is the relation the trigger fired on (engage.triggers).
+    // SAFETY: tg_relation is the relation the trigger fired on (engage.triggers, channels or
+    // frequency_caps).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid((*trigger.trigger_data().tg_relation).rd_id) };
+    crate::deliver::wake_after_commit();
     Ok(None)
 }
 
