@@ -24,7 +24,10 @@ CREATE FUNCTION engage.claim(
     variant     text,
     lease       bigint
 )
-LANGUAGE sql AS $$
+-- Walk outbox_open_due in due order and stop at batch_size. The planner misestimates the "is
+-- the head of its queue" anti-join (it expects it to remove nearly every row) and would rather
+-- check every open message and sort them all: 85 ms instead of 1 ms per claim with 20,000 due.
+LANGUAGE sql SET enable_sort = off AS $$
     -- Poison messages: a claimed message whose lease expired after its channel's max_attempts
     -- claims (the deliverer died or hung on it every time) is not claimed again; it moves to its
     -- next fallback channel, or dead.

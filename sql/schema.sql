@@ -136,8 +136,12 @@ COMMENT ON COLUMN engage.outbox.lease IS
 COMMENT ON COLUMN engage.outbox.lease_until IS 'A claimed row whose lease has expired (deliverer died) can be claimed again.';
 -- The deliverers' work queue: open rows by due time ...
 CREATE INDEX outbox_open_due ON engage.outbox (due_at, id) WHERE status IN ('pending', 'claimed');
--- ... and per customer, so a customer's messages go out in scheduled order, one at a time.
-CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, scheduled_at, id) WHERE status IN ('pending', 'claimed');
+-- ... and per customer and category, so a customer's messages of one category go out in
+-- scheduled order, one at a time (the insert path probes it by customer alone).
+CREATE INDEX outbox_open_by_customer ON engage.outbox (customer_id, category, scheduled_at, id)
+    WHERE status IN ('pending', 'claimed');
+-- Claimed messages by lease end: engage.claim finds the expired leases of poison messages here.
+CREATE INDEX outbox_claimed_lease ON engage.outbox (lease_until) WHERE status = 'claimed';
 
 CREATE TABLE engage.escalations (
     event_id    bigint      NOT NULL,

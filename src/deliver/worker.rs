@@ -52,8 +52,9 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     let pacing = Arc::new(RateLimits::default());
     let mut http = Http::new();
     let mut idle = false;
-    // Two batches overlap: while one is being sent on its own threads, this thread records the
-    // one before it and claims the one after it (the database and the network both stay busy).
+    // Batches overlap: while one is being sent on its own threads, this thread claims the next
+    // and records the one before (the database and the network both stay busy). Sends never
+    // overlap: at most engage.concurrency requests are open at a time.
     let mut in_flight: Option<InFlight> = None;
     loop {
         let wait = if idle { settings::poll_interval() } else { Duration::ZERO };
@@ -65,28 +66,45 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             http = Http::new();
         }
-        let next = if settings::worker_enabled() { start_batch(&pacing, &http) } else { None };
-        let finished = in_flight.take().map(finish_batch).is_some();
-        idle = next.is_none() && !finished;
-        in_flight = next;
+        let next = if settings::worker_enabled() { claim_batch() } else { None };
+        let sent = in_flight.take().map(InFlight::wait);
+        in_flight = next.map(|batch| batch.start(&pacing, &http));
+        idle = in_flight.is_none() && sent.is_none();
+        if let Some(sent) = sent {
+            sent.record();
+        }
     }
     if let Some(batch) = in_flight.take() {
-        finish_batch(batch);
+        batch.wait().record();
     }
     status::worker_stopped();
     log!("pg_engage deliverer stopped");
     super::exit_to_be_restarted();
 }
 
-/// A batch whose messages are being sent on their own threads, with what needs no sending.
+/// A claimed and prepared batch: what to send (or fail at once), and what needs no sending.
+struct Ready {
+    to_send: Vec<Prepared>,
+    deferred: Vec<(Leased, String)>,
+    suppressed: Vec<(Leased, &'static str, String)>,
+}
+
+/// A batch whose messages are being sent on their own threads.
 struct InFlight {
     sending: std::thread::JoinHandle<Vec<Outcome>>,
     deferred: Vec<(Leased, String)>,
     suppressed: Vec<(Leased, &'static str, String)>,
 }
 
-/// Claims a batch and starts sending it; None when nothing is due.
-fn start_batch(pacing: &Arc<RateLimits>, http: &Http) -> Option<InFlight> {
+/// A batch whose sends are over, to record.
+struct Sent {
+    results: Vec<Outcome>,
+    deferred: Vec<(Leased, String)>,
+    suppressed: Vec<(Leased, &'static str, String)>,
+}
+
+/// Claims a batch and prepares it (the send-time re-check, rendering); None when nothing is due.
+fn claim_batch() -> Option<Ready> {
     // The claim commits before anything is rendered: a template that kills the worker while it
     // renders has spent an attempt of its own message (so it ends dead after max_attempts claims)
     // and undoes nothing else.
@@ -95,29 +113,45 @@ fn start_batch(pacing: &Arc<RateLimits>, http: &Http) -> Option<InFlight> {
     if claimed.is_empty() {
         return None;
     }
-    let (mut to_send, mut deferred, mut suppressed) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ready = Ready { to_send: Vec::new(), deferred: Vec::new(), suppressed: Vec::new() };
     for prepared in claimed.into_iter().map(|c| c.prepare(&templates)) {
         match prepared {
-            Prepared::Defer(leased, until) => deferred.push((leased, until)),
-            Prepared::Suppress(leased, reason, detail) => suppressed.push((leased, reason, detail)),
-            other => to_send.push(other),
+            Prepared::Defer(leased, until) => ready.deferred.push((leased, until)),
+            Prepared::Suppress(leased, reason, detail) => ready.suppressed.push((leased, reason, detail)),
+            other => ready.to_send.push(other),
         }
     }
-    let (pacing, agent, timeout) = (Arc::clone(pacing), http.agent.clone(), http.timeout);
-    let threads = settings::concurrency();
-    let sending = std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, threads));
-    Some(InFlight { sending, deferred, suppressed })
+    Some(ready)
 }
 
-/// Waits for a batch's sends and records every outcome.
-fn finish_batch(batch: InFlight) {
-    let results = batch.sending.join().unwrap_or_else(|_| {
-        // Its messages stay claimed: their leases expire and they are sent again.
-        warning!("pg_engage deliverer: a sending thread panicked; its batch is retried when the leases expire");
-        Vec::new()
-    });
-    BackgroundWorker::transaction(|| record(&results, &batch.deferred, &batch.suppressed));
-    status::batch_done(&results);
+impl Ready {
+    /// Starts sending on `engage.concurrency` threads of their own (they make no PostgreSQL call).
+    fn start(self, pacing: &Arc<RateLimits>, http: &Http) -> InFlight {
+        let (pacing, agent, timeout) = (Arc::clone(pacing), http.agent.clone(), http.timeout);
+        let threads = settings::concurrency();
+        let to_send = self.to_send;
+        let sending = std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, threads));
+        InFlight { sending, deferred: self.deferred, suppressed: self.suppressed }
+    }
+}
+
+impl InFlight {
+    fn wait(self) -> Sent {
+        let results = self.sending.join().unwrap_or_else(|_| {
+            // Its messages stay claimed: their leases expire and they are sent again.
+            warning!("pg_engage deliverer: a sending thread panicked; its batch is retried when the leases expire");
+            Vec::new()
+        });
+        Sent { results, deferred: self.deferred, suppressed: self.suppressed }
+    }
+}
+
+impl Sent {
+    /// Records every outcome (see `record`).
+    fn record(self) {
+        BackgroundWorker::transaction(|| record(&self.results, &self.deferred, &self.suppressed));
+        status::batch_done(&self.results);
+    }
 }
 
 /// The outcome of one message, to record.
