@@ -164,6 +164,38 @@ impl Cluster {
             .connect(NoTls)
     }
 
+    /// Kills the postmaster with SIGKILL (as a crash or the OOM killer would), then starts the
+    /// server again once its orphaned backends have gone (they exit when they see the postmaster
+    /// gone; until then the old shared memory is in use and the start fails, so it is retried).
+    pub fn kill_postmaster_and_start(&self) {
+        let pid: i32 = fs::read_to_string(self.dir.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            .expect("postmaster.pid names the postmaster");
+        // SAFETY: sending a signal to a process id has no memory-safety preconditions.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 postmaster {pid}");
+        let dir = self.dir.to_str().expect("utf-8 path").to_string();
+        let log = format!("{dir}/server.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let out = self
+                .pg_command("pg_ctl")
+                .args(["-D", &dir, "-l", &log, "-w", "-t", "60", "start"])
+                .stdin(Stdio::null())
+                .output()
+                .expect("run pg_ctl start");
+            if out.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the server did not start again after its postmaster was killed:\n{}",
+                self.log_tail(30)
+            );
+        }
+    }
+
     /// Restarts the server (`pg_ctl restart -m fast`, waiting until it accepts connections);
     /// existing connections are closed. Settings changed with ALTER SYSTEM take effect.
     pub fn restart(&self) {
