@@ -65,7 +65,7 @@ SQL
 
 # The deliverer runs from here on (preloaded); the channel is disabled for the queue-up phase
 # (a disabled channel's messages are held in the queue).
-pg_ctl -o "$common -c shared_preload_libraries=pg_engage -c engage.database=$DB" restart
+pg_ctl -o "$common -c shared_preload_libraries=pg_engage -c engage.database=$DB -c engage.allowed_hosts=127.0.0.1" restart
 q() { "${psql[@]}" -d "$DB" -Atc "$1"; }
 for _ in $(seq 50); do [ "$(q "SELECT pid IS NOT NULL FROM engage.worker_status()")" = t ] && break; sleep 0.2; done
 

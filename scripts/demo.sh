@@ -50,7 +50,7 @@ smtp_port=$(sed -n 's/^smtp_port=//p' "$DIR/sink.addresses")
 "${psql[@]}" -d "$DB" -v http_base="$http_base" -v smtp_port="$smtp_port" -f demo/channels.sql
 
 # Restart with the deliverer (a background worker, so pg_engage must be preloaded).
-pg_ctl -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_engage -c engage.database=$DB -c engage.poll_interval=500ms" restart
+pg_ctl -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_engage -c engage.database=$DB -c engage.poll_interval=500ms -c engage.allowed_hosts=127.0.0.1" restart
 
 "${psql[@]}" -d "$DB" -f demo/scenario.sql
 

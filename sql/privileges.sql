@@ -32,7 +32,7 @@ BEGIN
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
             BEGIN
                 EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
-            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            EXCEPTION WHEN duplicate_object OR unique_violation OR internal_error THEN
                 NULL; -- another database's CREATE EXTENSION created it at the same moment
             END;
         END IF;
@@ -116,7 +116,6 @@ GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text), engage.extend_l
 
 -- engage_admin: operators. Definitions, channels, templates, caps, suppressions, redrive, ticks
 -- and models, and everything the analyst reads. Writes channel secrets, never reads them back.
-GRANT engage_analyst TO engage_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON engage.triggers, engage.channels, engage.templates,
                                         engage.frequency_caps, engage.suppressions
     TO engage_admin;
@@ -133,6 +132,25 @@ GRANT EXECUTE ON FUNCTION engage.create_trigger(text, jsonb), engage.update_trig
                           engage.fit_purchase_model(text, date, interval)
     TO engage_admin;
 
--- Settings that change what is decided are not for apps: engage.conflict_window is a superuser
--- setting (PGC_SUSET) that engage_admin may also set.
-GRANT SET ON PARAMETER engage.conflict_window TO engage_admin;
+-- Cluster-wide grants, once per cluster like the roles: engage_admin is also an analyst, and may
+-- set engage.conflict_window (a superuser setting: it changes what is decided, so apps may not).
+-- CREATE EXTENSION in two databases at once may grant the same at the same moment; the loser's
+-- "tuple concurrently updated" then means it is granted.
+DO $cluster_grants$
+BEGIN
+    IF NOT pg_catalog.pg_has_role('engage_admin', 'engage_analyst', 'MEMBER') THEN
+        BEGIN
+            GRANT engage_analyst TO engage_admin;
+        EXCEPTION WHEN internal_error OR unique_violation OR duplicate_object THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT pg_catalog.has_parameter_privilege('engage_admin', 'engage.conflict_window', 'SET') THEN
+        BEGIN
+            GRANT SET ON PARAMETER engage.conflict_window TO engage_admin;
+        EXCEPTION WHEN internal_error OR unique_violation OR duplicate_object THEN
+            NULL;
+        END;
+    END IF;
+END
+$cluster_grants$;

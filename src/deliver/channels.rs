@@ -3,6 +3,7 @@
 //! Pure I/O, no PostgreSQL calls: these run on the deliverer's sending threads. Each HTTP
 //! provider's base URL is configurable, so a real provider or a local receiver can be used.
 
+use super::egress::Egress;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
@@ -47,13 +48,14 @@ pub fn message_id(outbox_id: i64) -> String {
 }
 
 /// Sends one message; `Ok` carries the provider's message id when it returned one.
-pub fn send(agent: &ureq::Agent, timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError> {
+/// Nothing leaves that the egress policy refuses (a permanent failure naming what to allow).
+pub fn send(agent: &ureq::Agent, timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
     match msg.kind.as_str() {
-        "webhook" => webhook(agent, msg),
-        "email" => email(timeout, msg),
-        "sms" => sms(agent, msg),
-        "whatsapp" => whatsapp(agent, msg),
-        "push" => push(agent, msg),
+        "webhook" => webhook(agent, egress, msg),
+        "email" => email(timeout, egress, msg),
+        "sms" => sms(agent, egress, msg),
+        "whatsapp" => whatsapp(agent, egress, msg),
+        "push" => push(agent, egress, msg),
         other => Err(SendError::permanent(format!("unknown channel kind \"{other}\""))),
     }
 }
@@ -78,7 +80,13 @@ pub fn sign(secret: &str, id: &str, timestamp: i64, body: &str) -> Result<String
     Ok(format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())))
 }
 
-fn webhook(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError> {
+/// The egress check of one provider URL.
+fn allowed(egress: &Egress, url: &str) -> Result<(), SendError> {
+    egress.check_url(url).map_err(|e| SendError::permanent(format!("egress: {e}")))
+}
+
+fn webhook(agent: &ureq::Agent, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
+    allowed(egress, &msg.to)?;
     let body = msg.document.to_string();
     let id = message_id(msg.outbox_id);
     let timestamp =
@@ -96,13 +104,14 @@ fn webhook(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendEr
     classify(response).map(|_| Some(id))
 }
 
-fn sms(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError> {
+fn sms(agent: &ureq::Agent, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
     let base = config_str(msg, "base_url")?;
     let sid = config_str(msg, "account_sid")?;
     let token = config_str(msg, "auth_token")?;
     let from = config_str(msg, "from")?;
     let url = format!("{}/2010-04-01/Accounts/{sid}/Messages.json", base.trim_end_matches('/'));
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{sid}:{token}"));
+    allowed(egress, &url)?;
     let response = agent
         .post(&url)
         .header("authorization", format!("Basic {auth}"))
@@ -112,13 +121,14 @@ fn sms(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError>
     classify(response).map(|v| v.get("sid").and_then(Value::as_str).map(str::to_string))
 }
 
-fn whatsapp(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError> {
+fn whatsapp(agent: &ureq::Agent, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
     let base = config_str(msg, "base_url")?;
     let phone_id = config_str(msg, "phone_number_id")?;
     let token = config_str(msg, "access_token")?;
     let url = format!("{}/{phone_id}/messages", base.trim_end_matches('/'));
     let body = json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": msg.to,
                       "type": "text", "text": {"body": msg.text}, "biz_opaque_callback_data": message_id(msg.outbox_id)});
+    allowed(egress, &url)?;
     let response = agent
         .post(&url)
         .header("authorization", format!("Bearer {token}"))
@@ -127,7 +137,7 @@ fn whatsapp(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendE
     classify(response).map(|v| v.pointer("/messages/0/id").and_then(Value::as_str).map(str::to_string))
 }
 
-fn push(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError> {
+fn push(agent: &ureq::Agent, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
     let base = config_str(msg, "base_url")?;
     let project = config_str(msg, "project_id")?;
     let token = config_str(msg, "access_token")?;
@@ -147,6 +157,7 @@ fn push(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError
     data.insert("message_id".into(), Value::String(message_id(msg.outbox_id)));
     let body =
         json!({"message": {"token": msg.to, "notification": {"title": msg.subject, "body": msg.text}, "data": data}});
+    allowed(egress, &url)?;
     let response = agent
         .post(&url)
         .header("authorization", format!("Bearer {token}"))
@@ -155,11 +166,13 @@ fn push(agent: &ureq::Agent, msg: &Outgoing) -> Result<Option<String>, SendError
     classify(response).map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
 }
 
-fn email(timeout: Duration, msg: &Outgoing) -> Result<Option<String>, SendError> {
+fn email(timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
     use lettre::message::{header, Mailbox, MultiPart, SinglePart};
     use lettre::Transport;
     let host = config_str(msg, "host")?;
     let port = msg.config.get("port").and_then(Value::as_u64).unwrap_or(25) as u16;
+    // Sent without TLS: only to a relay the operator listed.
+    egress.check_plain(host, port).map_err(|e| SendError::permanent(format!("egress: {e}")))?;
     let from: Mailbox =
         config_str(msg, "from")?.parse().map_err(|e| SendError::permanent(format!("bad sender address: {e}")))?;
     let to: Mailbox =

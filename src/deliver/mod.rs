@@ -5,6 +5,7 @@
 //! at once instead of at the next poll; `engage.poll_interval` is the fallback.
 
 pub mod channels;
+pub mod egress;
 pub mod template;
 mod worker;
 
@@ -29,6 +30,7 @@ pub mod settings {
     static HTTP_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
     static LEASE_S: GucSetting<i32> = GucSetting::<i32>::new(300);
     static DEFAULT_TIMEZONE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"UTC"));
+    static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
     pub fn database() -> String {
         DATABASE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "postgres".into())
@@ -47,6 +49,11 @@ pub mod settings {
     }
     pub fn http_timeout() -> Duration {
         Duration::from_millis(HTTP_TIMEOUT_MS.get().max(100) as u64)
+    }
+    /// The egress policy (engage.allowed_hosts).
+    pub fn egress() -> super::egress::Egress {
+        let hosts = ALLOWED_HOSTS.get().and_then(|c| c.into_string().ok()).unwrap_or_default();
+        super::egress::Egress::parse(&hosts)
     }
     pub fn default_timezone() -> String {
         DEFAULT_TIMEZONE.get().and_then(|c| c.into_string().ok()).unwrap_or_else(|| "UTC".into())
@@ -101,6 +108,14 @@ pub mod settings {
                 None,
             )
         };
+        GucRegistry::define_string_guc(
+            c"engage.allowed_hosts",
+            c"Hosts the deliverer may reach over plain http or SMTP, or at non-public addresses.",
+            c"Comma-separated host names or IP addresses, each optionally with :port. Every other provider URL must be https to a public address.",
+            &ALLOWED_HOSTS,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
         GucRegistry::define_bool_guc(
             c"engage.worker_enabled",
             c"Whether the built-in deliverer sends messages.",
@@ -181,35 +196,38 @@ pub fn exit_to_be_restarted() -> ! {
 pub mod status {
     use super::*;
 
-    pub fn worker_started() {
+    /// The built-in workers whose process id worker_status() shows.
+    #[derive(Clone, Copy)]
+    pub enum Worker {
+        Deliverer = 0,
+        Scheduler = 1,
+    }
+
+    fn pid_slot(worker: Worker) -> &'static PgAtomic<AtomicI32> {
+        match worker {
+            Worker::Deliverer => &PID,
+            Worker::Scheduler => &SCHEDULER_PID,
+        }
+    }
+
+    /// Records this process as `worker`, and clears it again however the process exits.
+    pub fn started(worker: Worker) {
         // SAFETY: MyProcPid is set for the life of the process; the callback runs while shared
         // memory is still attached, however the process exits (including on ERROR).
         unsafe {
-            PID.get().store(pg_sys::MyProcPid, Ordering::Release);
-            pg_sys::before_shmem_exit(Some(clear_pid), pg_sys::Datum::from(0));
+            pid_slot(worker).get().store(pg_sys::MyProcPid, Ordering::Release);
+            pg_sys::before_shmem_exit(Some(clear_pid), pg_sys::Datum::from(worker as usize));
         }
     }
 
     #[pg_guard]
-    unsafe extern "C-unwind" fn clear_pid(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
-        worker_stopped();
+    unsafe extern "C-unwind" fn clear_pid(_code: std::ffi::c_int, arg: pg_sys::Datum) {
+        let worker = if arg.value() == Worker::Scheduler as usize { Worker::Scheduler } else { Worker::Deliverer };
+        stopped(worker);
     }
 
-    pub fn worker_stopped() {
-        PID.get().store(0, Ordering::Release);
-    }
-
-    pub fn scheduler_started() {
-        // SAFETY: as in worker_started.
-        unsafe {
-            SCHEDULER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
-            pg_sys::before_shmem_exit(Some(clear_scheduler_pid), pg_sys::Datum::from(0));
-        }
-    }
-
-    #[pg_guard]
-    unsafe extern "C-unwind" fn clear_scheduler_pid(_code: std::ffi::c_int, _arg: pg_sys::Datum) {
-        SCHEDULER_PID.get().store(0, Ordering::Release);
+    pub fn stopped(worker: Worker) {
+        pid_slot(worker).get().store(0, Ordering::Release);
     }
 
     pub fn batch_done(results: &[worker::Outcome]) {

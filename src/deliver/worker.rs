@@ -3,6 +3,7 @@
 //! each outcome through engage.complete / engage.fail: the same contract as external deliverers.
 
 use super::channels::{self, Outgoing, SendError};
+use super::egress::Egress;
 use super::{settings, status, template};
 use crate::jsonb::Lenient;
 use crate::policy::quiet_hours::{self, QuietHours};
@@ -44,7 +45,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     // role creates in public, nor a database-level search_path, can run as the worker.
     BackgroundWorker::transaction(|| Spi::run("SET jit = off; SET search_path = pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("pg_engage deliverer could not configure its session: {e}"));
-    status::worker_started();
+    status::started(status::Worker::Deliverer);
     log!("pg_engage deliverer started on database \"{database}\"");
 
     // Pacing state lives as long as the worker, so rate limits hold across batches; so does the
@@ -77,7 +78,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     if let Some(batch) = in_flight.take() {
         batch.wait().record();
     }
-    status::worker_stopped();
+    status::stopped(status::Worker::Deliverer);
     log!("pg_engage deliverer stopped");
     super::exit_to_be_restarted();
 }
@@ -127,10 +128,12 @@ fn claim_batch() -> Option<Ready> {
 impl Ready {
     /// Starts sending on `engage.concurrency` threads of their own (they make no PostgreSQL call).
     fn start(self, pacing: &Arc<RateLimits>, http: &Http) -> InFlight {
-        let (pacing, agent, timeout) = (Arc::clone(pacing), http.agent.clone(), http.timeout);
+        let (pacing, agent, timeout, egress) =
+            (Arc::clone(pacing), http.agent.clone(), http.timeout, Arc::clone(&http.egress));
         let threads = settings::concurrency();
         let to_send = self.to_send;
-        let sending = std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, threads));
+        let sending =
+            std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, &egress, threads));
         InFlight { sending, deferred: self.deferred, suppressed: self.suppressed }
     }
 }
@@ -164,6 +167,7 @@ pub type Outcome = (Leased, Result<Option<String>, SendError>);
 struct Http {
     agent: ureq::Agent,
     timeout: Duration,
+    egress: Arc<Egress>,
 }
 
 impl Http {
@@ -178,7 +182,7 @@ impl Http {
             .max_idle_connections(threads * 8)
             .build()
             .into();
-        Http { agent, timeout }
+        Http { agent, timeout, egress: Arc::new(settings::egress()) }
     }
 }
 
@@ -187,6 +191,7 @@ fn send_all(
     pacing: &RateLimits,
     agent: &ureq::Agent,
     timeout: Duration,
+    egress: &Egress,
     threads: usize,
 ) -> Vec<Outcome> {
     let queue: Mutex<std::slice::Iter<Prepared>> = Mutex::new(batch.iter());
@@ -202,7 +207,7 @@ fn send_all(
                     Prepared::Fail(leased, error) => (*leased, Err(error.clone())),
                     Prepared::Send(leased, msg) => {
                         pacing.wait_turn(msg);
-                        (*leased, channels::send(agent, timeout, msg))
+                        (*leased, channels::send(agent, timeout, egress, msg))
                     }
                 };
                 if let Ok(mut r) = results.lock() {
@@ -356,7 +361,15 @@ fn record_set(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[
     .unwrap_or_else(|e| error!("pg_engage deliverer could not record outcomes: {e}"));
 }
 
-const CLAIM: &str = "\
+/// The claim itself: the claimed messages' ids and lease tokens.
+const CLAIM: &str = "SELECT id, lease FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer')";
+
+/// What sending the claimed messages needs, and the send-time re-check's facts. A statement of
+/// its own after the claim, so its snapshot sees everything committed before the claim took the
+/// messages (read in the claim's statement, a consent withdrawn in the same transaction that
+/// queued a message could be missed: the claim function sees that transaction, the outer query's
+/// older snapshot would not).
+const CLAIMED: &str = "\
 SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
        t.name AS trigger_name,
        e.name AS event_name, e.properties, e.occurred_at::text,
@@ -377,19 +390,29 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
            ORDER BY f.id LIMIT 1)
        END,
        c.lease
-  FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer') c
+  FROM engage.outbox c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
   LEFT JOIN engage.profiles p ON p.customer_id = c.customer_id
   LEFT JOIN engage.channels ch ON ch.kind = c.channel
-  LEFT JOIN engage.channel_secrets s ON s.kind = c.channel";
+  LEFT JOIN engage.channel_secrets s ON s.kind = c.channel
+ WHERE c.id = ANY ($1) AND c.status = 'claimed'
+ ORDER BY c.due_at, c.id";
 
 const TEMPLATES: &str = "SELECT name, channel, locale, subject, body, html FROM engage.templates";
 
 /// Claims a batch and reads what sending it needs: the claimed messages and the templates.
 fn claim(batch_size: i32, lease_seconds: f64) -> (Vec<Claimed>, Templates) {
     Spi::connect_mut(|client| -> Result<(Vec<Claimed>, Templates), pgrx::spi::Error> {
-        let rows = client.update(CLAIM, None, &[batch_size.into(), lease_seconds.into()])?;
+        let ids: Vec<i64> = client
+            .update(CLAIM, None, &[batch_size.into(), lease_seconds.into()])?
+            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok((Vec::new(), Templates::new()));
+        }
+        // `update`, not `select`: a fresh snapshot that sees the claim (SPI read-only mode keeps the old one).
+        let rows = client.update(CLAIMED, None, &[ids.into()])?;
         let mut claimed = Vec::new();
         for row in rows {
             claimed.push(Claimed {

@@ -45,7 +45,7 @@ pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
     // Names resolve in pg_catalog only (engage objects are qualified): see the deliverer.
     BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("pg_engage scheduler could not configure its session: {e}"));
-    crate::deliver::status::scheduler_started();
+    crate::deliver::status::started(crate::deliver::status::Worker::Scheduler);
     log!("pg_engage scheduler started on database \"{database}\"");
     loop {
         let interval = TICK_INTERVAL_S.get();

@@ -52,7 +52,8 @@ pub fn wait_for<T>(
 /// Starts a cluster named `name` whose deliverer serves database `name`, creates that database
 /// with the extension, and returns once the deliverer is running on it.
 ///
-/// Settings: `engage.database = '<name>'`, `engage.poll_interval = '200ms'`, then `extra`
+/// Settings: `engage.database = '<name>'`, `engage.poll_interval = '200ms'`,
+/// `engage.allowed_hosts = '127.0.0.1'` (the receivers are local, plain http), then `extra`
 /// (written after, so they override). The cluster is started without the preload first, the
 /// database and extension are created, and then it is restarted with
 /// `shared_preload_libraries = 'pg_engage'`, so the deliverer never starts on a database
@@ -60,7 +61,7 @@ pub fn wait_for<T>(
 pub fn start_deliverer(name: &str, extra: &[(&str, &str)]) -> (Cluster, Client) {
     let database = format!("'{name}'");
     let mut settings: Vec<(&str, &str)> =
-        vec![("engage.database", database.as_str()), ("engage.poll_interval", "'200ms'")];
+        vec![("engage.database", database.as_str()), ("engage.poll_interval", "'200ms'"), ("engage.allowed_hosts", "'127.0.0.1'")];
     settings.extend_from_slice(extra);
     let cluster = Cluster::start_with(name, &settings);
     let mut client = cluster.create_db(name);
@@ -209,11 +210,17 @@ pub struct Reply {
     pub body: String,
     /// Sleep this long before answering.
     pub delay: Duration,
+    /// Extra response headers (name, value).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
     pub fn status(status: u16) -> Reply {
-        Reply { status, body: String::new(), delay: Duration::ZERO }
+        Reply { status, body: String::new(), delay: Duration::ZERO, headers: Vec::new() }
+    }
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
     pub fn with_body(mut self, body: &str) -> Reply {
         self.body = body.to_string();
@@ -279,9 +286,14 @@ impl HttpReceiver {
                         std::thread::sleep(reply.delay);
                         let header =
                             tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap();
-                        let response = tiny_http::Response::from_string(reply.body)
+                        let mut response = tiny_http::Response::from_string(reply.body)
                             .with_status_code(reply.status)
                             .with_header(header);
+                        for (name, value) in &reply.headers {
+                            if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+                                response.add_header(h);
+                            }
+                        }
                         // The client may have given up (a timeout): ignore that.
                         let _ = request.respond(response);
                     };

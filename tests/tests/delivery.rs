@@ -1530,3 +1530,68 @@ fn one_message_whose_bookkeeping_fails_does_not_undo_its_batch() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 19);
     println!("{} requests for 20 messages (c7's message was sent on each of its claims)", requests.len());
 }
+
+/// The egress policy: plain http and non-public addresses only for hosts the operator listed in
+/// engage.allowed_hosts, plain SMTP only to a listed relay, and no redirect is followed.
+#[test]
+fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
+    let (cluster, mut c) = start_deliverer("dlv_egress", &[("engage.allowed_hosts", "''")]);
+    let receiver = HttpReceiver::new();
+    webhook_channel(&mut c, &receiver.url("/hook"), &signing_secret(b"egress test key"), 8, "1 second");
+    create_trigger(&mut c, "hook", json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}));
+    let first = insert_event(&mut c, "c1", "e", json!({}));
+    let id = outbox_id_of(&mut c, first);
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    assert_eq!(rows[0].status, "dead");
+    let error = rows[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("egress: plain http to 127.0.0.1 is not allowed"), "{error}");
+    assert!(receiver.requests().is_empty(), "nothing reached the receiver");
+
+    // An https URL to a link-local address (a cloud metadata service) is refused too.
+    c.execute(
+        "UPDATE engage.channels SET config = '{\"url\": \"https://169.254.169.254/latest/meta-data/\"}' WHERE kind = 'webhook'",
+        &[],
+    )
+    .unwrap();
+    c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    let error = rows[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("non-public address (169.254.169.254)"), "{error}");
+
+    // Allowed by the operator: delivered. A redirect is not followed: the attempt fails.
+    c.batch_execute("ALTER SYSTEM SET engage.allowed_hosts = '127.0.0.1'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let redirecting = HttpReceiver::scripted(
+        vec![Reply::status(302).with_header("Location", &receiver.url("/stolen"))],
+        Reply::status(200),
+    );
+    c.execute("UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'", &[&redirecting.url("/hook")])
+        .unwrap();
+    c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    assert_eq!(rows[0].status, "dead", "a 3xx answer is a failed attempt");
+    assert!(rows[0].last_error.as_deref().is_some_and(|e| e.contains("HTTP 302")), "{:?}", rows[0].last_error);
+    assert_eq!(redirecting.requests().len(), 1);
+    assert!(receiver.requests().is_empty(), "the redirect's target was never requested");
+    c.execute("UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'", &[&receiver.url("/hook")])
+        .unwrap();
+    c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
+    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    assert_eq!(rows[0].status, "sent");
+    assert_eq!(receiver.requests().len(), 1);
+
+    // Plain SMTP only to a listed relay.
+    c.batch_execute(
+        "INSERT INTO engage.channels (kind, config) VALUES ('email', '{\"host\": \"smtp.example.com\", \"port\": 25, \"from\": \"a@example.com\"}');
+         INSERT INTO engage.templates (name, channel, subject, body) VALUES ('note', 'email', 'Hi', 'Hello');
+         SELECT engage.identify('c2', '{\"email\": \"c2@example.com\"}');",
+    )
+    .unwrap();
+    create_trigger(&mut c, "mail", json!({"event": "m", "category": "transactional", "action": {"channel": "email", "template": "note"}}));
+    insert_event(&mut c, "c2", "m", json!({}));
+    let rows = wait_settled(&cluster, &mut c, 2, WAIT);
+    let mail = rows.iter().find(|o| o.channel == "email").expect("the email");
+    assert_eq!(mail.status, "dead");
+    assert!(mail.last_error.as_deref().is_some_and(|e| e.contains("plain connection to smtp.example.com:25")), "{:?}", mail.last_error);
+}
