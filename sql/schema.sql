@@ -212,7 +212,7 @@ CREATE TABLE engage.channel_secrets (
 );
 REVOKE ALL ON engage.channel_secrets FROM PUBLIC;
 COMMENT ON TABLE engage.channel_secrets IS
-    'Provider credentials and signing secrets. Readable only by its owner (the administrator who created the extension) and roles it grants.';
+    'Provider credentials and signing secrets. Readable only by its owner (the administrator who created the extension); engage_admin writes them without reading them back. Not extension configuration, so pg_dump leaves them out: carry them separately (README, "Install").';
 
 CREATE TABLE engage.templates (
     name     text NOT NULL,
@@ -259,7 +259,6 @@ SELECT pg_catalog.pg_extension_config_dump('engage.outbox', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.outbox_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.messages', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.channels', '');
-SELECT pg_catalog.pg_extension_config_dump('engage.channel_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.templates', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.suppressions', '');
 SELECT pg_catalog.pg_extension_config_dump('engage.frequency_caps', '');

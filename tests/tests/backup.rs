@@ -1,4 +1,5 @@
-//! pg_dump keeps every engage table (they are marked as extension configuration), and restoring
+//! pg_dump keeps every engage table but the channel secrets (they are marked as extension
+//! configuration; engage.channel_secrets is not, so no dump carries credentials), and restoring
 //! a dump re-decides nothing: the restored database has exactly the original events, decisions
 //! and outbox rows, with or without session_replication_role = replica (the README's advice).
 
@@ -23,6 +24,11 @@ fn a_dump_restores_data_without_deciding_anything_again() {
     for _ in 0..3 {
         insert_event(&mut src, "c1", "e", json!({}));
     }
+    src.batch_execute(
+        "INSERT INTO engage.channels (kind, config) VALUES ('webhook', '{\"url\": \"https://hooks.example/x\"}');
+         INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('webhook', '{\"signing_secret\": \"whsec_never_in_a_dump\"}');",
+    )
+    .unwrap();
     let before: String = src.query_one(SNAPSHOT, &[]).unwrap().get(0);
     let dump = std::env::temp_dir().join(format!("pg_engage_backup_{}.sql", std::process::id()));
     let out = cluster
@@ -41,6 +47,10 @@ fn a_dump_restores_data_without_deciding_anything_again() {
         .expect("run pg_dump");
     assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
     std::fs::write(&dump, &out.stdout).unwrap();
+    // Channel settings are in the dump; their credentials are not.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hooks.example"), "the channel row is dumped");
+    assert!(!text.contains("whsec_never_in_a_dump"), "a dump must not carry channel secrets");
 
     for (target, options) in [("backup_plain", ""), ("backup_replica", "-c session_replication_role=replica")] {
         let mut admin = cluster.connect("postgres");
@@ -65,6 +75,7 @@ fn a_dump_restores_data_without_deciding_anything_again() {
         let mut restored = cluster.connect(target);
         let after: String = restored.query_one(SNAPSHOT, &[]).unwrap().get(0);
         assert_eq!(after, before, "restored into {target}");
+        assert_eq!(count(&mut restored, "SELECT count(*) FROM engage.channel_secrets"), 0, "no secret restored");
         // The restored database keeps deciding new events, and the restored decisions still count:
         // c1's next event is capped (hi2) and in conflict with hi2's restored decision (hi); a new
         // customer's fires.
