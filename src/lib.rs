@@ -95,10 +95,10 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
 
-#[cfg(any(test, feature = "pg_test"))]
-mod pg_tests;
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 
 /// Required by `cargo pgrx test`.
 #[cfg(test)]

@@ -847,7 +847,10 @@ mod tests {
         run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
                ('old', 'login', now() - interval '30 days'), ('recent', 'login', now() - interval '6 days')");
         assert_eq!(tick("now"), 0, "old was already lapsed when the trigger was created");
-        assert_eq!(count("SELECT sum(fired)::int8 FROM engage.tick(now() + interval '1 day', ahead_of_now => true)"), 1);
+        assert_eq!(
+            count("SELECT sum(fired)::int8 FROM engage.tick(now() + interval '1 day', ahead_of_now => true)"),
+            1
+        );
         assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE customer_id = 'recent'"), 1);
         assert_eq!(count("SELECT count(*) FROM engage.decisions WHERE customer_id = 'old'"), 0);
     }

@@ -32,13 +32,11 @@ pub fn invalid_argument(message: String, hint: &str) -> ! {
 
 /// `22004 null_value_not_allowed`: a NULL argument where a value is required.
 pub fn null_argument(argument: &str) -> ! {
-    raise(
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("{argument} must not be NULL"),
-            "pg_engage",
-        )
-    )
+    raise(ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+        format!("{argument} must not be NULL"),
+        "pg_engage",
+    ))
 }
 
 /// `42704 undefined_object`: no trigger of that name.

@@ -26,20 +26,21 @@ fn checked_name(name: Option<&str>) -> &str {
 
 /// The definition argument, validated: an ERROR naming the trigger, the JSON path and the problem
 /// for a NULL, an unreadable value (a number beyond double range, nesting beyond 64 levels) or a
-/// definition the language refuses.
-fn checked_definition<'a>(name: Option<&str>, definition: &'a Option<jsonb::Strict<'_>>) -> &'a serde_json::Value {
+/// definition the language refuses. Returns the argument, to store as given.
+fn checked_definition<'a, 'f>(name: Option<&str>, definition: &'a Option<jsonb::Strict<'f>>) -> &'a jsonb::Strict<'f> {
     let Some(definition) = definition else { sql_error::null_argument("definition") };
     match &definition.value {
-        Err(unreadable) => {
-            sql_error::invalid_definition(name, &rule::DefinitionError::new(&unreadable.path, unreadable.problem.clone()))
-        }
+        Err(unreadable) => sql_error::invalid_definition(
+            name,
+            &rule::DefinitionError::new(&unreadable.path, unreadable.problem.clone()),
+        ),
         Ok(value) => {
             if let Err(e) = rule::parse(value) {
                 sql_error::invalid_definition(name, &e);
             }
-            value
         }
     }
+    definition
 }
 
 /// Runs a statement returning at most one int4, raising `undefined_trigger` when it returns none.
@@ -81,11 +82,10 @@ fn duration(text: &str) -> Interval {
 #[pg_extern(volatile)]
 fn create_trigger(name: Option<&str>, definition: Option<jsonb::Strict>) -> i32 {
     let name = checked_name(name);
-    checked_definition(Some(name), &definition);
-    let definition = definition.as_ref().map(jsonb::Strict::datum);
+    let definition = checked_definition(Some(name), &definition);
     one_int(
         "INSERT INTO engage.triggers (name, definition) VALUES ($1, $2::jsonb) ON CONFLICT (name) DO NOTHING RETURNING id",
-        &[name.into(), definition.unwrap_or_else(|| unreachable!("checked above"))],
+        &[name.into(), definition.datum()],
     )
     .unwrap_or_else(|| sql_error::duplicate_trigger(name))
 }
@@ -94,11 +94,10 @@ fn create_trigger(name: Option<&str>, definition: Option<jsonb::Strict>) -> i32 
 #[pg_extern(volatile)]
 fn update_trigger(name: Option<&str>, definition: Option<jsonb::Strict>) -> i32 {
     let Some(name) = name else { sql_error::null_argument("name") };
-    checked_definition(Some(name), &definition);
-    let definition = definition.as_ref().map(jsonb::Strict::datum);
+    let definition = checked_definition(Some(name), &definition);
     one_int(
         "UPDATE engage.triggers SET definition = $2::jsonb, version = version + 1, updated_at = now() WHERE name = $1 RETURNING version",
-        &[name.into(), definition.unwrap_or_else(|| unreachable!("checked above"))],
+        &[name.into(), definition.datum()],
     )
     .unwrap_or_else(|| sql_error::undefined_trigger(name))
 }

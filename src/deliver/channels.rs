@@ -49,7 +49,12 @@ pub fn message_id(outbox_id: i64) -> String {
 
 /// Sends one message; `Ok` carries the provider's message id when it returned one.
 /// Nothing leaves that the egress policy refuses (a permanent failure naming what to allow).
-pub fn send(agent: &ureq::Agent, timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<String>, SendError> {
+pub fn send(
+    agent: &ureq::Agent,
+    timeout: Duration,
+    egress: &Egress,
+    msg: &Outgoing,
+) -> Result<Option<String>, SendError> {
     match msg.kind.as_str() {
         "webhook" => webhook(agent, egress, msg),
         "email" => email(timeout, egress, msg),

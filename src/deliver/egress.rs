@@ -45,7 +45,8 @@ impl Egress {
 
     /// Checks a provider URL; the error says what was refused and how to allow it.
     pub fn check_url(&self, url: &str) -> Result<(), String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| format!("\"{}\" is not a URL", short(url)))?;
+        let (scheme, rest) =
+            url.split_once("://").ok_or_else(|| format!("\"{}\" is not a URL", crate::rule::error::excerpt(url)))?;
         let scheme = scheme.to_ascii_lowercase();
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
@@ -95,7 +96,8 @@ impl Egress {
 
 fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(|| format!("bad host \"{}\"", short(authority)))?;
+        let (host, after) =
+            rest.split_once(']').ok_or_else(|| format!("bad host \"{}\"", crate::rule::error::excerpt(authority)))?;
         (host.to_string(), after.strip_prefix(':'))
     } else {
         match authority.rsplit_once(':') {
@@ -107,7 +109,7 @@ fn split_host_port(authority: &str, default_port: u16) -> Result<(String, u16), 
         return Err("the URL has no host".to_string());
     }
     let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("bad port \"{}\"", short(p)))?,
+        Some(p) => p.parse().map_err(|_| format!("bad port \"{}\"", crate::rule::error::excerpt(p)))?,
         None => default_port,
     };
     Ok((host.to_ascii_lowercase(), port))
@@ -143,10 +145,6 @@ fn public_v6(ip: &Ipv6Addr) -> bool {
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80)
-}
-
-fn short(text: &str) -> String {
-    text.chars().take(80).collect()
 }
 
 #[cfg(test)]

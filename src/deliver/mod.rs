@@ -71,12 +71,12 @@ pub mod settings {
         _source: pgrx::pg_sys::GucSource::Type,
     ) -> bool {
         let value = if (*newval).is_null() { None } else { std::ffi::CStr::from_ptr(*newval).to_str().ok() };
-        let known = value.is_some_and(|zone| {
-            zone.parse::<chrono_tz::Tz>().is_ok() && !pgrx::pg_sys::pg_tzset(*newval).is_null()
-        });
+        let known = value
+            .is_some_and(|zone| zone.parse::<chrono_tz::Tz>().is_ok() && !pgrx::pg_sys::pg_tzset(*newval).is_null());
         if !known {
             pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
-                c"engage.default_timezone is an IANA time zone name such as UTC, Europe/Berlin or America/New_York.".as_ptr(),
+                c"engage.default_timezone is an IANA time zone name such as UTC, Europe/Berlin or America/New_York."
+                    .as_ptr(),
             );
         }
         known

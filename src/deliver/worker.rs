@@ -132,8 +132,7 @@ impl Ready {
             (Arc::clone(pacing), http.agent.clone(), http.timeout, Arc::clone(&http.egress));
         let threads = settings::concurrency();
         let to_send = self.to_send;
-        let sending =
-            std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, &egress, threads));
+        let sending = std::thread::spawn(move || send_all(&to_send, &pacing, &agent, timeout, &egress, threads));
         InFlight { sending, deferred: self.deferred, suppressed: self.suppressed }
     }
 }
@@ -301,7 +300,8 @@ fn in_subtransaction(f: impl FnOnce()) -> Result<(), String> {
 
 fn record_set(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[(Leased, &str, String)]) {
     let (mut sent_ids, mut sent_leases, mut provider_ids) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut failed_ids, mut failed_leases, mut errors, mut retryable) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut failed_ids, mut failed_leases, mut errors, mut retryable) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (leased, result) in results {
         match result {
             Ok(provider_id) => {

@@ -26,7 +26,10 @@ fn check_consent(consent: crate::jsonb::Strict) -> bool {
         Err(unreadable) => Some(format!("profiles.consent at {}: {}", unreadable.path, unreadable.problem)),
     };
     if let Some(problem) = problem {
-        sql_error::invalid_argument(problem, "Consent answers are {\"email\": true}, {\"sms\": false} or {\"all\": false}.");
+        sql_error::invalid_argument(
+            problem,
+            "Consent answers are {\"email\": true}, {\"sms\": false} or {\"all\": false}.",
+        );
     }
     true
 }

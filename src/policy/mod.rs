@@ -552,7 +552,8 @@ mod tests {
         assert_eq!(decide_now(&[late]), vec![Outcome::Suppressed(Reason::Cap)]);
         // With max 2, only decisions that can share one window with the candidate count together:
         // at -0.9h and +0.9h (window 1h) they never do, at -0.4h and +0.4h they do.
-        let between = |stored: Vec<i64>| Candidate { cap: Some((2, HOUR)), stored_fired: stored, ..cand(0, 1, 0, 1, 0) };
+        let between =
+            |stored: Vec<i64>| Candidate { cap: Some((2, HOUR)), stored_fired: stored, ..cand(0, 1, 0, 1, 0) };
         let apart = 9 * HOUR / 10;
         assert_eq!(decide_now(&[between(vec![-apart, apart])]), vec![Outcome::Fired]);
         let close = 4 * HOUR / 10;
@@ -568,9 +569,8 @@ mod tests {
             let fired: Vec<i64> = (0..8).filter(|b| mask & (1 << b) != 0).map(|b| i64::from(b) * 3 - 10).collect();
             for max in 1..4 {
                 for t in -12..12 {
-                    let brute = (t..t + w).any(|end| {
-                        fired.iter().filter(|&&f| f > end - w && f <= end).count() as i64 + 1 > max
-                    });
+                    let brute = (t..t + w)
+                        .any(|end| fired.iter().filter(|&&f| f > end - w && f <= end).count() as i64 + 1 > max);
                     assert_eq!(breaks_cap(t, max, w, &fired), brute, "fired {fired:?} max {max} t {t}");
                 }
             }

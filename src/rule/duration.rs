@@ -22,7 +22,9 @@ pub fn parse(value: &Value, path: &str) -> Result<i64, DefinitionError> {
     let micros = i64::try_from(parsed.as_micros()).unwrap_or(i64::MAX);
     if micros > MAX_MICROS {
         return Err(DefinitionError::new(path, format!("duration {} is longer than {MAX_TEXT}", show(value)))
-            .with_hint("durations are at most 3650d (about ten years), so event time plus any duration stays a valid timestamp"));
+            .with_hint(
+            "durations are at most 3650d (about ten years), so event time plus any duration stays a valid timestamp",
+        ));
     }
     if micros <= 0 {
         return Err(

@@ -60,8 +60,11 @@ pub fn wait_for<T>(
 /// without the extension.
 pub fn start_deliverer(name: &str, extra: &[(&str, &str)]) -> (Cluster, Client) {
     let database = format!("'{name}'");
-    let mut settings: Vec<(&str, &str)> =
-        vec![("engage.database", database.as_str()), ("engage.poll_interval", "'200ms'"), ("engage.allowed_hosts", "'127.0.0.1'")];
+    let mut settings: Vec<(&str, &str)> = vec![
+        ("engage.database", database.as_str()),
+        ("engage.poll_interval", "'200ms'"),
+        ("engage.allowed_hosts", "'127.0.0.1'"),
+    ];
     settings.extend_from_slice(extra);
     let cluster = Cluster::start_with(name, &settings);
     let mut client = cluster.create_db(name);

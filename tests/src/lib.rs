@@ -531,7 +531,8 @@ pub fn connect_as_member(cluster: &Cluster, db: &str, suffix: &str, member_of: &
         .application_name("pg_engage_it")
         .connect(NoTls)
         .unwrap_or_else(|e| panic!("connect as {role}: {e}"));
-    let superuser: bool = client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
+    let superuser: bool =
+        client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).unwrap().get(0);
     assert!(!superuser, "{role} must not be a superuser");
     client
 }

@@ -213,7 +213,8 @@ fn a_rule_load_that_is_cancelled_is_retried_by_the_next_statement() {
     let (_holder, mut app) = session_whose_first_load_fails("cache_cancel", |app, pid| {
         let mut canceller = shared().connect("cache_cancel");
         std::thread::scope(|s| {
-            let insert = s.spawn(|| app.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'visit')", &[]));
+            let insert =
+                s.spawn(|| app.execute("INSERT INTO engage.events (customer_id, name) VALUES ('c1', 'visit')", &[]));
             // Cancel the insert once it waits for the lock on engage.channels.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             loop {

@@ -141,18 +141,43 @@ fn caps_match_the_model_in_order_and_hold_in_every_arrival_order() {
                     let times: Vec<i64> = minutes.iter().map(|m| m * MINUTE).collect();
                     let fired = &decided[t];
                     if arrival != Arrival::Shuffled {
-                        prop_assert_eq!(fired, &model(&times, &order, max, window), "{:?} {} {:?}", arrival, trigger_name(t), minutes);
+                        prop_assert_eq!(
+                            fired,
+                            &model(&times, &order, max, window),
+                            "{:?} {} {:?}",
+                            arrival,
+                            trigger_name(t),
+                            minutes
+                        );
                     }
                     let fired_times: Vec<i64> = (0..times.len()).filter(|&i| fired[i]).map(|i| times[i]).collect();
                     let mut sorted = fired_times.clone();
                     sorted.sort();
                     for w in sorted.windows(max + 1) {
-                        prop_assert!(w[max] - w[0] >= window, "{:?} {}: window broken {:?}", arrival, trigger_name(t), minutes);
+                        prop_assert!(
+                            w[max] - w[0] >= window,
+                            "{:?} {}: window broken {:?}",
+                            arrival,
+                            trigger_name(t),
+                            minutes
+                        );
                     }
                     for i in (0..times.len()).filter(|&i| !fired[i]) {
                         // Step the window ends by minutes: every time here is a whole minute.
-                        let ends_in_minutes = would_break(minutes[i], &fired_times.iter().map(|f| f / MINUTE).collect::<Vec<_>>(), max, per);
-                        prop_assert!(ends_in_minutes, "{:?} {}: event {} capped without reason {:?}", arrival, trigger_name(t), i, minutes);
+                        let ends_in_minutes = would_break(
+                            minutes[i],
+                            &fired_times.iter().map(|f| f / MINUTE).collect::<Vec<_>>(),
+                            max,
+                            per,
+                        );
+                        prop_assert!(
+                            ends_in_minutes,
+                            "{:?} {}: event {} capped without reason {:?}",
+                            arrival,
+                            trigger_name(t),
+                            i,
+                            minutes
+                        );
                     }
                 }
             }

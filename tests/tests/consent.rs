@@ -16,7 +16,11 @@ fn setup(db: &str) -> Sessions {
     let mut owner = shared().create_db(db);
     create_trigger(&mut owner, "promo", json!({"event": "visit", "action": email("promo")}));
     owner.batch_execute("INSERT INTO engage.channels (kind, requires_opt_in) VALUES ('sms', true)").unwrap();
-    create_trigger(&mut owner, "promo_sms", json!({"event": "visit_sms", "action": {"channel": "sms", "template": "t"}}));
+    create_trigger(
+        &mut owner,
+        "promo_sms",
+        json!({"event": "visit_sms", "action": {"channel": "sms", "template": "t"}}),
+    );
     let app = connect_as_member(shared(), db, "app", &["engage_writer"]);
     Sessions { owner, app }
 }
@@ -46,7 +50,8 @@ fn channel_names_are_case_normalised_and_an_unsubscribe_holds() {
 fn unknown_channels_are_refused_and_store_nothing() {
     let Sessions { mut owner, mut app } = setup("consent_unknown");
     for channel in ["carrier_pigeon", "", "e-mail"] {
-        let db = assert_sql_error(&mut app, "SELECT engage.unsubscribe('c1', $1)", &[&channel], "22023", "unknown channel");
+        let db =
+            assert_sql_error(&mut app, "SELECT engage.unsubscribe('c1', $1)", &[&channel], "22023", "unknown channel");
         assert!(db.message().contains(&format!("\"{channel}\"")), "{}", db.message());
         assert_sql_error(
             &mut app,

@@ -228,7 +228,12 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
         "{}",
         m.data
     );
-    assert_eq!(m.header("List-Unsubscribe-Post").as_deref(), Some("List-Unsubscribe=One-Click"), "RFC 8058\n{}", m.data);
+    assert_eq!(
+        m.header("List-Unsubscribe-Post").as_deref(),
+        Some("List-Unsubscribe=One-Click"),
+        "RFC 8058\n{}",
+        m.data
+    );
     assert!(m.header("To").is_some_and(|t| t.contains("ada@example.com")), "{}", m.data);
     assert!(m.header("From").is_some_and(|t| t.contains("news@shop.example")), "{}", m.data);
     // Both parts, rendered from profile, event and payload.
@@ -709,7 +714,9 @@ fn claim(c: &mut Client, batch: i32, lease: &str, worker: &str) -> BTreeMap<i64,
 }
 
 fn complete(c: &mut Client, id: i64, provider: Option<&str>) -> Option<bool> {
-    c.query_one("SELECT engage.complete($1, (SELECT lease FROM engage.outbox WHERE id = $1), $2)", &[&id, &provider]).unwrap().get(0)
+    c.query_one("SELECT engage.complete($1, (SELECT lease FROM engage.outbox WHERE id = $1), $2)", &[&id, &provider])
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -772,7 +779,13 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
     // fail(retryable): back to pending, due after 1 min * 2^0 * [0.5, 1], error kept.
     let (new_status, delay): (Option<String>, f64) = {
         let mut tx = c.transaction().unwrap();
-        let s: Option<String> = tx.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: busy', true)", &[&b1]).unwrap().get(0);
+        let s: Option<String> = tx
+            .query_one(
+                "SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: busy', true)",
+                &[&b1],
+            )
+            .unwrap()
+            .get(0);
         let d: f64 = tx
             .query_one("SELECT extract(epoch FROM due_at - now())::float8 FROM engage.outbox WHERE id = $1", &[&b1])
             .unwrap()
@@ -802,7 +815,13 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
     assert_eq!(claimed, BTreeMap::from([(b1, (3, "ext-3".to_string()))]), "an expired lease is claimable again");
 
     // Third failure with max_attempts = 3 and no fallback: dead, in dead_letters.
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: still busy', true)", &[&b1]).unwrap().get(0);
+    let s: Option<String> = c
+        .query_one(
+            "SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503: still busy', true)",
+            &[&b1],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(s.as_deref(), Some("dead"), "retries exhausted");
     let dead: Vec<(i64, Option<String>, i32)> = c
         .query("SELECT id, last_error, attempts FROM engage.dead_letters", &[])
@@ -820,8 +839,13 @@ fn external_deliverer_api_claim_complete_fail_and_lease_expiry() {
 
     // A permanent failure with a fallback list moves to the next channel, attempts reset.
     c.execute("UPDATE engage.outbox SET fallback = '{sms,webhook}' WHERE id = $1", &[&b1]).unwrap();
-    let s: Option<String> =
-        c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 400: bad address', false)", &[&b1]).unwrap().get(0);
+    let s: Option<String> = c
+        .query_one(
+            "SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 400: bad address', false)",
+            &[&b1],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(s.as_deref(), Some("pending"));
     let (channel, fallback, attempts, due_now): (String, Vec<String>, i32, bool) = {
         let r = c
@@ -926,7 +950,13 @@ fn a_retrying_head_keeps_the_customers_later_messages_waiting() {
     let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
 
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503', true)", &[&first]).unwrap().get(0);
+    let s: Option<String> = c
+        .query_one(
+            "SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 503', true)",
+            &[&first],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(s.as_deref(), Some("pending"));
     let claimed = claim(&mut c, 10, "30 seconds", "x");
     assert!(
@@ -949,7 +979,13 @@ fn a_dead_head_releases_the_customers_next_message() {
     let second = insert_event_at(&mut c, "c1", "e", json!({}), "2000-01-01T00:01:00Z");
     let (first, second) = (outbox_id_of(&mut c, first), outbox_id_of(&mut c, second));
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![first]);
-    let s: Option<String> = c.query_one("SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 410', false)", &[&first]).unwrap().get(0);
+    let s: Option<String> = c
+        .query_one(
+            "SELECT engage.fail($1, (SELECT lease FROM engage.outbox WHERE id = $1), 'HTTP 410', false)",
+            &[&first],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(s.as_deref(), Some("dead"));
     assert_eq!(claim(&mut c, 10, "30 seconds", "x").keys().copied().collect::<Vec<_>>(), vec![second]);
 }
@@ -1276,7 +1312,8 @@ fn terminated_workers_are_restarted_and_reported_down_meanwhile() {
     let scheduler = wait_for(
         "the scheduler to run",
         WAIT,
-        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0) {
+        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0)
+        {
             Some(pid) => Ok(pid),
             None => Err("no scheduler".to_string()),
         },
@@ -1298,7 +1335,8 @@ fn terminated_workers_are_restarted_and_reported_down_meanwhile() {
     wait_for(
         "the scheduler to run again",
         WAIT,
-        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0) {
+        || match c.query_one("SELECT scheduler_pid FROM engage.worker_status()", &[]).unwrap().get::<_, Option<i32>>(0)
+        {
             Some(pid) if pid != scheduler => Ok(pid),
             other => Err(format!("scheduler pid {other:?}")),
         },
@@ -1378,7 +1416,10 @@ fn a_stale_lease_holder_changes_nothing() {
     }
     let (status, lease_left): (String, f64) = {
         let r = c
-            .query_one("SELECT status, extract(epoch FROM lease_until - now())::float8 FROM engage.outbox WHERE id = $1", &[&id])
+            .query_one(
+                "SELECT status, extract(epoch FROM lease_until - now())::float8 FROM engage.outbox WHERE id = $1",
+                &[&id],
+            )
             .unwrap();
         (r.get(0), r.get(1))
     };
@@ -1450,7 +1491,10 @@ fn backoff_never_overflows_whatever_the_attempt_count() {
             .query_one("SELECT extract(epoch FROM due_at - now())::float8 FROM engage.outbox WHERE id = $1", &[&id])
             .unwrap()
             .get(0);
-        assert!((1700.0..=3601.0).contains(&delay), "attempt {attempts}: capped at backoff_max (1 h, jittered): {delay}");
+        assert!(
+            (1700.0..=3601.0).contains(&delay),
+            "attempt {attempts}: capped at backoff_max (1 h, jittered): {delay}"
+        );
     }
     // Settings that would overflow are refused when set.
     assert_sql_error(&mut c, "UPDATE engage.channels SET backoff_max = '1000 years'", &[], "23514", "check");
@@ -1490,8 +1534,18 @@ fn a_marketing_message_waiting_for_quiet_hours_does_not_hold_up_a_transactional_
 fn one_message_whose_bookkeeping_fails_does_not_undo_its_batch() {
     let (cluster, mut c) = start_deliverer("dlv_isolated", &[("engage.lease", "'2s'")]);
     let receiver = HttpReceiver::new();
-    webhook_channel(&mut c, &receiver.url("/hooks"), &signing_secret(b"isolation test key, 32 bytes!!!"), 3, "1 second");
-    create_trigger(&mut c, "hook", json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}));
+    webhook_channel(
+        &mut c,
+        &receiver.url("/hooks"),
+        &signing_secret(b"isolation test key, 32 bytes!!!"),
+        3,
+        "1 second",
+    );
+    create_trigger(
+        &mut c,
+        "hook",
+        json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}),
+    );
     c.batch_execute(
         "CREATE FUNCTION public.reject_c7() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
@@ -1538,7 +1592,11 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
     let (cluster, mut c) = start_deliverer("dlv_egress", &[("engage.allowed_hosts", "''")]);
     let receiver = HttpReceiver::new();
     webhook_channel(&mut c, &receiver.url("/hook"), &signing_secret(b"egress test key"), 8, "1 second");
-    create_trigger(&mut c, "hook", json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}));
+    create_trigger(
+        &mut c,
+        "hook",
+        json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}),
+    );
     let first = insert_event(&mut c, "c1", "e", json!({}));
     let id = outbox_id_of(&mut c, first);
     let rows = wait_settled(&cluster, &mut c, 1, WAIT);
@@ -1566,16 +1624,22 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
         vec![Reply::status(302).with_header("Location", &receiver.url("/stolen"))],
         Reply::status(200),
     );
-    c.execute("UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'", &[&redirecting.url("/hook")])
-        .unwrap();
+    c.execute(
+        "UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'",
+        &[&redirecting.url("/hook")],
+    )
+    .unwrap();
     c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
     let rows = wait_settled(&cluster, &mut c, 1, WAIT);
     assert_eq!(rows[0].status, "dead", "a 3xx answer is a failed attempt");
     assert!(rows[0].last_error.as_deref().is_some_and(|e| e.contains("HTTP 302")), "{:?}", rows[0].last_error);
     assert_eq!(redirecting.requests().len(), 1);
     assert!(receiver.requests().is_empty(), "the redirect's target was never requested");
-    c.execute("UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'", &[&receiver.url("/hook")])
-        .unwrap();
+    c.execute(
+        "UPDATE engage.channels SET config = jsonb_build_object('url', $1::text) WHERE kind = 'webhook'",
+        &[&receiver.url("/hook")],
+    )
+    .unwrap();
     c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
     let rows = wait_settled(&cluster, &mut c, 1, WAIT);
     assert_eq!(rows[0].status, "sent");
@@ -1588,10 +1652,18 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
          SELECT engage.identify('c2', '{\"email\": \"c2@example.com\"}');",
     )
     .unwrap();
-    create_trigger(&mut c, "mail", json!({"event": "m", "category": "transactional", "action": {"channel": "email", "template": "note"}}));
+    create_trigger(
+        &mut c,
+        "mail",
+        json!({"event": "m", "category": "transactional", "action": {"channel": "email", "template": "note"}}),
+    );
     insert_event(&mut c, "c2", "m", json!({}));
     let rows = wait_settled(&cluster, &mut c, 2, WAIT);
     let mail = rows.iter().find(|o| o.channel == "email").expect("the email");
     assert_eq!(mail.status, "dead");
-    assert!(mail.last_error.as_deref().is_some_and(|e| e.contains("plain connection to smtp.example.com:25")), "{:?}", mail.last_error);
+    assert!(
+        mail.last_error.as_deref().is_some_and(|e| e.contains("plain connection to smtp.example.com:25")),
+        "{:?}",
+        mail.last_error
+    );
 }

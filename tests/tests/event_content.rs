@@ -81,8 +81,10 @@ fn numbers_beyond_double_range_read_as_missing_and_lose_nothing() {
     );
     app.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 1e400}')"#)
         .unwrap();
-    app.batch_execute(r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 5}')"#)
-        .unwrap();
+    app.batch_execute(
+        r#"INSERT INTO engage.events (customer_id, name, properties) VALUES ('b', 'cart_updated', '{"amount": 5}')"#,
+    )
+    .unwrap();
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.events WHERE customer_id = 'b'"), 4);
 }
 
@@ -128,10 +130,14 @@ fn event_times_out_of_range_are_refused_before_anything_is_decided() {
     for at in ["0001-01-01 00:00:00+00", "9999-12-31 23:59:59+00"] {
         insert_event_at(&mut app, "t", "edge", json!({}), at);
     }
-    assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE trigger_id = (SELECT id FROM engage.triggers WHERE name = 'far')"), 2);
-    let last: String = c
-        .query_one("SELECT max(due_at) AT TIME ZONE 'UTC' || '' FROM engage.outbox", &[])
-        .unwrap()
-        .get(0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM engage.outbox WHERE trigger_id = (SELECT id FROM engage.triggers WHERE name = 'far')"
+        ),
+        2
+    );
+    let last: String =
+        c.query_one("SELECT max(due_at) AT TIME ZONE 'UTC' || '' FROM engage.outbox", &[]).unwrap().get(0);
     assert!(last.starts_with("10009-12-"), "{last}");
 }

@@ -101,7 +101,8 @@ fn overloads_in_public_never_run_inside_the_extension() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(ran, vec![], "an overload in public ran inside the extension");
-    let superuser: bool = probe.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'hostile'", &[]).unwrap().get(0);
+    let superuser: bool =
+        probe.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = 'hostile'", &[]).unwrap().get(0);
     assert!(!superuser);
     // Every function of the extension pins its search_path, but the three inlined ones.
     let unpinned: Vec<String> = probe
@@ -280,7 +281,8 @@ fn the_admin_manages_definitions_and_writes_secrets_it_cannot_read() {
          SELECT * FROM engage.dead_letters; SELECT * FROM engage.trigger_volume; SELECT count(*) FROM engage.outbox;
          SET engage.conflict_window = '5min';",
     );
-    let rotated: Value = owner.query_one("SELECT secrets FROM engage.channel_secrets WHERE kind = 'webhook'", &[]).unwrap().get(0);
+    let rotated: Value =
+        owner.query_one("SELECT secrets FROM engage.channel_secrets WHERE kind = 'webhook'", &[]).unwrap().get(0);
     assert_eq!(rotated, json!({"signing_secret": "rotated"}));
     for sql in [
         "SELECT secrets FROM engage.channel_secrets",
@@ -337,7 +339,11 @@ fn apps_cannot_forge_the_schedulers_events_or_keys() {
         let err = app.batch_execute(sql).unwrap_err();
         let db_err = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
         assert_eq!(db_err.code().code(), "42501", "{sql}: {}", error_text(&err));
-        assert!(db_err.message().contains("reserved") && db_err.message().contains("\"trigger:\""), "{}", db_err.message());
+        assert!(
+            db_err.message().contains("reserved") && db_err.message().contains("\"trigger:\""),
+            "{}",
+            db_err.message()
+        );
     }
     let mut copy = app.copy_in("COPY engage.events (customer_id, name) FROM STDIN").unwrap();
     std::io::Write::write_all(&mut copy, b"c1\tpurchase\nc1\ttrigger:winback\n").unwrap();
@@ -369,7 +375,11 @@ fn the_scheduler_cannot_be_stalled_or_pushed_into_the_future() {
     denied(&mut app, "writer, analyst and worker", "BEGIN; SELECT FROM engage.locks FOR UPDATE");
     app.batch_execute("ROLLBACK").unwrap();
     owner.batch_execute("SET statement_timeout = '10s'").unwrap();
-    assert_eq!(count(&mut owner, "SELECT count(*) FROM engage.tick()"), 1, "the tick ran while the advisory lock was held");
+    assert_eq!(
+        count(&mut owner, "SELECT count(*) FROM engage.tick()"),
+        1,
+        "the tick ran while the advisory lock was held"
+    );
 
     // A moment far ahead is refused unless meant; the progress can be moved back.
     let mut admin = connect_as_member(shared(), db, "admin", &["engage_admin"]);
@@ -377,7 +387,10 @@ fn the_scheduler_cannot_be_stalled_or_pushed_into_the_future() {
     let db_err = err.as_db_error().expect("a server error");
     assert_eq!(db_err.code().code(), "22023", "{}", error_text(&err));
     assert!(db_err.message().contains("ahead of now"), "{}", db_err.message());
-    assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until > now() + interval '1 day'"), 0);
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until > now() + interval '1 day'"),
+        0
+    );
     admin.batch_execute("SELECT * FROM engage.tick('2100-01-01', ahead_of_now => true)").unwrap();
     assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until = '2100-01-01'"), 1);
     let moved: bool = admin.query_one("SELECT engage.set_tick_progress('winback', now())", &[]).unwrap().get(0);

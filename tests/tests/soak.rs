@@ -39,7 +39,11 @@ fn kill_9_soak_loses_nothing_and_decides_nothing_twice() {
     .unwrap();
     c.execute("INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('webhook', jsonb_build_object('signing_secret', $1::text))", &[&secret])
         .unwrap();
-    create_trigger(&mut c, "hook", json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}));
+    create_trigger(
+        &mut c,
+        "hook",
+        json!({"event": "e", "category": "transactional", "action": {"channel": "webhook"}}),
+    );
 
     let inserting = AtomicBool::new(true);
     std::thread::scope(|s| {
