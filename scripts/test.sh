@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of pg_engage and ends with one line "N passed, N failed" over all suites:
-#   1. cargo pgrx test: Rust unit tests and #[pg_test] in-database tests (a throwaway cluster);
+#   1. cargo pgrx test: Rust unit tests and #[pg_test] in-database tests (a throwaway cluster),
+#      one at a time: they share one database, and two tests whose transactions insert events for
+#      the same customer lock slots in several statements can deadlock each other (README,
+#      "Isolation levels"), which made the suite fail now and then;
 #   2. cargo pgrx install --release, then the integration tests in tests/, which start their own
 #      PostgreSQL clusters with the installed extension.
 set -uo pipefail
@@ -32,10 +35,10 @@ if [ "$(id -u)" -eq 0 ]; then
     # pgrx needs the data directory's parent to be writable by the user PostgreSQL runs as.
     work=/var/tmp/pg_engage-test
     rm -rf "$work" && mkdir -p "$work" && chown postgres: "$work"
-    suite in-database cargo pgrx test pg15 --runas postgres --pgdata "$work/pgdata"
+    suite in-database env RUST_TEST_THREADS=1 cargo pgrx test pg15 --runas postgres --pgdata "$work/pgdata"
     suite install cargo pgrx install --release --pg-config "$PG_CONFIG"
 else
-    suite in-database cargo pgrx test pg15
+    suite in-database env RUST_TEST_THREADS=1 cargo pgrx test pg15
     suite install cargo pgrx install --sudo --release --pg-config "$PG_CONFIG"
 fi
 suite integration cargo test -p pg_engage_it --no-fail-fast
