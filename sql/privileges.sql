@@ -57,7 +57,7 @@ ALTER FUNCTION engage.apply_consent_event() SECURITY DEFINER;
 ALTER FUNCTION engage.profile_crossings() SECURITY DEFINER;
 ALTER FUNCTION engage.mark_goal_change() SECURITY DEFINER;
 -- The delivery contract.
-ALTER FUNCTION engage.claim(integer, interval, text) SECURITY DEFINER;
+ALTER FUNCTION engage.claim(integer, interval, text, timestamptz, bigint) SECURITY DEFINER;
 ALTER FUNCTION engage.extend_lease(bigint, bigint, interval) SECURITY DEFINER;
 ALTER FUNCTION engage.complete(bigint, bigint, text) SECURITY DEFINER;
 ALTER FUNCTION engage.complete_many(bigint[], bigint[], text[]) SECURITY DEFINER;
@@ -79,6 +79,7 @@ ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
 ALTER FUNCTION engage.fit_purchase_model(text, date, interval) SECURITY DEFINER;
 ALTER FUNCTION engage.ingest_provider_event(text, jsonb) SECURITY DEFINER;
 ALTER FUNCTION engage.redrive(bigint) SECURITY DEFINER;
+ALTER FUNCTION engage.purge(interval, interval, integer) SECURITY DEFINER;
 
 -- engage_writer: apps. Insert events (INSERT, COPY, track), profiles and consent; read nothing
 -- but the id of the event it inserted (INSERT ... RETURNING id).
@@ -108,7 +109,7 @@ GRANT EXECUTE ON FUNCTION engage.json_path(text), engage.json_number(jsonb, text
     TO engage_analyst;
 
 -- engage_worker: an external deliverer. The claim / complete / fail / defer contract, nothing else.
-GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text), engage.extend_lease(bigint, bigint, interval),
+GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text, timestamptz, bigint), engage.extend_lease(bigint, bigint, interval),
                           engage.complete(bigint, bigint, text), engage.complete_many(bigint[], bigint[], text[]),
                           engage.fail(bigint, bigint, text, boolean),
                           engage.defer(bigint, bigint, timestamptz, text), engage.suppress(bigint, bigint, text, text)
@@ -129,7 +130,8 @@ GRANT EXECUTE ON FUNCTION engage.create_trigger(text, jsonb), engage.update_trig
                           engage.validate_trigger(jsonb), engage.validate_template(text), engage.redrive(bigint),
                           engage.worker_status(), engage.ingest_provider_event(text, jsonb),
                           engage.tick(timestamptz, boolean), engage.set_tick_progress(text, timestamptz), engage.refresh_metrics(integer), engage.rebuild_metrics(),
-                          engage.fit_purchase_model(text, date, interval)
+                          engage.fit_purchase_model(text, date, interval),
+                          engage.purge(interval, interval, integer), engage.history_needed()
     TO engage_admin;
 
 -- Cluster-wide grants, once per cluster like the roles: engage_admin is also an analyst, and may

@@ -22,6 +22,7 @@ mod evaluate;
 mod jsonb;
 mod policy;
 mod predict;
+mod retention;
 mod rule;
 mod schedule;
 mod sql_error;
@@ -49,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
         GucFlags::UNIT_S,
     );
     deliver::init();
+    retention::init();
     schedule::init();
 }
 
@@ -69,11 +71,12 @@ extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"])
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["predict", "metrics"]);
+extension_sql_file!("../sql/retention.sql", name = "retention", requires = ["schedule", retention::history_needed]);
 extension_sql_file!(
     "../sql/comments.sql",
     name = "comments",
     requires = [
-        "schedule",
+        "retention",
         triggers::validate_trigger,
         triggers::create_trigger,
         triggers::update_trigger,

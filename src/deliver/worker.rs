@@ -57,6 +57,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     // and records the one before (the database and the network both stay busy). Sends never
     // overlap: at most engage.concurrency requests are open at a time.
     let mut in_flight: Option<InFlight> = None;
+    let mut scan = ClaimScan::default();
     loop {
         let wait = if idle { settings::poll_interval() } else { Duration::ZERO };
         if !BackgroundWorker::wait_latch(Some(wait)) {
@@ -67,7 +68,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             http = Http::new();
         }
-        let next = if settings::worker_enabled() { claim_batch() } else { None };
+        let next = if settings::worker_enabled() { claim_batch(&mut scan) } else { None };
         let sent = in_flight.take().map(InFlight::wait);
         in_flight = next.map(|batch| batch.start(&pacing, &http));
         idle = in_flight.is_none() && sent.is_none();
@@ -104,13 +105,50 @@ struct Sent {
     suppressed: Vec<(Leased, &'static str, String)>,
 }
 
+/// Where the next claim starts in due order: after the last message of a full batch (a backlog
+/// is drained without stepping again through the dead entries of what was sent, which pile up
+/// while a long transaction holds vacuum back), or from the front after a batch that was not
+/// full and at least every [`FULL_SCAN_EVERY`], for what a continued scan passes by.
+#[derive(Default)]
+struct ClaimScan {
+    after: Option<(TimestampWithTimeZone, i64)>,
+    from_front_at: Option<Instant>,
+}
+
+const FULL_SCAN_EVERY: Duration = Duration::from_secs(1);
+
+impl ClaimScan {
+    fn start(&self) -> Option<(TimestampWithTimeZone, i64)> {
+        match self.from_front_at {
+            Some(at) if at.elapsed() < FULL_SCAN_EVERY => self.after,
+            _ => None,
+        }
+    }
+
+    /// After a claim that started at `started`, of `batch_size`, that claimed `last` last.
+    fn advance(
+        &mut self,
+        started: Option<(TimestampWithTimeZone, i64)>,
+        claimed: usize,
+        batch_size: i32,
+        last: Option<(TimestampWithTimeZone, i64)>,
+    ) {
+        if started.is_none() {
+            self.from_front_at = Some(Instant::now());
+        }
+        self.after = if claimed as i64 >= i64::from(batch_size) { last } else { None };
+    }
+}
+
 /// Claims a batch and prepares it (the send-time re-check, rendering); None when nothing is due.
-fn claim_batch() -> Option<Ready> {
+fn claim_batch(scan: &mut ClaimScan) -> Option<Ready> {
     // The claim commits before anything is rendered: a template that kills the worker while it
     // renders has spent an attempt of its own message (so it ends dead after max_attempts claims)
     // and undoes nothing else.
-    let (claimed, templates) =
-        BackgroundWorker::transaction(|| claim(settings::batch_size(), settings::lease_seconds()));
+    let (batch_size, start) = (settings::batch_size(), scan.start());
+    let (claimed, templates, last) =
+        BackgroundWorker::transaction(|| claim(batch_size, settings::lease_seconds(), start));
+    scan.advance(start, claimed.len(), batch_size, last);
     if claimed.is_empty() {
         return None;
     }
@@ -362,7 +400,8 @@ fn record_set(results: &[Outcome], deferred: &[(Leased, String)], suppressed: &[
 }
 
 /// The claim itself: the claimed messages' ids and lease tokens.
-const CLAIM: &str = "SELECT id, lease FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer')";
+const CLAIM: &str =
+    "SELECT id, lease, due_at FROM engage.claim($1, make_interval(secs => $2), 'pg_engage deliverer', $3, $4)";
 
 /// What sending the claimed messages needs, and the send-time re-check's facts. A statement of
 /// its own after the claim, so its snapshot sees everything committed before the claim took the
@@ -401,15 +440,27 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
 
 const TEMPLATES: &str = "SELECT name, channel, locale, subject, body, html FROM engage.templates";
 
-/// Claims a batch and reads what sending it needs: the claimed messages and the templates.
-fn claim(batch_size: i32, lease_seconds: f64) -> (Vec<Claimed>, Templates) {
-    Spi::connect_mut(|client| -> Result<(Vec<Claimed>, Templates), pgrx::spi::Error> {
-        let ids: Vec<i64> = client
-            .update(CLAIM, None, &[batch_size.into(), lease_seconds.into()])?
-            .map(|row| row.get::<i64>(1).map(Option::unwrap_or_default))
-            .collect::<Result<_, _>>()?;
+/// The claimed messages, the templates, and the (due_at, id) of the last claimed in due order.
+type Claim = (Vec<Claimed>, Templates, Option<(TimestampWithTimeZone, i64)>);
+
+/// Claims a batch (continuing after `after` in due order, if given) and reads what sending it
+/// needs: the claimed messages and the templates.
+fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZone, i64)>) -> Claim {
+    Spi::connect_mut(|client| -> Result<Claim, pgrx::spi::Error> {
+        let mut ids: Vec<i64> = Vec::new();
+        let mut last: Option<(TimestampWithTimeZone, i64)> = None;
+        let args = [batch_size.into(), lease_seconds.into(), after.map(|a| a.0).into(), after.map(|a| a.1).into()];
+        for row in client.update(CLAIM, None, &args)? {
+            let id = row.get::<i64>(1)?.unwrap_or_default();
+            ids.push(id);
+            if let Some(due_at) = row.get::<TimestampWithTimeZone>(3)? {
+                if last.is_none_or(|l| (due_at, id) > l) {
+                    last = Some((due_at, id));
+                }
+            }
+        }
         if ids.is_empty() {
-            return Ok((Vec::new(), Templates::new()));
+            return Ok((Vec::new(), Templates::new(), None));
         }
         // `update`, not `select`: a fresh snapshot that sees the claim (SPI read-only mode keeps the old one).
         let rows = client.update(CLAIMED, None, &[ids.into()])?;
@@ -449,7 +500,7 @@ fn claim(batch_size: i32, lease_seconds: f64) -> (Vec<Claimed>, Templates) {
             });
         }
         if claimed.is_empty() {
-            return Ok((Vec::new(), Templates::new()));
+            return Ok((Vec::new(), Templates::new(), last));
         }
         let mut templates = Templates::new();
         for row in client.select(TEMPLATES, None, &[])? {
@@ -457,7 +508,7 @@ fn claim(batch_size: i32, lease_seconds: f64) -> (Vec<Claimed>, Templates) {
                 (row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
             templates.insert(key, (row.get(4)?, row.get(5)?.unwrap_or_default(), row.get(6)?));
         }
-        Ok((claimed, templates))
+        Ok((claimed, templates, last))
     })
     .unwrap_or_else(|e| error!("pg_engage deliverer could not claim messages: {e}"))
 }

@@ -205,6 +205,45 @@ impl Definition {
     pub fn matches(&self, facts: &Facts) -> bool {
         self.predicate.as_ref().is_none_or(|p| p.holds(facts))
     }
+
+    /// How far back in event time deciding this trigger reads stored events and decisions, in
+    /// microseconds ([`journey::FOREVER_MICROS`]: all of it). History older than this (and than
+    /// every other trigger's need) can be deleted without changing a decision:
+    /// - its cap (and `reentry once_per`, `once` being forever): decisions on either side;
+    /// - its pattern's window and `not_followed_by`; a late event completes a stored one;
+    /// - its waits (the message's, every variant's and step's): a late triggering event is
+    ///   cancelled by a stored cancelling event within the wait;
+    /// - its goal window (attribution reads the goal events after a message);
+    /// - scheduled kinds: the inactivity period, the summed window of `crosses`, a year of the
+    ///   occasions' own events for `anniversary` and `date` (their idempotency keys), and all
+    ///   purchases for `predicted` (the model fits whole histories).
+    pub fn history_needed_micros(&self) -> i64 {
+        const YEAR_MICROS: i64 = 366 * 86_400_000_000;
+        let waits = self.variants.iter().map(|v| v.wait_micros).chain(self.later_steps.iter().map(|s| s.wait_micros));
+        let pattern = self
+            .pattern
+            .as_ref()
+            .map(|p| p.within_micros.max(p.not_followed_by.as_ref().map_or(0, |n| n.within_micros)));
+        let schedule = self.schedule.as_ref().map(|s| match s {
+            schedule::Schedule::Inactive { for_micros, .. } => *for_micros,
+            schedule::Schedule::Crosses { measure: schedule::Measure::Sum { within_micros, .. }, .. } => *within_micros,
+            schedule::Schedule::Crosses { measure: schedule::Measure::Profile(_), .. } => 0,
+            schedule::Schedule::Anniversary { .. } | schedule::Schedule::Date { .. } => YEAR_MICROS,
+            schedule::Schedule::Predicted { .. } => journey::FOREVER_MICROS,
+        });
+        [
+            self.cap.map(|c| c.per_micros),
+            Some(self.wait_micros),
+            pattern,
+            self.goal.as_ref().map(|g| g.within_micros),
+            schedule,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(waits)
+        .max()
+        .unwrap_or(0)
+    }
 }
 
 /// A definition holds at most this many JSON values (objects, arrays and scalars together).
@@ -895,5 +934,34 @@ mod tests {
             assert_eq!(err.path, path, "{definition}");
             assert!(err.problem.contains(text), "{definition}: {err}");
         }
+    }
+
+    #[test]
+    fn history_needed_is_the_longest_window_a_decision_reads() {
+        const DAY: i64 = 86_400_000_000;
+        let needed = |definition: Value| parse(&definition).unwrap().history_needed_micros();
+        let hook = json!({"channel": "webhook"});
+        assert_eq!(needed(json!({"event": "a", "action": hook})), 0);
+        assert_eq!(needed(json!({"event": "a", "action": hook, "cap": {"max": 1, "per": "40d"}})), 40 * DAY);
+        assert_eq!(
+            needed(json!({"event": "a", "action": hook, "wait": "2d", "cancel_on": [{"event": "b"}],
+                          "goal": {"event": "buy", "within": "9d"}})),
+            9 * DAY
+        );
+        assert_eq!(
+            needed(json!({"pattern": {"sequence": [{"event": "a"}, {"event": "b"}], "within": "3d",
+                                      "not_followed_by": {"event": "c", "within": "5d"}}, "action": hook})),
+            5 * DAY
+        );
+        let journey = json!({"event": "a", "steps": [{"action": hook}, {"wait": "12d", "action": hook}]});
+        assert_eq!(needed(journey.clone()), 12 * DAY);
+        let mut once = journey;
+        once["reentry"] = json!("once");
+        assert_eq!(needed(once), journey::FOREVER_MICROS);
+        assert_eq!(needed(json!({"inactive": {"event": "login", "for": "30d"}, "action": hook})), 30 * DAY);
+        assert_eq!(
+            needed(json!({"predicted": {"event": "purchase", "p_alive_below": 0.3}, "action": hook})),
+            journey::FOREVER_MICROS
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The scheduler: a background worker that runs `engage.tick()` (sql/schedule.sql) every
-//! `engage.tick_interval`, then refreshes the metrics rollups (`engage.refresh_metrics()`).
+//! `engage.tick_interval`, then refreshes the metrics rollups (`engage.refresh_metrics()`) and
+//! applies the retention settings (`engage.purge(...)`, src/retention.rs).
 //!
 //! Registered only when pg_engage is in `shared_preload_libraries`, like the deliverer. Without
 //! it, schedule the same calls with pg_cron; a tick is idempotent, so both may run.
@@ -16,7 +17,7 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"engage.tick_interval",
         c"How often the scheduler fires time-based triggers and refreshes the metrics rollups (0: never).",
-        c"Each tick runs engage.tick() and engage.refresh_metrics() in the database named by engage.database.",
+        c"Each tick runs engage.tick(), engage.refresh_metrics() and engage.purge() in the database named by engage.database.",
         &TICK_INTERVAL_S,
         0,
         86_400,
@@ -86,6 +87,13 @@ fn tick() {
         let refreshed =
             BackgroundWorker::transaction(|| Spi::get_one::<i32>("SELECT engage.refresh_metrics()")).ok().flatten();
         if refreshed.unwrap_or(0) == 0 {
+            break;
+        }
+    }
+    // Retention, the same way: short transactions, so vacuum can follow.
+    for _ in 0..10 {
+        let purged = BackgroundWorker::transaction(crate::retention::purge_with_settings).ok().flatten();
+        if purged.unwrap_or(0) == 0 {
             break;
         }
     }
