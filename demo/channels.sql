@@ -1,7 +1,7 @@
 -- Demo delivery setup: every channel points at the local sink (run with -v http_base=... -v smtp_port=...).
 \set ON_ERROR_STOP on
 INSERT INTO engage.channels (kind, config, cost_per_message, rate_limit_per_second) VALUES
-  ('email',    jsonb_build_object('host', '127.0.0.1', 'port', :smtp_port, 'from', 'Shop <hello@shop.example>',
+  ('email',    jsonb_build_object('host', '127.0.0.1', 'port', :smtp_port, 'tls', 'none', 'from', 'Shop <hello@shop.example>',
                                   'unsubscribe_url', 'https://shop.example/unsubscribe?m={message_id}'), 0.0004, NULL),
   ('sms',      jsonb_build_object('base_url', :'http_base', 'account_sid', 'ACdemo', 'from', '+15550000000'), 0.0079, 50),
   ('whatsapp', jsonb_build_object('base_url', :'http_base', 'phone_number_id', '1000'), 0.0050, NULL),

@@ -176,8 +176,13 @@ fn email(timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<St
     use lettre::Transport;
     let host = config_str(msg, "host")?;
     let port = msg.config.get("port").and_then(Value::as_u64).unwrap_or(25) as u16;
-    // Sent without TLS: only to a relay the operator listed.
-    egress.check_plain(host, port).map_err(|e| SendError::permanent(format!("egress: {e}")))?;
+    let tls = smtp_tls(host, msg)?;
+    // Without TLS, only to a relay the operator listed; with it, to public addresses too.
+    match tls {
+        lettre::transport::smtp::client::Tls::None => egress.check_plain(host, port),
+        _ => egress.check_encrypted(host, port),
+    }
+    .map_err(|e| SendError::permanent(format!("egress: {e}")))?;
     let from: Mailbox =
         config_str(msg, "from")?.parse().map_err(|e| SendError::permanent(format!("bad sender address: {e}")))?;
     let to: Mailbox =
@@ -202,7 +207,7 @@ fn email(timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<St
         None => builder.singlepart(text),
     }
     .map_err(|e| SendError::permanent(format!("could not build the email: {e}")))?;
-    let mut transport = lettre::SmtpTransport::builder_dangerous(host).port(port).timeout(Some(timeout));
+    let mut transport = lettre::SmtpTransport::builder_dangerous(host).port(port).tls(tls).timeout(Some(timeout));
     if let (Some(user), Some(password)) =
         (msg.secrets.get("username").and_then(Value::as_str), msg.secrets.get("password").and_then(Value::as_str))
     {
@@ -213,6 +218,34 @@ fn email(timeout: Duration, egress: &Egress, msg: &Outgoing) -> Result<Option<St
         Ok(response) => Ok(response.message().next().map(str::to_string)),
         Err(e) if e.is_permanent() => Err(SendError::permanent(format!("SMTP: {e}"))),
         Err(e) => Err(SendError::retry(format!("SMTP: {e}"))),
+    }
+}
+
+/// The email channel's TLS, from `config.tls`: `"starttls"` (the default) upgrades the connection
+/// before anything else is said and fails if the server cannot (so a relay password never goes
+/// in clear text), verifying the server's certificate against the public roots and
+/// `config.ca_certificate` (PEM) if given; `"none"` is plain SMTP, for a relay listed in
+/// engage.allowed_hosts.
+fn smtp_tls(host: &str, msg: &Outgoing) -> Result<lettre::transport::smtp::client::Tls, SendError> {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    match msg.config.get("tls").map_or(Some("starttls"), Value::as_str) {
+        Some("none") => Ok(Tls::None),
+        Some("starttls") => {
+            let mut parameters = TlsParameters::builder(host.to_string());
+            if let Some(pem) = msg.config.get("ca_certificate") {
+                let certificate = pem
+                    .as_str()
+                    .ok_or("not a string")
+                    .and_then(|p| Certificate::from_pem(p.as_bytes()).map_err(|_| "not a PEM certificate"))
+                    .map_err(|e| SendError::permanent(format!("email config.ca_certificate: {e}")))?;
+                parameters = parameters.add_root_certificate(certificate);
+            }
+            let parameters = parameters
+                .build_rustls()
+                .map_err(|e| SendError::permanent(format!("email config: TLS for {host}: {e}")))?;
+            Ok(Tls::Required(parameters))
+        }
+        _ => Err(SendError::permanent(r#"email config.tls must be "starttls" (the default) or "none""#.to_string())),
     }
 }
 

@@ -78,6 +78,16 @@ impl Egress {
         }
     }
 
+    /// Checks an encrypted connection that is not a URL (SMTP with STARTTLS): public addresses,
+    /// or listed hosts.
+    pub fn check_encrypted(&self, host: &str, port: u16) -> Result<(), String> {
+        if self.allows(host, port) {
+            Ok(())
+        } else {
+            self.check_public(host, port)
+        }
+    }
+
     /// Refuses a host whose addresses are not public.
     fn check_public(&self, host: &str, port: u16) -> Result<(), String> {
         let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {

@@ -397,6 +397,7 @@ impl Mail {
 #[derive(Clone)]
 struct SmtpHandler {
     mails: Arc<Mutex<Vec<Mail>>>,
+    logins: Arc<Mutex<Vec<(String, String)>>>,
     current: Option<Mail>,
 }
 
@@ -423,31 +424,73 @@ impl mailin_embedded::Handler for SmtpHandler {
     fn mail(&mut self, _ip: IpAddr, _domain: &str, _from: &str) -> mailin_embedded::Response {
         mailin_embedded::response::OK
     }
+
+    fn auth_plain(&mut self, _authorization: &str, user: &str, password: &str) -> mailin_embedded::Response {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner()).push((user.to_string(), password.to_string()));
+        mailin_embedded::response::AUTH_OK
+    }
 }
 
 /// A real SMTP server on 127.0.0.1 (a free port). `mailin-embedded` has no way to stop it: its
 /// thread lives until the test process exits.
 pub struct SmtpReceiver {
     mails: Arc<Mutex<Vec<Mail>>>,
+    logins: Arc<Mutex<Vec<(String, String)>>>,
     port: u16,
+    /// With STARTTLS: the server's self-signed certificate (PEM), for 127.0.0.1.
+    pub certificate: Option<String>,
 }
 
 impl SmtpReceiver {
+    /// Plain SMTP: no STARTTLS, no AUTH.
     pub fn new() -> SmtpReceiver {
+        Self::start(None)
+    }
+
+    /// SMTP with STARTTLS (a self-signed certificate for 127.0.0.1, made with openssl) and AUTH
+    /// PLAIN, which it offers only once the connection is encrypted.
+    pub fn with_starttls() -> SmtpReceiver {
+        let dir = std::env::temp_dir().join(format!("pg_engage_smtp_tls_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("run openssl");
+        assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+        Self::start(Some((cert.display().to_string(), key.display().to_string())))
+    }
+
+    fn start(tls: Option<(String, String)>) -> SmtpReceiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind an SMTP receiver on 127.0.0.1");
         let port = listener.local_addr().expect("local addr").port();
         let mails = Arc::new(Mutex::new(Vec::new()));
-        let handler = SmtpHandler { mails: Arc::clone(&mails), current: None };
+        let logins = Arc::new(Mutex::new(Vec::new()));
+        let handler = SmtpHandler { mails: Arc::clone(&mails), logins: Arc::clone(&logins), current: None };
         let mut server = mailin_embedded::Server::new(handler);
-        server
-            .with_name("receiver.test")
-            .with_ssl(mailin_embedded::SslConfig::None)
-            .expect("no TLS")
-            .with_tcp_listener(listener);
+        let certificate = tls.as_ref().map(|(cert, _)| std::fs::read_to_string(cert).expect("read the certificate"));
+        let ssl = match tls {
+            Some((cert_path, key_path)) => mailin_embedded::SslConfig::SelfSigned { cert_path, key_path },
+            None => mailin_embedded::SslConfig::None,
+        };
+        if certificate.is_some() {
+            server.with_auth(mailin_embedded::AuthMechanism::Plain);
+        }
+        server.with_name("receiver.test").with_ssl(ssl).expect("the TLS set-up").with_tcp_listener(listener);
         std::thread::spawn(move || {
             let _ = server.serve();
         });
-        SmtpReceiver { mails, port }
+        SmtpReceiver { mails, logins, port, certificate }
+    }
+
+    /// The (user, password) of every AUTH PLAIN so far.
+    pub fn logins(&self) -> Vec<(String, String)> {
+        self.logins.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -179,6 +179,68 @@ fn webhook_is_signed_rendered_and_logged() {
 // 2. email over SMTP
 // ---------------------------------------------------------------------------------------------
 
+/// Email goes over STARTTLS by default: the relay password is sent only once the connection is
+/// encrypted and the server's certificate verified; a server that cannot upgrade, or whose
+/// certificate is not trusted, gets nothing, not even the password (the message ends dead with
+/// the reason).
+#[test]
+fn email_goes_over_starttls_and_the_password_never_in_clear_text() {
+    let (cluster, mut c) = start_deliverer("dlv_starttls", &[]);
+    let tls = SmtpReceiver::with_starttls();
+    let plain = SmtpReceiver::new();
+    let certificate = tls.certificate.clone().unwrap();
+    c.execute(
+        "INSERT INTO engage.channels (kind, config, max_attempts) VALUES ('email', $1, 1)",
+        &[&json!({"host": "127.0.0.1", "port": tls.port(), "from": "news@shop.example", "ca_certificate": certificate})],
+    )
+    .unwrap();
+    c.batch_execute("INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('email', '{\"username\": \"relay\", \"password\": \"s3cret\"}')")
+        .unwrap();
+    template(&mut c, "hello", "email", Some("Hi"), "Hello {{ profile.name }}", None);
+    create_trigger(
+        &mut c,
+        "hello",
+        json!({"event": "signup", "category": "transactional", "action": {"channel": "email", "template": "hello"}}),
+    );
+    let send = |c: &mut Client, customer: &str| -> Outbox {
+        identify(c, customer, json!({"name": customer, "email": format!("{customer}@example.com")}));
+        insert_event(c, customer, "signup", json!({}));
+        let queued = outbox(c).len();
+        let rows = wait_settled(&cluster, c, queued, WAIT);
+        rows.into_iter().find(|o| o.customer_id == customer).expect("its message")
+    };
+
+    let sent = send(&mut c, "tls");
+    assert_eq!((sent.status.as_str(), sent.last_error.as_deref()), ("sent", None));
+    assert_eq!(tls.mails().len(), 1);
+    assert!(tls.mails()[0].data.contains("Hello tls"));
+    assert_eq!(tls.logins(), [("relay".to_string(), "s3cret".to_string())], "AUTH after STARTTLS");
+
+    // The same server, its certificate not trusted: nothing sent.
+    c.execute("UPDATE engage.channels SET config = config - 'ca_certificate' WHERE kind = 'email'", &[]).unwrap();
+    let untrusted = send(&mut c, "untrusted");
+    assert_eq!(untrusted.status, "dead");
+    assert!(untrusted.last_error.as_deref().is_some_and(|e| e.contains("certificate")), "{:?}", untrusted.last_error);
+
+    // A server without STARTTLS: nothing sent, the password neither.
+    c.execute("UPDATE engage.channels SET config = jsonb_build_object('host', '127.0.0.1', 'port', $1::int, 'from', 'news@shop.example') WHERE kind = 'email'", &[&i32::from(plain.port())])
+        .unwrap();
+    let refused = send(&mut c, "plain");
+    assert_eq!(refused.status, "dead");
+    assert!(
+        refused.last_error.as_deref().is_some_and(|e| e.to_lowercase().contains("tls")),
+        "{:?}",
+        refused.last_error
+    );
+    assert!(plain.mails().is_empty() && plain.logins().is_empty());
+
+    // A bad setting says which.
+    c.execute("UPDATE engage.channels SET config = config || '{\"tls\": \"ssl3\"}' WHERE kind = 'email'", &[]).unwrap();
+    let bad = send(&mut c, "bad");
+    assert!(bad.last_error.as_deref().is_some_and(|e| e.contains("config.tls")), "{:?}", bad.last_error);
+    assert_eq!(tls.mails().len() + plain.mails().len(), 1);
+}
+
 #[test]
 fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
     let (cluster, mut c) = start_deliverer("dlv_email", &[]);
@@ -188,6 +250,7 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
         &[&json!({
             "host": "127.0.0.1",
             "port": smtp.port(),
+            "tls": "none",
             "from": "Shop <news@shop.example>",
             "unsubscribe_url": "https://shop.example/unsubscribe/{message_id}"
         })],
@@ -399,7 +462,7 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
     webhook_channel(&mut c, &receiver.url("/fallback"), &secret, 8, "200 milliseconds");
     c.execute(
         "INSERT INTO engage.channels (kind, config) VALUES ('email', $1)",
-        &[&json!({"host": "127.0.0.1", "port": smtp.port(), "from": "news@shop.example"})],
+        &[&json!({"host": "127.0.0.1", "port": smtp.port(), "tls": "none", "from": "news@shop.example"})],
     )
     .unwrap();
     template(&mut c, "hello", "email", Some("Hi {{ profile.name }}"), "Hello {{ profile.name }}", None);
@@ -1647,7 +1710,7 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
 
     // Plain SMTP only to a listed relay.
     c.batch_execute(
-        "INSERT INTO engage.channels (kind, config) VALUES ('email', '{\"host\": \"smtp.example.com\", \"port\": 25, \"from\": \"a@example.com\"}');
+        "INSERT INTO engage.channels (kind, config) VALUES ('email', '{\"host\": \"smtp.example.com\", \"port\": 25, \"tls\": \"none\", \"from\": \"a@example.com\"}');
          INSERT INTO engage.templates (name, channel, subject, body) VALUES ('note', 'email', 'Hi', 'Hello');
          SELECT engage.identify('c2', '{\"email\": \"c2@example.com\"}');",
     )
