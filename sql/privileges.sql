@@ -79,6 +79,8 @@ ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
 ALTER FUNCTION engage.fit_purchase_model(text, date, interval) SECURITY DEFINER;
 ALTER FUNCTION engage.ingest_provider_event(text, jsonb) SECURITY DEFINER;
 ALTER FUNCTION engage.redrive(bigint) SECURITY DEFINER;
+-- Reads the channel's config whoever writes the secrets.
+ALTER FUNCTION engage.bind_channel_secrets() SECURITY DEFINER;
 ALTER FUNCTION engage.purge(interval, interval, integer) SECURITY DEFINER;
 
 -- engage_writer: apps. Insert events (INSERT, COPY, track), profiles and consent; read nothing
@@ -120,7 +122,9 @@ GRANT EXECUTE ON FUNCTION engage.claim(integer, interval, text, timestamptz, big
 GRANT SELECT, INSERT, UPDATE, DELETE ON engage.triggers, engage.channels, engage.templates,
                                         engage.frequency_caps, engage.suppressions
     TO engage_admin;
-GRANT INSERT, UPDATE, DELETE, SELECT (kind) ON engage.channel_secrets TO engage_admin;
+-- UPDATE of secrets only: writing them binds them to the channel's current destination, and no
+-- other UPDATE can move that binding (engage.channel_secrets.destination).
+GRANT INSERT, UPDATE (secrets), DELETE, SELECT (kind) ON engage.channel_secrets TO engage_admin;
 GRANT SELECT ON engage.events, engage.profiles, engage.outbox, engage.dead_letters, engage.messages,
                 engage.escalations, engage.tick_progress, engage.purchase_models
     TO engage_admin;

@@ -207,12 +207,41 @@ COMMENT ON TABLE engage.channels IS
     'Delivery channels: provider settings (base URL, sender, SMTP host), rate limit, cost and retry policy. Secrets live in engage.channel_secrets.';
 
 CREATE TABLE engage.channel_secrets (
-    kind    text  PRIMARY KEY REFERENCES engage.channels ON DELETE CASCADE,
-    secrets jsonb NOT NULL DEFAULT '{}'
+    kind        text  PRIMARY KEY REFERENCES engage.channels ON DELETE CASCADE,
+    secrets     jsonb NOT NULL DEFAULT '{}',
+    destination text
 );
 REVOKE ALL ON engage.channel_secrets FROM PUBLIC;
 COMMENT ON TABLE engage.channel_secrets IS
     'Provider credentials and signing secrets. Readable only by its owner (the administrator who created the extension); engage_admin writes them without reading them back. Not extension configuration, so pg_dump leaves them out: carry them separately (README, "Install").';
+COMMENT ON COLUMN engage.channel_secrets.destination IS
+    'Where the channel sent to when these secrets were written (engage.channel_destination), set by the database: credentials go only there. Pointing the channel elsewhere stops its sends until the secrets are written again, so whoever may change engage.channels but not read the secrets cannot have them sent to a server of their own.';
+
+CREATE FUNCTION engage.channel_destination(kind text, config jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE kind
+             WHEN 'webhook' THEN NULL -- its signing secret is never sent, only its signatures
+             WHEN 'email' THEN pg_catalog.lower(config ->> 'host') || ':' || coalesce(config ->> 'port', '25')
+             ELSE config ->> 'base_url'
+           END
+$$;
+COMMENT ON FUNCTION engage.channel_destination(text, jsonb) IS
+    'The server a channel''s credentials are sent to: the SMTP host and port for email, the base_url of the HTTP providers; NULL for webhooks, whose signing secret never leaves the database.';
+
+CREATE FUNCTION engage.bind_channel_secrets() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- Fires on INSERT and on an UPDATE that writes secrets (whoever writes them knows them);
+    -- engage_admin may UPDATE no other column.
+    NEW.destination := (SELECT engage.channel_destination(c.kind, c.config)
+                          FROM engage.channels c WHERE c.kind = NEW.kind);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION engage.bind_channel_secrets() IS
+    'BEFORE INSERT OR UPDATE OF secrets trigger on engage.channel_secrets: records the channel''s destination when its secrets are written (see engage.channel_secrets.destination).';
+CREATE TRIGGER bind_channel_secrets BEFORE INSERT OR UPDATE OF secrets ON engage.channel_secrets
+    FOR EACH ROW EXECUTE FUNCTION engage.bind_channel_secrets();
 
 CREATE TABLE engage.templates (
     name     text NOT NULL,

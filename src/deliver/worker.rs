@@ -428,7 +428,9 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
                                        AND m.sent_at > now() - f.per)
            ORDER BY f.id LIMIT 1)
        END,
-       c.lease
+       c.lease,
+       s.kind IS NOT NULL AND c.channel <> 'webhook'
+         AND s.destination IS DISTINCT FROM engage.channel_destination(c.channel, ch.config)
   FROM engage.outbox c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
@@ -497,6 +499,7 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
                 suppressed: row.get(27)?.unwrap_or(false),
                 over_frequency_cap: row.get(28)?,
                 leased: Leased { id: row.get(1)?.unwrap_or_default(), token: row.get(29)?.unwrap_or_default() },
+                secrets_moved: row.get(30)?.unwrap_or(false),
             });
         }
         if claimed.is_empty() {
@@ -554,6 +557,8 @@ struct Claimed {
     /// The frequency cap that sending now would exceed, described.
     over_frequency_cap: Option<String>,
     leased: Leased,
+    /// The channel points elsewhere than when its secrets were written: they are not sent.
+    secrets_moved: bool,
 }
 
 /// Templates by (name, channel, locale): (subject, body, html).
@@ -600,6 +605,12 @@ impl Claimed {
         };
         if !self.enabled {
             return Err(SendError { retryable: true, message: format!("channel \"{}\" is disabled", self.channel) });
+        }
+        if self.secrets_moved {
+            return Err(permanent(format!(
+                "channel \"{}\" points elsewhere than when its secrets were written: write engage.channel_secrets again to send its credentials there",
+                self.channel
+            )));
         }
         let to = match self.channel.as_str() {
             "email" => self.email.clone(),

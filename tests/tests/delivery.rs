@@ -225,6 +225,11 @@ fn email_goes_over_starttls_and_the_password_never_in_clear_text() {
     // A server without STARTTLS: nothing sent, the password neither.
     c.execute("UPDATE engage.channels SET config = jsonb_build_object('host', '127.0.0.1', 'port', $1::int, 'from', 'news@shop.example') WHERE kind = 'email'", &[&i32::from(plain.port())])
         .unwrap();
+    // (secrets go only where the channel sent when they were written: written again for this one)
+    c.batch_execute(
+        "UPDATE engage.channel_secrets SET secrets = '{\"username\": \"relay\", \"password\": \"s3cret\"}'",
+    )
+    .unwrap();
     let refused = send(&mut c, "plain");
     assert_eq!(refused.status, "dead");
     assert!(

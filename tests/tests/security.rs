@@ -397,3 +397,72 @@ fn the_scheduler_cannot_be_stalled_or_pushed_into_the_future() {
     assert!(moved);
     assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.tick_progress WHERE ticked_until <= now()"), 1);
 }
+
+/// Secrets are bound to where the channel sent when they were written: an admin (who may change
+/// channels and write secrets, not read them) who points a provider's base_url at a server of
+/// their own gets nothing sent there, not even by re-saving the row; only secrets they write
+/// themselves go to the new place.
+#[test]
+fn pointing_a_provider_elsewhere_does_not_send_its_credentials_there() {
+    let db = "sec_redirect";
+    let (cluster, mut owner) = start_deliverer(db, &[]);
+    let provider = HttpReceiver::new();
+    let attacker = HttpReceiver::new();
+    owner
+        .execute(
+            "INSERT INTO engage.channels (kind, config, max_attempts) \
+             VALUES ('whatsapp', jsonb_build_object('base_url', $1::text, 'phone_number_id', '1000'), 1)",
+            &[&provider.url("")],
+        )
+        .unwrap();
+    owner
+        .batch_execute(
+            "INSERT INTO engage.channel_secrets (kind, secrets) VALUES ('whatsapp', '{\"access_token\": \"owners-token\"}');
+             INSERT INTO engage.templates (name, channel, body) VALUES ('hi', 'whatsapp', 'Hi');",
+        )
+        .unwrap();
+    create_trigger(
+        &mut owner,
+        "hi",
+        json!({"event": "ping", "category": "transactional", "action": {"channel": "whatsapp", "template": "hi"}}),
+    );
+    let send = |c: &mut Client, customer: &str| -> Outbox {
+        identify(c, customer, json!({"phone": "+15550000001"}));
+        insert_event(c, customer, "ping", json!({}));
+        let queued = outbox(c).len();
+        wait_settled(&cluster, c, queued, Duration::from_secs(20))
+            .into_iter()
+            .find(|o| o.customer_id == customer)
+            .unwrap()
+    };
+    assert_eq!(send(&mut owner, "c1").status, "sent");
+    assert_eq!(provider.requests()[0].header("authorization"), Some("Bearer owners-token"));
+
+    let mut admin = connect_as_member(&cluster, db, "admin", &["engage_admin"]);
+    allowed(
+        &mut admin,
+        "admin",
+        &format!(
+            "UPDATE engage.channels SET config = jsonb_set(config, '{{base_url}}', to_jsonb('{}'::text)) WHERE kind = 'whatsapp'",
+            attacker.url("")
+        ),
+    );
+    // The binding moves only with secrets written anew.
+    denied(&mut admin, "admin", "UPDATE engage.channel_secrets SET kind = kind WHERE kind = 'whatsapp'");
+    denied(&mut admin, "admin", "UPDATE engage.channel_secrets SET destination = NULL WHERE kind = 'whatsapp'");
+    let stopped = send(&mut owner, "c2");
+    assert_eq!(stopped.status, "dead");
+    assert!(stopped.last_error.as_deref().is_some_and(|e| e.contains("points elsewhere")), "{:?}", stopped.last_error);
+    assert!(attacker.requests().is_empty(), "the token went to the new base_url");
+
+    // Secrets the admin writes (and so knows) do go there.
+    allowed(
+        &mut admin,
+        "admin",
+        "UPDATE engage.channel_secrets SET secrets = '{\"access_token\": \"admins-token\"}' WHERE kind = 'whatsapp'",
+    );
+    assert_eq!(send(&mut owner, "c3").status, "sent");
+    let requests = attacker.requests();
+    let seen: Vec<Option<&str>> = requests.iter().map(|r| r.header("authorization")).collect();
+    assert_eq!(seen, [Some("Bearer admins-token")], "only the admin's own token went there");
+}
