@@ -82,6 +82,14 @@ CREATE TABLE engage.decisions (
     PRIMARY KEY (customer_id, occurred_at, trigger_id, event_id),
     CHECK ((outcome = 'suppressed') = (reason IS NOT NULL))
 );
+-- The insert path reads only decisions that fired or were held out (a control decision is one
+-- that would have fired), never the suppressed ones, which are most of a busy customer's:
+-- a cap reads its own trigger's in its window, however long the customer's history ...
+CREATE INDEX decisions_counted ON engage.decisions (customer_id, trigger_id, occurred_at)
+    WHERE outcome <> 'suppressed';
+-- ... and conflicts read every trigger's in the conflict window.
+CREATE INDEX decisions_rivals ON engage.decisions (customer_id, occurred_at)
+    WHERE outcome <> 'suppressed';
 COMMENT ON TABLE engage.decisions IS
     'One row per (event, matching trigger): fired, held_out (control group: would have fired, not sent), or suppressed and why. The primary key means nothing is decided twice.';
 COMMENT ON COLUMN engage.decisions.reason IS

@@ -21,16 +21,17 @@ pub fn read_stored_fired(candidates: &mut [Candidate], customers: &[String], hol
     if candidates.iter().all(|c| c.cap.is_none()) {
         return;
     }
-    let mut probe = Probe::open(c"decisions", c"decisions_pkey", 4);
+    // Only this trigger's fired and held-out decisions, however many others the customer has.
+    let mut probe = Probe::open(c"decisions", c"decisions_counted", 4);
     let outcome = probe.column(c"outcome");
     let occurred_at = probe.column(c"occurred_at");
     for (i, c) in candidates.iter_mut().enumerate() {
         let Some((_, window)) = c.cap else { continue };
         let keys = [
             Key::text_eq(1, &customers[c.customer]),
-            Key::timestamptz_gt(2, c.occurred_at.saturating_sub(window)),
-            Key::timestamptz_lt(2, c.occurred_at.saturating_add(window)),
-            Key::int4_eq(3, c.trigger_id),
+            Key::int4_eq(2, c.trigger_id),
+            Key::timestamptz_gt(3, c.occurred_at.saturating_sub(window)),
+            Key::timestamptz_lt(3, c.occurred_at.saturating_add(window)),
         ];
         let mut stored = Vec::new();
         probe.for_each(&keys, |row| {
@@ -124,7 +125,7 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
     let mut spans: Vec<(usize, (i64, i64, i64))> = spans.into_iter().collect();
     spans.sort_unstable();
 
-    let mut decisions = Probe::open(c"decisions", c"decisions_pkey", 3);
+    let mut decisions = Probe::open(c"decisions", c"decisions_rivals", 3);
     let d = (
         decisions.column(c"trigger_id"),
         decisions.column(c"event_id"),
