@@ -179,6 +179,55 @@ fn webhook_is_signed_rendered_and_logged() {
 // 2. email over SMTP
 // ---------------------------------------------------------------------------------------------
 
+/// Hostile templates, saved by the admin role (they parse): each message fails dead with the
+/// limit it went over, quickly, and the deliverer neither crashes nor stalls: an ordinary message
+/// queued behind them goes out at once, from the same worker process.
+#[test]
+fn a_template_over_its_rendering_budget_fails_its_message_and_nothing_else() {
+    let db = "dlv_template_budget";
+    let (cluster, mut c) = start_deliverer(db, &[]);
+    let receiver = HttpReceiver::new();
+    let secret = signing_secret(b"template budget key");
+    webhook_channel(&mut c, &receiver.url("/hook"), &secret, 8, "1 second");
+    let pid = wait_for_worker(&cluster, &mut c, None);
+    let mut admin = connect_as_member(&cluster, db, "admin", &["engage_admin"]);
+    let hostile = [
+        ("doubling", r#"{% assign s = "xx" %}{% for i in (1..60) %}{% assign s = s | append: s %}{% endfor %}{{ s | size }}"#, "exceeds"),
+        ("loops", "{% for a in (1..1000) %}{% for b in (1..1000) %}{% for c in (1..1000) %}{% endfor %}{% endfor %}{% endfor %}", "loop iterations"),
+        ("capture", "{% capture s %}ab{% endcapture %}{% for i in (1..60) %}{% capture s %}{{ s }}{{ s }}{% endcapture %}{% endfor %}", "exceeds"),
+    ];
+    for (name, body, _) in hostile {
+        admin
+            .execute("INSERT INTO engage.templates (name, channel, body) VALUES ($1, 'webhook', $2)", &[&name, &body])
+            .unwrap_or_else(|e| panic!("{name}: {}", error_text(&e)));
+        create_trigger(
+            &mut c,
+            name,
+            json!({"event": name, "category": "transactional", "action": {"channel": "webhook", "template": name}}),
+        );
+    }
+    create_trigger(
+        &mut c,
+        "plain",
+        json!({"event": "plain", "category": "transactional", "action": {"channel": "webhook"}}),
+    );
+    let started = std::time::Instant::now();
+    for (name, _, _) in hostile {
+        insert_event(&mut c, &format!("c_{name}"), name, json!({}));
+    }
+    insert_event(&mut c, "c_plain", "plain", json!({}));
+    let rows = wait_settled(&cluster, &mut c, hostile.len() + 1, WAIT);
+    println!("all settled in {:?}", started.elapsed());
+    for (name, _, limit) in hostile {
+        let row = rows.iter().find(|o| o.customer_id == format!("c_{name}")).unwrap();
+        assert_eq!(row.status, "dead", "{name}: {row:?}");
+        assert!(row.last_error.as_deref().is_some_and(|e| e.contains(limit)), "{name}: {:?}", row.last_error);
+    }
+    assert_eq!(rows.iter().find(|o| o.customer_id == "c_plain").unwrap().status, "sent");
+    assert!(started.elapsed() < Duration::from_secs(10), "rendering stalled delivery: {:?}", started.elapsed());
+    assert_eq!(wait_for_worker(&cluster, &mut c, None), pid, "the deliverer restarted");
+}
+
 /// Email goes over STARTTLS by default: the relay password is sent only once the connection is
 /// encrypted and the server's certificate verified; a server that cannot upgrade, or whose
 /// certificate is not trusted, gets nothing, not even the password (the message ends dead with
