@@ -21,7 +21,13 @@
 #   BENCH_PATTERNS      1 = also load bench/patterns.sql (20 pattern triggers: counts, sequences,
 #                       absences, combinations) on top of the 50; results go to
 #                       bench/results/patterns-latest.txt [0]
+#   BENCH_HISTORY       1 = measure against a stored history instead of truncated tables: runs
+#                       bench/history.sh (30 days of skewed customers, BENCH_HISTORY_POINTS
+#                       events of it, the heaviest customer against an average one) [0]
 set -euo pipefail
+if [ "${BENCH_HISTORY:-0}" = 1 ]; then
+  exec bash "$(dirname "${BASH_SOURCE[0]}")/history.sh"
+fi
 
 BENCH_SECONDS="${BENCH_SECONDS:-20}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"
