@@ -40,37 +40,57 @@ const LOCK_PENDING: &str = "\
 SELECT id FROM engage.outbox WHERE id = ANY($1) AND status = 'pending' FOR UPDATE";
 
 /// Turns replaced decisions into conflicts and withdraws their messages (every pending step, for a
-/// journey; an escalation already queued stands).
+/// journey; an escalation already queued stands). The steps are found from each replaced message
+/// through its customer's queue (`OFFSET 0` keeps that order), then updated by id: joined
+/// directly, the planner scanned every pending message once per replaced one when the statistics
+/// said none were pending (0.7 s a statement with 17,000 pending and 10 million events stored).
+/// CANCEL goes from the statement's events to their customers' queues the same way.
 const REPLACE: &str = "\
 WITH replaced AS (
   UPDATE engage.decisions d SET outcome = 'suppressed', reason = 'conflict'
     FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int8[]) AS r(customer_id, occurred_at, trigger_id, event_id)
    WHERE d.customer_id = r.customer_id COLLATE \"C\" AND d.occurred_at = r.occurred_at
      AND d.trigger_id = r.trigger_id AND d.event_id = r.event_id
+), steps AS MATERIALIZED (
+  SELECT step.id, m.detail
+    FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
+    JOIN engage.outbox r ON r.id = m.id
+    CROSS JOIN LATERAL (SELECT x.id FROM engage.outbox x
+                         WHERE x.customer_id = r.customer_id AND x.event_id = r.event_id
+                           AND x.trigger_id = r.trigger_id AND x.category <> 'escalation'
+                           AND x.status = 'pending'
+                        OFFSET 0) AS step
 )
 UPDATE engage.outbox o
-   SET status = 'suppressed', reason = 'conflict', last_error = m.detail
-  FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
-  JOIN engage.outbox r ON r.id = m.id
- WHERE o.customer_id = r.customer_id AND o.event_id = r.event_id AND o.trigger_id = r.trigger_id
-   AND o.category <> 'escalation' AND o.status = 'pending'";
+   SET status = 'suppressed', reason = 'conflict',
+       last_error = (SELECT s.detail FROM steps s WHERE s.id = o.id LIMIT 1)
+ WHERE o.id = ANY (ARRAY(SELECT s.id FROM steps s)) AND o.status = 'pending'";
 
 /// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
 /// the event's name, its properties containing the triggering event's `same` values, and an
 /// event time between the triggering event and the message's due time.
 const CANCEL: &str = "\
+WITH hit AS MATERIALIZED (
+  SELECT m.id, c.event_id, c.name
+    FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
+         AS c(event_id, customer_id, name, occurred_at, properties)
+    CROSS JOIN LATERAL (
+          SELECT x.id FROM engage.outbox x
+           WHERE x.customer_id = c.customer_id COLLATE \"C\"
+             AND x.status = 'pending'
+             AND x.cancel_on IS NOT NULL
+             AND x.scheduled_at > c.occurred_at
+             AND EXISTS (SELECT 1 FROM jsonb_array_elements(x.cancel_on) AS y
+                          WHERE y ->> 'event' = c.name AND c.properties::jsonb @> (y -> 'same'))
+             AND c.occurred_at >= (SELECT e.occurred_at FROM engage.events e WHERE e.id = x.event_id)
+          OFFSET 0) AS m
+)
 UPDATE engage.outbox o
-   SET status = 'cancelled', cancelled_by = c.event_id, reason = 'cancel_on',
-       last_error = 'cancelled by event ' || c.event_id || ' (' || c.name || ')'
-  FROM unnest($1::int8[], $2::text[], $3::text[], $4::timestamptz[], $5::text[])
-       AS c(event_id, customer_id, name, occurred_at, properties)
- WHERE o.customer_id = c.customer_id COLLATE \"C\"
-   AND o.status = 'pending'
-   AND o.cancel_on IS NOT NULL
-   AND o.scheduled_at > c.occurred_at
-   AND EXISTS (SELECT 1 FROM jsonb_array_elements(o.cancel_on) AS x
-                WHERE x ->> 'event' = c.name AND c.properties::jsonb @> (x -> 'same'))
-   AND c.occurred_at >= (SELECT e.occurred_at FROM engage.events e WHERE e.id = o.event_id)";
+   SET status = 'cancelled', reason = 'cancel_on',
+       cancelled_by = (SELECT h.event_id FROM hit h WHERE h.id = o.id ORDER BY h.event_id LIMIT 1),
+       last_error = (SELECT 'cancelled by event ' || h.event_id || ' (' || h.name || ')'
+                       FROM hit h WHERE h.id = o.id ORDER BY h.event_id LIMIT 1)
+ WHERE o.id = ANY (ARRAY(SELECT h.id FROM hit h)) AND o.status = 'pending'";
 
 /// Cancels messages just queued whose cancelling event is already stored: the triggering event
 /// arrived late, after an event that cancels it (same rules as CANCEL).
