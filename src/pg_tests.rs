@@ -1236,6 +1236,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_journey_replaced_by_a_better_trigger_withdraws_every_pending_step_and_nothing_else() {
+        run(r#"SELECT engage.create_trigger('series', '{"event": "browse", "priority": 1,
+                "steps": [{"action": {"channel": "email", "template": "a"}},
+                          {"wait": "1d", "action": {"channel": "email", "template": "b"}}],
+                "escalate": {"action": {"channel": "webhook", "payload": {"team": "sales"}}}}')"#);
+        run(r#"SELECT engage.create_trigger('offer', '{"event": "cart", "priority": 9,
+                "action": {"channel": "email", "template": "offer"}}')"#);
+        event("c", "browse", "{}", "2026-01-01 10:00+00");
+        event("other", "browse", "{}", "2026-01-01 10:00+00");
+        event("c", "cart", "{}", "2026-01-01 10:05+00");
+        assert_eq!(outcomes_of("series"), "browse@01 10:00=conflict,browse@01 10:00=fired");
+        assert_eq!(
+            text("SELECT string_agg(o.customer_id || ':' || o.category || ':' || o.step || ':' || o.status
+                                    || coalesce(':' || regexp_replace(o.last_error, '[0-9]+', 'N', 'g'), ''), ',' ORDER BY o.id)
+                    FROM engage.outbox o").as_deref(),
+            Some("c:escalation:0:pending,c:marketing:0:suppressed:conflict: replaced by trigger N (event N),\
+                  c:marketing:1:suppressed:conflict: replaced by trigger N (event N),\
+                  other:escalation:0:pending,other:marketing:0:pending,other:marketing:1:pending,\
+                  c:marketing:0:pending")
+        );
+    }
+
+    #[pg_test]
     fn reentry_once_lets_a_customer_in_a_single_time() {
         run(r#"SELECT engage.create_trigger('first_order', '{"event": "order", "reentry": "once",
                 "action": {"channel": "webhook"}}')"#);

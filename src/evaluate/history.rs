@@ -89,6 +89,9 @@ pub struct History {
     /// Per rival: the id of its pending message (None when it was held out or its message is
     /// already claimed, sent or stopped).
     pub rival_messages: Vec<Option<i64>>,
+    /// Per rival: every pending message of it (each step of a journey), which replacing it
+    /// withdraws.
+    pub rival_steps: Vec<Vec<i64>>,
     pub queued: Vec<Queued>,
     /// Pending messages of replaced rivals this transaction has locked (see `store::lock_pending`).
     pub locked: Vec<i64>,
@@ -186,6 +189,7 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
                     replaceable: !fired,
                 });
                 history.rival_messages.push(None);
+                history.rival_steps.push(Vec::new());
             },
         );
         if !fired_rivals && longest_cap.is_none() {
@@ -225,6 +229,11 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
                 if m.pending {
                     history.rivals[r].replaceable = true;
                     history.rival_messages[r] = Some(m.id);
+                    history.rival_steps[r] = open
+                        .iter()
+                        .filter(|s| s.pending && s.event_id == rival.event_id && s.trigger_id == rival.trigger_id)
+                        .map(|s| s.id)
+                        .collect();
                 }
             }
         }

@@ -264,7 +264,8 @@ fn decide_and_write(
         let unlocked: Vec<i64> = verdict
             .replaced
             .iter()
-            .filter_map(|&r| history.rival_messages[r])
+            .flat_map(|&r| &history.rival_steps[r])
+            .copied()
             .filter(|m| !history.locked.contains(m))
             .collect();
         if unlocked.is_empty() {
@@ -274,7 +275,12 @@ fn decide_and_write(
         for m in unlocked {
             if locked.contains(&m) {
                 history.locked.push(m);
-            } else if let Some(r) = history.rival_messages.iter().position(|&x| x == Some(m)) {
+                continue;
+            }
+            for steps in &mut history.rival_steps {
+                steps.retain(|&s| s != m);
+            }
+            if let Some(r) = history.rival_messages.iter().position(|&x| x == Some(m)) {
                 history.rivals[r].replaceable = false;
             }
         }
@@ -296,33 +302,33 @@ fn decide_and_write(
         }
     }
     if !verdict.replaced.is_empty() {
-        store::replace(
-            verdict
-                .replaced
-                .iter()
-                .map(|&r| {
-                    let rival = &history.rivals[r];
-                    let winner = candidates
-                        .iter()
-                        .zip(&outcomes)
-                        .filter(|(c, o)| {
-                            **o != Outcome::Suppressed(policy::Reason::Conflict) && c.customer == rival.customer
-                        })
-                        .max_by_key(|(c, _)| (c.priority, std::cmp::Reverse(c.trigger_id)));
-                    store::Replaced {
-                        customer_id: &customers[rival.customer],
-                        occurred_at: rival.occurred_at,
-                        trigger_id: rival.trigger_id,
-                        event_id: rival.event_id,
-                        message: history.rival_messages[r],
-                        detail: winner.map_or_else(
-                            || "conflict: replaced by a higher-priority trigger".to_string(),
-                            |(w, _)| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
-                        ),
-                    }
-                })
-                .collect(),
-        );
+        let mut withdrawn = Vec::new();
+        let replaced = verdict
+            .replaced
+            .iter()
+            .map(|&r| {
+                let rival = &history.rivals[r];
+                let winner = candidates
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(c, o)| {
+                        **o != Outcome::Suppressed(policy::Reason::Conflict) && c.customer == rival.customer
+                    })
+                    .max_by_key(|(c, _)| (c.priority, std::cmp::Reverse(c.trigger_id)));
+                let detail = winner.map_or_else(
+                    || "conflict: replaced by a higher-priority trigger".to_string(),
+                    |(w, _)| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
+                );
+                withdrawn.extend(history.rival_steps[r].iter().map(|&m| (m, detail.clone())));
+                store::Replaced {
+                    customer_id: &customers[rival.customer],
+                    occurred_at: rival.occurred_at,
+                    trigger_id: rival.trigger_id,
+                    event_id: rival.event_id,
+                }
+            })
+            .collect();
+        store::replace(replaced, withdrawn);
     }
 
     let mut decisions = store::Decisions::default();
