@@ -11,6 +11,7 @@ mod history;
 mod lock;
 mod pattern;
 mod probe;
+mod profile;
 pub mod rules;
 mod store;
 mod transition;
@@ -159,7 +160,7 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
             matched.iter().chain(&needs_profile).map(|&(e, _)| customers[events[e].customer].as_str()).collect();
         wanted.sort_unstable();
         wanted.dedup();
-        let profiles: HashMap<String, store::Profile> = store::profiles(wanted).into_iter().collect();
+        let profiles = profile::read(&wanted, rules.rules.iter().any(|r| r.uses_profile));
         for (e, r) in needs_profile {
             let event = &events[e];
             let profile = profiles.get(&customers[event.customer]).map_or(&null, |p| &p.attributes);
@@ -206,7 +207,7 @@ fn decide_and_write(
     rules: &rules::RuleSet,
     events: &[Pending],
     customers: &[String],
-    profiles: &HashMap<String, store::Profile>,
+    profiles: &HashMap<String, profile::Profile>,
     matched: &[(usize, usize)],
     marked: &mut Vec<String>,
 ) {
@@ -216,7 +217,7 @@ fn decide_and_write(
     } else {
         String::new()
     };
-    let no_profile = store::Profile::default();
+    let no_profile = profile::Profile::default();
     let plans: Vec<Plan> = matched
         .iter()
         .map(|&(e, r)| {
@@ -302,22 +303,26 @@ fn decide_and_write(
         }
     }
     if !verdict.replaced.is_empty() {
+        // Per customer, the best candidate that was not beaten (the last of equals, as
+        // `max_by_key`): what replaced its rivals.
+        let mut winners: HashMap<usize, &policy::Candidate> = HashMap::new();
+        let unbeaten =
+            candidates.iter().zip(&outcomes).filter(|(_, o)| **o != Outcome::Suppressed(policy::Reason::Conflict));
+        for (c, _) in unbeaten {
+            let best = winners.entry(c.customer).or_insert(c);
+            if (c.priority, std::cmp::Reverse(c.trigger_id)) >= (best.priority, std::cmp::Reverse(best.trigger_id)) {
+                *best = c;
+            }
+        }
         let mut withdrawn = Vec::new();
         let replaced = verdict
             .replaced
             .iter()
             .map(|&r| {
                 let rival = &history.rivals[r];
-                let winner = candidates
-                    .iter()
-                    .zip(&outcomes)
-                    .filter(|(c, o)| {
-                        **o != Outcome::Suppressed(policy::Reason::Conflict) && c.customer == rival.customer
-                    })
-                    .max_by_key(|(c, _)| (c.priority, std::cmp::Reverse(c.trigger_id)));
-                let detail = winner.map_or_else(
+                let detail = winners.get(&rival.customer).map_or_else(
                     || "conflict: replaced by a higher-priority trigger".to_string(),
-                    |(w, _)| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
+                    |w| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
                 );
                 withdrawn.extend(history.rival_steps[r].iter().map(|&m| (m, detail.clone())));
                 store::Replaced {
@@ -440,7 +445,7 @@ fn plan<'r>(
     rules: &'r rules::RuleSet,
     rule: &'r rules::CompiledRule,
     customer_id: &str,
-    profile: &store::Profile,
+    profile: &profile::Profile,
     event: &Pending,
     default_zone: &str,
 ) -> Plan<'r> {
@@ -465,7 +470,7 @@ fn route(
     action: &Action,
     wait: i64,
     category: Category,
-    profile: &store::Profile,
+    profile: &profile::Profile,
     event: &Pending,
     default_zone: &str,
 ) -> (Result<(Channel, String), policy::Reason>, i64) {

@@ -5,7 +5,8 @@
 //! snapshot was taken, so REPEATABLE READ transactions see them too) plus this transaction's own
 //! rows, including those of the current statement. Every probe runs under the advisory lock of
 //! its key (customer or idempotency key), so no other transaction can have a matching row in
-//! flight: "dirty" here means exactly "latest".
+//! flight: "dirty" here means exactly "latest". Tables the insert path does not write under that
+//! lock (profiles) are read with an MVCC snapshot instead, as a query would (`open_current`).
 
 use crate::sql_error;
 use pgrx::prelude::*;
@@ -19,6 +20,8 @@ pub struct Probe {
     slot: *mut pg_sys::TupleTableSlot,
     // Boxed so its address stays valid while the scan uses it.
     snapshot: Box<pg_sys::SnapshotData>,
+    /// The MVCC snapshot of a probe opened with `open_current`, else null.
+    registered: pg_sys::Snapshot,
     nkeys: i32,
     skip_in_flight: bool,
 }
@@ -90,8 +93,21 @@ fn text_datum(value: &str) -> pg_sys::Datum {
 }
 
 impl Probe {
-    /// Opens a scan on `engage.<index>` of `engage.<table>` taking `nkeys` keys.
+    /// Opens a scan on `engage.<index>` of `engage.<table>` taking `nkeys` keys, reading the
+    /// latest rows (see the module's comment).
     pub fn open(table: &CStr, index: &CStr, nkeys: i32) -> Probe {
+        Probe::open_with(table, index, nkeys, false)
+    }
+
+    /// Opens a scan like `open` that reads rows as a query run now would (a new snapshot under
+    /// READ COMMITTED, the transaction's under REPEATABLE READ, with every change of this
+    /// transaction so far, such as the profile an earlier row of the statement updated): for
+    /// tables the insert path does not write under the customer lock (profiles).
+    pub fn open_current(table: &CStr, index: &CStr, nkeys: i32) -> Probe {
+        Probe::open_with(table, index, nkeys, true)
+    }
+
+    fn open_with(table: &CStr, index: &CStr, nkeys: i32, current: bool) -> Probe {
         // SAFETY: catalog look-ups and relation opens with locks held to the end of the
         // transaction; the snapshot outlives the scan (it is dropped after index_endscan).
         unsafe {
@@ -110,9 +126,20 @@ impl Probe {
             let index = pg_sys::index_open(index_oid, lock);
             let mut snapshot: Box<pg_sys::SnapshotData> = Box::new(std::mem::zeroed());
             snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-            let scan = pg_sys::index_beginscan(heap, index, &mut *snapshot, nkeys, 0);
+            // As SPI does for each query: see this transaction's changes, then take the snapshot
+            // (a registered copy, released with the scan).
+            let registered = if current {
+                pg_sys::CommandCounterIncrement();
+                let copy = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
+                (*copy).curcid = pg_sys::GetCurrentCommandId(false);
+                copy
+            } else {
+                std::ptr::null_mut()
+            };
+            let seen = if current { registered } else { &mut *snapshot };
+            let scan = pg_sys::index_beginscan(heap, index, seen, nkeys, 0);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
-            Probe { heap, index, scan, slot, snapshot, nkeys, skip_in_flight: false }
+            Probe { heap, index, scan, slot, snapshot, registered, nkeys, skip_in_flight: false }
         }
     }
 
@@ -219,6 +246,9 @@ impl Drop for Probe {
         // SAFETY: closes what `open` opened, in reverse order; locks stay until transaction end.
         unsafe {
             pg_sys::index_endscan(self.scan);
+            if !self.registered.is_null() {
+                pg_sys::UnregisterSnapshot(self.registered);
+            }
             pg_sys::ExecDropSingleTupleTableSlot(self.slot);
             pg_sys::index_close(self.index, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::table_close(self.heap, pg_sys::NoLock as pg_sys::LOCKMODE);

@@ -2,18 +2,8 @@
 //! statement, with arrays as parameters (set-based, no per-row planning).
 
 use crate::sql_error;
-use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use std::cell::OnceCell;
-
-/// What the insert path needs to know about the statement's customers: profile attributes,
-/// preferred channel, consent, time zone, and the channels they are suppressed on.
-const PROFILES: &str = "\
-SELECT q.customer_id, p.attributes, p.preferred_channel, p.consent, p.timezone,
-       (SELECT array_agg(s.channel) FROM engage.suppressions s WHERE s.customer_id = q.customer_id)
-  FROM unnest($1::text[]) AS q(customer_id)
-  LEFT JOIN engage.profiles p ON p.customer_id = q.customer_id";
 
 /// All decisions and all outbox rows of a statement, in one statement; an escalation's message is
 /// also recorded as its decision in engage.escalations.
@@ -116,7 +106,6 @@ UPDATE engage.outbox o
 const MARK_METRICS: &str = "INSERT INTO engage.metrics_dirty (customer_id) SELECT unnest($1::text[])";
 
 struct Plans {
-    profiles: OwnedPreparedStatement,
     write: Prepared,
     cancel: Prepared,
     cancel_stored: Prepared,
@@ -202,63 +191,59 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
     PLANS.with(|cell| {
         let plans = cell.get_or_init(|| {
             use pg_sys::PgBuiltInOids as T;
-            let oid = |t: T| PgOid::BuiltIn(t);
-            Spi::connect(|client| -> Result<Plans, pgrx::spi::Error> {
-                Ok(Plans {
-                    profiles: client.prepare(PROFILES, &[oid(T::TEXTARRAYOID)])?.keep(),
-                    write: Prepared::prepare(
-                        WRITE,
-                        &[
-                            T::INT8ARRAYOID,
-                            T::INT4ARRAYOID,
-                            T::INT4ARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TIMESTAMPTZARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::INT8ARRAYOID,
-                            T::INT4ARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TIMESTAMPTZARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::TEXTARRAYOID,
-                            T::INT4ARRAYOID,
-                        ],
-                        Planning::Generic,
-                    ),
-                    cancel: Prepared::prepare(
-                        CANCEL,
-                        &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
-                        Planning::EveryCall,
-                    ),
-                    cancel_stored: Prepared::prepare(
-                        CANCEL_STORED,
-                        &[T::INT8ARRAYOID, T::TEXTARRAYOID],
-                        Planning::EveryCall,
-                    ),
-                    mark_metrics: Prepared::prepare(MARK_METRICS, &[T::TEXTARRAYOID], Planning::Generic),
-                    lock_pending: Prepared::prepare(LOCK_PENDING, &[T::INT8ARRAYOID], Planning::EveryCall),
-                    replace: Prepared::prepare(
-                        REPLACE,
-                        &[
-                            T::TEXTARRAYOID,
-                            T::TIMESTAMPTZARRAYOID,
-                            T::INT4ARRAYOID,
-                            T::INT8ARRAYOID,
-                            T::INT8ARRAYOID,
-                            T::TEXTARRAYOID,
-                        ],
-                        Planning::EveryCall,
-                    ),
-                })
+            // Inside an SPI connection, as SPI_prepare needs.
+            Spi::connect(|_client| Plans {
+                write: Prepared::prepare(
+                    WRITE,
+                    &[
+                        T::INT8ARRAYOID,
+                        T::INT4ARRAYOID,
+                        T::INT4ARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TIMESTAMPTZARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::INT8ARRAYOID,
+                        T::INT4ARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TIMESTAMPTZARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::TEXTARRAYOID,
+                        T::INT4ARRAYOID,
+                    ],
+                    Planning::Generic,
+                ),
+                cancel: Prepared::prepare(
+                    CANCEL,
+                    &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
+                    Planning::EveryCall,
+                ),
+                cancel_stored: Prepared::prepare(
+                    CANCEL_STORED,
+                    &[T::INT8ARRAYOID, T::TEXTARRAYOID],
+                    Planning::EveryCall,
+                ),
+                mark_metrics: Prepared::prepare(MARK_METRICS, &[T::TEXTARRAYOID], Planning::Generic),
+                lock_pending: Prepared::prepare(LOCK_PENDING, &[T::INT8ARRAYOID], Planning::EveryCall),
+                replace: Prepared::prepare(
+                    REPLACE,
+                    &[
+                        T::TEXTARRAYOID,
+                        T::TIMESTAMPTZARRAYOID,
+                        T::INT4ARRAYOID,
+                        T::INT8ARRAYOID,
+                        T::INT8ARRAYOID,
+                        T::TEXTARRAYOID,
+                    ],
+                    Planning::EveryCall,
+                ),
             })
-            .unwrap_or_else(|e| sql_error::internal(&format!("could not prepare the insert-path statements: {e}")))
         });
         f(plans)
     })
@@ -268,44 +253,6 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
 pub fn timestamptz(micros: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros)
         .unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
-}
-
-/// What the insert path reads of a customer (all empty for a customer without a profile).
-#[derive(Default)]
-pub struct Profile {
-    pub attributes: serde_json::Value,
-    pub preferred_channel: Option<String>,
-    pub consent: serde_json::Value,
-    pub timezone: Option<String>,
-    /// Channels (or "all") the customer is on the suppression list for.
-    pub suppressed: Vec<String>,
-}
-
-/// Profiles of the given customers, by customer id.
-pub fn profiles(customer_ids: Vec<&str>) -> Vec<(String, Profile)> {
-    with_plans(|plans| {
-        Spi::connect(|client| {
-            let args: [DatumWithOid; 1] = [customer_ids.into()];
-            client
-                .select(&plans.profiles, None, &args)?
-                .map(|row| {
-                    let id: String = row.get(1)?.unwrap_or_default();
-                    let json = |j: Option<crate::jsonb::Lenient>| j.map_or(serde_json::Value::Null, |j| j.0);
-                    Ok((
-                        id,
-                        Profile {
-                            attributes: json(row.get(2)?),
-                            preferred_channel: row.get(3)?,
-                            consent: json(row.get(4)?),
-                            timezone: row.get(5)?,
-                            suppressed: row.get(6)?.unwrap_or_default(),
-                        },
-                    ))
-                })
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
-        })
-    })
-    .unwrap_or_else(|e| sql_error::internal(&format!("could not read profiles: {e}")))
 }
 
 /// Column arrays for `engage.decisions`.

@@ -10,6 +10,7 @@ pub mod quiet_hours;
 
 use crate::rule::Channel;
 use std::cmp::Reverse;
+use std::collections::HashMap;
 
 /// Why a matching trigger did not fire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,7 +243,12 @@ pub fn decide(
             (r.customer, Reverse(r.priority), r.trigger_id, r.occurred_at, r.event_id)
         }
     };
-    order.sort_by_key(key);
+    order.sort_by_cached_key(key);
+    // Rivals whose message is already out stand, whatever their rank.
+    let mut standing: HashMap<usize, Vec<(i32, i64, bool)>> = HashMap::new();
+    for r in rivals.iter().filter(|r| !r.replaceable) {
+        standing.entry(r.customer).or_default().push((r.trigger_id, r.occurred_at, false));
+    }
     // Kept entries of the current customer: (trigger, event time, is a candidate).
     let mut kept: Vec<(i32, i64, bool)> = Vec::new();
     let mut customer = None;
@@ -255,13 +261,7 @@ pub fn decide(
         if customer != Some(who) {
             customer = Some(who);
             kept.clear();
-            // Rivals whose message is already out stand, whatever their rank.
-            kept.extend(
-                rivals
-                    .iter()
-                    .filter(|r| r.customer == who && !r.replaceable)
-                    .map(|r| (r.trigger_id, r.occurred_at, false)),
-            );
+            kept.extend(standing.get(&who).into_iter().flatten());
         }
         match *entry {
             Ok(i) => {
