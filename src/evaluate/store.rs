@@ -26,9 +26,10 @@ SELECT event_id, trigger_id, customer_id, id FROM queued WHERE category = 'escal
 
 /// Locks the messages a better candidate is about to withdraw, so no deliverer claims them
 /// meanwhile (claim skips locked rows); returns the ids that were still pending. Each is looked up
-/// by its key alone and its status read once locked: with `status = 'pending'` beside `id = ANY`,
-/// statistics taken when nothing was pending made the planner AND the key look-ups with a scan of
-/// every pending message (outbox_open_due), 5 ms for 150 messages among 150,000 pending.
+/// by its key alone (the only plan, kept for every call) and its status read once locked: with
+/// `status = 'pending'` beside `id = ANY`, statistics taken when nothing was pending made the
+/// planner AND the key look-ups with a scan of every pending message (outbox_open_due), 5 ms for
+/// 150 messages among 150,000 pending.
 const LOCK_PENDING: &str = "\
 SELECT o.id
   FROM unnest($1::int8[]) AS m(id)
@@ -37,18 +38,26 @@ SELECT o.id
 
 /// Turns replaced decisions into conflicts and withdraws their messages: every pending step of
 /// the rival (an escalation already queued stands), found by the history read and locked by
-/// LOCK_PENDING in this transaction, so they are still pending and are updated by key.
+/// LOCK_PENDING in this transaction, so they are still pending. Each row is found by its key
+/// alone, then updated by its row address: a plan that can only do that is safe to keep for
+/// every call (a join planned while a table was nearly empty hashed a sequential scan of it).
 const REPLACE: &str = "\
 WITH replaced AS (
   UPDATE engage.decisions d SET outcome = 'suppressed', reason = 'conflict'
-    FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int8[]) AS r(customer_id, occurred_at, trigger_id, event_id)
-   WHERE d.customer_id = r.customer_id COLLATE \"C\" AND d.occurred_at = r.occurred_at
-     AND d.trigger_id = r.trigger_id AND d.event_id = r.event_id
+    FROM (SELECT x.ctid
+            FROM unnest($1::text[], $2::timestamptz[], $3::int4[], $4::int8[]) AS r(customer_id, occurred_at, trigger_id, event_id)
+           CROSS JOIN LATERAL (SELECT y.ctid FROM engage.decisions y
+                                WHERE y.customer_id = r.customer_id COLLATE \"C\" AND y.occurred_at = r.occurred_at
+                                  AND y.trigger_id = r.trigger_id AND y.event_id = r.event_id
+                               OFFSET 0) AS x) AS r
+   WHERE d.ctid = r.ctid
 )
 UPDATE engage.outbox o
    SET status = 'suppressed', reason = 'conflict', last_error = m.detail
-  FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
- WHERE o.id = m.id";
+  FROM (SELECT x.ctid, m.detail
+          FROM unnest($5::int8[], $6::text[]) AS m(id, detail)
+         CROSS JOIN LATERAL (SELECT y.ctid FROM engage.outbox y WHERE y.id = m.id OFFSET 0) AS x) AS m
+ WHERE o.ctid = m.ctid";
 
 /// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
 /// the event's name, its properties containing the triggering event's `same` values, and an
@@ -117,9 +126,10 @@ struct Plans {
 /// How a prepared statement is planned.
 #[derive(Clone, Copy)]
 enum Planning {
-    /// Once, for every call: for statements without joins (an INSERT from arrays). With array
-    /// parameters the plan cache would otherwise keep choosing custom plans (the planner sizes
-    /// `unnest` from the actual array, so a custom plan always looks cheaper).
+    /// Once, for every call: for statements without joins (an INSERT from arrays) or whose only
+    /// plan is a look-up by key per array element. With array parameters the plan cache would
+    /// otherwise keep choosing custom plans (the planner sizes `unnest` from the actual array, so
+    /// a custom plan always looks cheaper) and plan the statement on every call.
     Generic,
     /// On every call, with the tables' current sizes: for statements that join the growing tables.
     /// A plan kept from a backend's first call, made when a table was nearly empty, joined it with
@@ -230,7 +240,7 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                     Planning::EveryCall,
                 ),
                 mark_metrics: Prepared::prepare(MARK_METRICS, &[T::TEXTARRAYOID], Planning::Generic),
-                lock_pending: Prepared::prepare(LOCK_PENDING, &[T::INT8ARRAYOID], Planning::EveryCall),
+                lock_pending: Prepared::prepare(LOCK_PENDING, &[T::INT8ARRAYOID], Planning::Generic),
                 replace: Prepared::prepare(
                     REPLACE,
                     &[
@@ -241,7 +251,7 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
                         T::INT8ARRAYOID,
                         T::TEXTARRAYOID,
                     ],
-                    Planning::EveryCall,
+                    Planning::Generic,
                 ),
             })
         });
