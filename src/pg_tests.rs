@@ -1258,6 +1258,32 @@ mod tests {
         );
     }
 
+    #[pg_test(error = "engage.outbox has a column the insert path does not write: note")]
+    fn an_altered_outbox_is_refused_by_name_rather_than_written_wrong() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "webhook"}}')"#);
+        run("ALTER TABLE engage.outbox ADD COLUMN note text NOT NULL DEFAULT 'x'");
+        event("c", "e", "{}", "2026-01-01 10:00+00");
+    }
+
+    #[pg_test]
+    fn a_message_row_holds_every_column_an_insert_would_have_given_it() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "wait": "1h",
+                "action": {"channel": "preferred", "fallback": ["sms", "email"], "template": "x", "payload": {"a": [1, "b"]}},
+                "cancel_on": [{"event": "stop", "same": ["k"]}]}')"#);
+        run("SELECT engage.identify('c', '{\"preferred_channel\": \"push\"}')");
+        event("c", "e", r#"{"k": 7}"#, "2026-01-01 10:00+00");
+        assert_eq!(
+            text("SELECT concat_ws('|', o.id = (SELECT last_value FROM engage.outbox_id_seq), o.event_id = e.id, o.channel,
+                                   o.fallback::text, o.template, o.payload::text, o.due_at = e.occurred_at + interval '1 hour',
+                                   o.scheduled_at = o.due_at, o.cancel_on::text, o.cancelled_by IS NULL, o.category, o.step,
+                                   o.status, o.reason IS NULL, o.attempts, o.lease, o.lease_until IS NULL, o.claimed_by IS NULL,
+                                   o.sent_at IS NULL, o.last_error IS NULL, o.created_at = now(),
+                                   (SELECT d.decided_at = now() AND d.outcome = 'fired' AND d.reason IS NULL FROM engage.decisions d))
+                    FROM engage.outbox o JOIN engage.events e ON e.id = o.event_id").as_deref(),
+            Some(r#"t|t|push|{sms,email}|x|{"a": [1, "b"]}|t|t|[{"same": {"k": 7}, "event": "stop"}]|t|marketing|0|pending|t|0|0|t|t|t|t|t|t"#)
+        );
+    }
+
     #[pg_test]
     fn reentry_once_lets_a_customer_in_a_single_time() {
         run(r#"SELECT engage.create_trigger('first_order', '{"event": "order", "reentry": "once",

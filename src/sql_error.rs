@@ -63,6 +63,20 @@ pub fn duplicate_trigger(name: &str) -> ! {
     )
 }
 
+/// `55000 object_not_in_prerequisite_state`: one of pg_engage's tables no longer has the columns
+/// the insert path writes (someone altered it).
+pub fn altered_table(table: &str, problem: String) -> ! {
+    raise(
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("engage.{table} {problem}"),
+            "pg_engage",
+        )
+        .set_detail("The insert path writes every column of this table itself.")
+        .set_hint("Undo the change to the table; its columns change only with pg_engage's own upgrades."),
+    )
+}
+
 /// `XX000 internal_error`: something pg_engage itself did not expect (a bug, or a damaged schema).
 pub fn internal(message: &str) -> ! {
     raise(ErrorReport::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("pg_engage: {message}"), "pg_engage"))

@@ -4,7 +4,8 @@
 //! Per statement: read the transition table once; match events against the cached rules;
 //! fetch the matched customers' profiles once (profile rules, consent, suppression, time zone);
 //! plan each match (variant, channel, send time); lock the customers and read their history with
-//! index probes; apply the policy; write all decisions and outbox rows with one statement.
+//! index probes; apply the policy; write all decisions and outbox rows straight into their tables
+//! (`write`).
 
 pub mod consent;
 mod history;
@@ -15,6 +16,7 @@ mod profile;
 pub mod rules;
 mod store;
 mod transition;
+mod write;
 
 use crate::policy::{self, quiet_hours, Candidate, Outcome};
 use crate::rule::journey::Reentry;
@@ -197,7 +199,7 @@ struct Plan<'r> {
     variant: Option<&'r str>,
     action: &'r Action,
     /// The chosen channel and the fallbacks left after it, or why no channel is allowed.
-    channel: Result<(Channel, String), policy::Reason>,
+    channel: Result<(Channel, Vec<Channel>), policy::Reason>,
     send_at: i64,
 }
 
@@ -336,8 +338,8 @@ fn decide_and_write(
         store::replace(replaced, withdrawn);
     }
 
-    let mut decisions = store::Decisions::default();
-    let mut outbox = store::Outbox::default();
+    let mut decisions = Vec::with_capacity(matched.len());
+    let mut messages = Vec::new();
     for (((&(e, r), candidate), outcome), plan) in matched.iter().zip(&candidates).zip(outcomes).zip(&plans) {
         let rule = &rules.rules[r];
         let customer_id = customers[candidate.customer].as_str();
@@ -353,85 +355,90 @@ fn decide_and_write(
             if outcome != Outcome::Suppressed(policy::Reason::Cap)
                 && escalation.when.as_ref().is_none_or(|w| w.holds(&facts))
             {
-                outbox.push(candidate.event_id, rule.id, customer_id, Channel::Webhook.as_str(), String::new());
-                outbox.template.push(None);
-                outbox.payload.push(&escalation.action.payload);
-                outbox.due_at.push(store::timestamptz(events[e].occurred_at));
-                outbox.cancel_on.push(None);
-                outbox.category.push("escalation");
-                outbox.variant.push(None);
-                outbox.step.push(0);
+                messages.push(write::Message {
+                    event_id: candidate.event_id,
+                    trigger_id: rule.id,
+                    customer_id,
+                    channel: Channel::Webhook.as_str(),
+                    fallback: Vec::new(),
+                    template: None,
+                    payload: &escalation.action.payload,
+                    due_at: events[e].occurred_at,
+                    cancel_on: None,
+                    category: "escalation",
+                    variant: None,
+                    step: 0,
+                });
             }
         }
-        decisions.event_id.push(candidate.event_id);
-        decisions.trigger_id.push(rule.id);
-        decisions.trigger_version.push(rule.version);
-        decisions.customer_id.push(customer_id);
-        decisions.occurred_at.push(store::timestamptz(events[e].occurred_at));
-        decisions.variant.push(plan.variant);
         if matches!(outcome, Outcome::Fired | Outcome::HeldOut) && rules.with_goal.contains(&rule.id) {
             marked.push(customer_id.to_string());
         }
-        match outcome {
-            Outcome::Fired => {
-                decisions.outcome.push("fired");
-                decisions.reason.push(None);
-                let Ok((channel, fallback)) = &plan.channel else { continue };
-                outbox.push(candidate.event_id, rule.id, customer_id, channel.as_str(), fallback.clone());
-                outbox.template.push(plan.action.template.as_deref());
-                outbox.payload.push(&plan.action.payload);
-                outbox.due_at.push(store::timestamptz(plan.send_at));
-                outbox.cancel_on.push(cancel_conditions(&rule.definition.cancel_on, &events[e].properties));
-                outbox.category.push(rule.definition.category.as_str());
-                outbox.variant.push(plan.variant);
-                outbox.step.push(0);
-                // A journey's later steps are queued now too, each to be cancelled by its own
-                // conditions and the exit; the deliverer checks consent and caps again when each
-                // is due.
-                for (k, step) in rule.definition.later_steps.iter().enumerate() {
-                    let (routed, send_at) = route(
-                        rules,
-                        &step.action,
-                        step.wait_micros,
-                        rule.definition.category,
-                        profile,
-                        &events[e],
-                        &default_zone,
-                    );
-                    let (channel, fallback) = routed.unwrap_or_else(|_| {
-                        let (first, rest) = choose_channel(&step.action, profile.preferred_channel.as_deref());
-                        (first, rest.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","))
-                    });
-                    outbox.push(candidate.event_id, rule.id, customer_id, channel.as_str(), fallback);
-                    outbox.template.push(step.action.template.as_deref());
-                    outbox.payload.push(&step.action.payload);
-                    outbox.due_at.push(store::timestamptz(send_at));
-                    outbox.cancel_on.push(cancel_conditions(&step.cancel_on, &events[e].properties));
-                    outbox.category.push(rule.definition.category.as_str());
-                    outbox.variant.push(None);
-                    outbox.step.push(k as i32 + 1);
-                }
-            }
-            Outcome::HeldOut => {
-                decisions.outcome.push("held_out");
-                decisions.reason.push(None);
-            }
-            Outcome::Suppressed(reason) => {
-                decisions.outcome.push("suppressed");
-                decisions.reason.push(Some(reason.as_str()));
-            }
+        let (outcome, reason) = match outcome {
+            Outcome::Fired => ("fired", None),
+            Outcome::HeldOut => ("held_out", None),
+            Outcome::Suppressed(reason) => ("suppressed", Some(reason.as_str())),
+        };
+        decisions.push(write::Decision {
+            event_id: candidate.event_id,
+            trigger_id: rule.id,
+            trigger_version: rule.version,
+            customer_id,
+            occurred_at: events[e].occurred_at,
+            outcome,
+            reason,
+            variant: plan.variant,
+        });
+        let (true, Ok((channel, fallback))) = (outcome == "fired", &plan.channel) else { continue };
+        messages.push(write::Message {
+            event_id: candidate.event_id,
+            trigger_id: rule.id,
+            customer_id,
+            channel: channel.as_str(),
+            fallback: fallback.iter().map(|c| c.as_str()).collect(),
+            template: plan.action.template.as_deref(),
+            payload: &plan.action.payload,
+            due_at: plan.send_at,
+            cancel_on: cancel_conditions(&rule.definition.cancel_on, &events[e].properties),
+            category: rule.definition.category.as_str(),
+            variant: plan.variant,
+            step: 0,
+        });
+        // A journey's later steps are queued now too, each to be cancelled by its own conditions
+        // and the exit; the deliverer checks consent and caps again when each is due.
+        for (k, step) in rule.definition.later_steps.iter().enumerate() {
+            let (routed, send_at) = route(
+                rules,
+                &step.action,
+                step.wait_micros,
+                rule.definition.category,
+                profile,
+                &events[e],
+                &default_zone,
+            );
+            let (channel, fallback) =
+                routed.unwrap_or_else(|_| choose_channel(&step.action, profile.preferred_channel.as_deref()));
+            messages.push(write::Message {
+                event_id: candidate.event_id,
+                trigger_id: rule.id,
+                customer_id,
+                channel: channel.as_str(),
+                fallback: fallback.iter().map(|c| c.as_str()).collect(),
+                template: step.action.template.as_deref(),
+                payload: &step.action.payload,
+                due_at: send_at,
+                cancel_on: cancel_conditions(&step.cancel_on, &events[e].properties),
+                category: rule.definition.category.as_str(),
+                variant: None,
+                step: k as i32 + 1,
+            });
         }
     }
-    let queued = !outbox.event_id.is_empty();
+    let queued = !messages.is_empty();
     // Messages that wait for a cancelling event, checked against the events already stored.
-    let (waiting_events, waiting_customers): (Vec<i64>, Vec<&str>) = outbox
-        .cancel_on
-        .iter()
-        .zip(outbox.event_id.iter().zip(&outbox.customer_id))
-        .filter(|(c, _)| c.is_some())
-        .map(|(_, (&e, &c))| (e, c))
-        .unzip();
-    store::write(decisions, outbox);
+    let (waiting_events, waiting_customers): (Vec<i64>, Vec<&str>) =
+        messages.iter().filter(|m| m.cancel_on.is_some()).map(|m| (m.event_id, m.customer_id)).unzip();
+    write::write(&decisions, &messages);
     if !waiting_events.is_empty() {
         store::cancel_stored(waiting_events, waiting_customers);
     }
@@ -473,7 +480,7 @@ fn route(
     profile: &profile::Profile,
     event: &Pending,
     default_zone: &str,
-) -> (Result<(Channel, String), policy::Reason>, i64) {
+) -> (Result<(Channel, Vec<Channel>), policy::Reason>, i64) {
     let marketing = category == Category::Marketing;
     let (first, fallback) = choose_channel(action, profile.preferred_channel.as_deref());
     let options = std::iter::once(first).chain(fallback.iter().copied());
@@ -498,8 +505,7 @@ fn route(
                 blocked.get_or_insert(reason);
             }
             None => {
-                let rest: Vec<&str> = fallback.iter().skip(position).map(|c| c.as_str()).collect();
-                channel = Some((option, rest.join(",")));
+                channel = Some((option, fallback.iter().skip(position).copied().collect()));
                 break;
             }
         }

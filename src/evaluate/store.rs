@@ -5,25 +5,6 @@ use crate::sql_error;
 use pgrx::prelude::*;
 use std::cell::OnceCell;
 
-/// All decisions and all outbox rows of a statement, in one statement; an escalation's message is
-/// also recorded as its decision in engage.escalations.
-const WRITE: &str = "\
-WITH decided AS (
-  INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, outcome, reason, variant)
-  SELECT * FROM unnest($1::int8[], $2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::text[], $7::text[], $8::text[])
-), queued AS (
-  INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, scheduled_at,
-                             cancel_on, category, variant, step)
-  SELECT u.event_id, u.trigger_id, u.customer_id, u.channel, coalesce(string_to_array(nullif(u.fallback, ''), ','), '{}'),
-         u.template, u.payload::jsonb, u.due_at, u.due_at, u.cancel_on::jsonb, u.category, u.variant, u.step
-    FROM unnest($9::int8[], $10::int4[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::timestamptz[],
-                $17::text[], $18::text[], $19::text[], $20::int4[])
-         AS u(event_id, trigger_id, customer_id, channel, fallback, template, payload, due_at, cancel_on, category, variant, step)
-  RETURNING id, event_id, trigger_id, customer_id, category
-)
-INSERT INTO engage.escalations (event_id, trigger_id, customer_id, outbox_id)
-SELECT event_id, trigger_id, customer_id, id FROM queued WHERE category = 'escalation'";
-
 /// Locks the messages a better candidate is about to withdraw, so no deliverer claims them
 /// meanwhile (claim skips locked rows); returns the ids that were still pending. Each is looked up
 /// by its key alone (the only plan, kept for every call) and its status read once locked: with
@@ -115,7 +96,6 @@ UPDATE engage.outbox o
 const MARK_METRICS: &str = "INSERT INTO engage.metrics_dirty (customer_id) SELECT unnest($1::text[])";
 
 struct Plans {
-    write: Prepared,
     cancel: Prepared,
     cancel_stored: Prepared,
     mark_metrics: Prepared,
@@ -203,32 +183,6 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
             use pg_sys::PgBuiltInOids as T;
             // Inside an SPI connection, as SPI_prepare needs.
             Spi::connect(|_client| Plans {
-                write: Prepared::prepare(
-                    WRITE,
-                    &[
-                        T::INT8ARRAYOID,
-                        T::INT4ARRAYOID,
-                        T::INT4ARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TIMESTAMPTZARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::INT8ARRAYOID,
-                        T::INT4ARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TIMESTAMPTZARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::TEXTARRAYOID,
-                        T::INT4ARRAYOID,
-                    ],
-                    Planning::Generic,
-                ),
                 cancel: Prepared::prepare(
                     CANCEL,
                     &[T::INT8ARRAYOID, T::TEXTARRAYOID, T::TEXTARRAYOID, T::TIMESTAMPTZARRAYOID, T::TEXTARRAYOID],
@@ -263,49 +217,6 @@ fn with_plans<R>(f: impl FnOnce(&Plans) -> R) -> R {
 pub fn timestamptz(micros: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(micros)
         .unwrap_or_else(|_| sql_error::internal(&format!("timestamp {micros} out of range")))
-}
-
-/// Column arrays for `engage.decisions`.
-#[derive(Default)]
-pub struct Decisions<'a> {
-    pub event_id: Vec<i64>,
-    pub trigger_id: Vec<i32>,
-    pub trigger_version: Vec<i32>,
-    pub customer_id: Vec<&'a str>,
-    pub occurred_at: Vec<TimestampWithTimeZone>,
-    pub outcome: Vec<&'static str>,
-    pub reason: Vec<Option<&'static str>>,
-    pub variant: Vec<Option<&'a str>>,
-}
-
-/// Column arrays for `engage.outbox`.
-#[derive(Default)]
-pub struct Outbox<'a> {
-    pub event_id: Vec<i64>,
-    pub trigger_id: Vec<i32>,
-    pub customer_id: Vec<&'a str>,
-    pub channel: Vec<&'a str>,
-    /// Remaining fallback channels, comma-separated.
-    pub fallback: Vec<String>,
-    pub template: Vec<Option<&'a str>>,
-    pub payload: Vec<&'a str>,
-    pub due_at: Vec<TimestampWithTimeZone>,
-    /// The resolved cancel conditions (JSON), when the trigger has cancel_on.
-    pub cancel_on: Vec<Option<String>>,
-    pub category: Vec<&'static str>,
-    pub variant: Vec<Option<&'a str>>,
-    pub step: Vec<i32>,
-}
-
-impl<'a> Outbox<'a> {
-    /// Starts a row with its identity and channel; the caller pushes the other columns.
-    pub fn push(&mut self, event_id: i64, trigger_id: i32, customer_id: &'a str, channel: &'a str, fallback: String) {
-        self.event_id.push(event_id);
-        self.trigger_id.push(trigger_id);
-        self.customer_id.push(customer_id);
-        self.channel.push(channel);
-        self.fallback.push(fallback);
-    }
 }
 
 /// Events of the statement that may cancel pending messages.
@@ -353,36 +264,6 @@ pub fn sum_crossings(event_ids: Vec<i64>) {
 /// Marks the given customers' metrics rollups out of date.
 pub fn mark_metrics(customer_ids: Vec<String>) {
     with_plans(|plans| Spi::connect_mut(|_client| plans.mark_metrics.execute(vec![customer_ids.into_datum()])))
-}
-
-/// Writes the statement's decisions and outbox rows.
-pub fn write(d: Decisions, o: Outbox) {
-    with_plans(|plans| {
-        Spi::connect_mut(|_client| {
-            plans.write.execute(vec![
-                d.event_id.into_datum(),
-                d.trigger_id.into_datum(),
-                d.trigger_version.into_datum(),
-                d.customer_id.into_datum(),
-                d.occurred_at.into_datum(),
-                d.outcome.into_datum(),
-                d.reason.into_datum(),
-                d.variant.into_datum(),
-                o.event_id.into_datum(),
-                o.trigger_id.into_datum(),
-                o.customer_id.into_datum(),
-                o.channel.into_datum(),
-                o.fallback.into_datum(),
-                o.template.into_datum(),
-                o.payload.into_datum(),
-                o.due_at.into_datum(),
-                o.cancel_on.into_datum(),
-                o.category.into_datum(),
-                o.variant.into_datum(),
-                o.step.into_datum(),
-            ])
-        })
-    })
 }
 
 /// Locks the given messages against claims; returns those that were still pending.
