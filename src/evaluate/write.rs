@@ -222,7 +222,7 @@ impl Table {
             sql_error::internal(&format!("missing table engage.{}", name.to_string_lossy()));
         }
         let rel = pg_sys::table_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-        if (*(*rel).rd_rel).relam != pg_sys::Oid::from(pg_sys::HEAP_TABLE_AM_OID) {
+        if (*(*rel).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
             sql_error::internal(&format!("engage.{} is not a heap table", name.to_string_lossy()));
         }
         let desc = (*rel).rd_att;
