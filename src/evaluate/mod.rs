@@ -7,6 +7,7 @@
 //! index probes; apply the policy; write all decisions and outbox rows straight into their tables
 //! (`write`).
 
+mod catalog;
 pub mod consent;
 mod history;
 mod lock;

@@ -95,7 +95,7 @@ fn text_datum(value: &str) -> pg_sys::Datum {
 impl Probe {
     /// Opens a scan on `engage.<index>` of `engage.<table>` taking `nkeys` keys, reading the
     /// latest rows (see the module's comment).
-    pub fn open(table: &CStr, index: &CStr, nkeys: i32) -> Probe {
+    pub fn open(table: &'static CStr, index: &'static CStr, nkeys: i32) -> Probe {
         Probe::open_with(table, index, nkeys, false)
     }
 
@@ -103,27 +103,17 @@ impl Probe {
     /// READ COMMITTED, the transaction's under REPEATABLE READ, with every change of this
     /// transaction so far, such as the profile an earlier row of the statement updated): for
     /// tables the insert path does not write under the customer lock (profiles).
-    pub fn open_current(table: &CStr, index: &CStr, nkeys: i32) -> Probe {
+    pub fn open_current(table: &'static CStr, index: &'static CStr, nkeys: i32) -> Probe {
         Probe::open_with(table, index, nkeys, true)
     }
 
-    fn open_with(table: &CStr, index: &CStr, nkeys: i32, current: bool) -> Probe {
+    fn open_with(table: &'static CStr, index: &'static CStr, nkeys: i32, current: bool) -> Probe {
         // SAFETY: catalog look-ups and relation opens with locks held to the end of the
         // transaction; the snapshot outlives the scan (it is dropped after index_endscan).
         unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"engage".as_ptr(), false);
-            let table_oid = pg_sys::get_relname_relid(table.as_ptr(), namespace);
-            let index_oid = pg_sys::get_relname_relid(index.as_ptr(), namespace);
-            if table_oid == pg_sys::InvalidOid || index_oid == pg_sys::InvalidOid {
-                sql_error::internal(&format!(
-                    "missing relation engage.{} or index engage.{}",
-                    table.to_string_lossy(),
-                    index.to_string_lossy()
-                ));
-            }
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-            let heap = pg_sys::table_open(table_oid, lock);
-            let index = pg_sys::index_open(index_oid, lock);
+            let heap = super::catalog::open(table, lock);
+            let index = super::catalog::open(index, lock);
             let mut snapshot: Box<pg_sys::SnapshotData> = Box::new(std::mem::zeroed());
             snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
             // As SPI does for each query: see this transaction's changes, then take the snapshot

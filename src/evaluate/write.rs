@@ -215,13 +215,8 @@ struct Table {
 
 impl Table {
     /// Opens `engage.<name>` and its indexes; `columns` must be exactly the table's columns.
-    unsafe fn open(name: &CStr, columns: &[&str]) -> Table {
-        let namespace = pg_sys::get_namespace_oid(c"engage".as_ptr(), false);
-        let oid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
-        if oid == pg_sys::InvalidOid {
-            sql_error::internal(&format!("missing table engage.{}", name.to_string_lossy()));
-        }
-        let rel = pg_sys::table_open(oid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+    unsafe fn open(name: &'static CStr, columns: &[&str]) -> Table {
+        let rel = super::catalog::open(name, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         if (*(*rel).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
             sql_error::internal(&format!("engage.{} is not a heap table", name.to_string_lossy()));
         }
@@ -252,10 +247,18 @@ impl Table {
         Table { rel, info, estate, positions }
     }
 
-    /// The sequence behind an identity column.
+    /// The sequence behind an identity column, looked up once per backend and table.
     unsafe fn identity_sequence(&self, column: &CStr) -> pg_sys::Oid {
-        let attnum = pg_sys::get_attnum((*self.rel).rd_id, column.as_ptr());
-        pg_sys::getIdentitySequence((*self.rel).rd_id, attnum, false)
+        thread_local! {
+            static SEQUENCES: std::cell::RefCell<HashMap<pg_sys::Oid, pg_sys::Oid>> = Default::default();
+        }
+        let table = (*self.rel).rd_id;
+        SEQUENCES.with(|sequences| {
+            *sequences.borrow_mut().entry(table).or_insert_with(|| {
+                let attnum = pg_sys::get_attnum(table, column.as_ptr());
+                pg_sys::getIdentitySequence(table, attnum, false)
+            })
+        })
     }
 
     /// Inserts the rows (values in the writer's column order, None for NULL) and their index
