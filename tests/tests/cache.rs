@@ -235,3 +235,19 @@ fn a_rule_load_that_is_cancelled_is_retried_by_the_next_statement() {
     let id = insert_event(&mut app, "c1", "visit", json!({}));
     assert_eq!(decisions_for(&mut app, id), vec![fired("always")], "the next statement loads the rules again");
 }
+
+/// The insert path keeps its tables' OIDs per backend: a session that dropped and re-created the
+/// extension decides and queues into the new tables.
+#[test]
+fn a_session_that_recreates_the_extension_writes_into_the_new_tables() {
+    let mut c = shared().create_db("cache_recreate");
+    create_trigger(&mut c, "promo", json!({"event": "visit", "action": email("v1")}));
+    let first = insert_event(&mut c, "c1", "visit", json!({}));
+    assert_eq!(decisions_for(&mut c, first), vec![fired("promo")]);
+    c.batch_execute("DROP EXTENSION pg_engage CASCADE; CREATE EXTENSION pg_engage").unwrap();
+    create_trigger(&mut c, "promo", json!({"event": "visit", "action": email("v1")}));
+    let second = insert_event(&mut c, "c1", "visit", json!({}));
+    assert_eq!(decisions_for(&mut c, second), vec![fired("promo")]);
+    let queued: i64 = c.query_one("SELECT count(*) FROM engage.outbox", &[]).unwrap().get(0);
+    assert_eq!(queued, 1, "one message, in the re-created outbox");
+}
