@@ -195,17 +195,24 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
     }
 }
 
-/// One match, planned: the variant drawn, the action and channel it would use, when it would go.
-struct Plan<'r> {
-    variant: Option<&'r str>,
-    action: &'r Action,
+/// One match, planned: the event and the rule it matched, its customer, and the variant drawn,
+/// the action and channel it would use, when it would go.
+struct Match<'a> {
+    event: &'a Pending,
+    rule: &'a rules::CompiledRule,
+    customer_id: &'a str,
+    profile: &'a profile::Profile,
+    variant: Option<&'a str>,
+    action: &'a Action,
     /// The chosen channel and the fallbacks left after it, or why no channel is allowed.
     channel: Result<(Channel, Vec<Channel>), policy::Reason>,
     send_at: i64,
 }
 
-/// Applies the policy to the statement's matches and writes decisions and outbox rows; adds to
-/// `marked` the customers whose exposures to a trigger with a goal changed.
+/// Decides the statement's matches and writes their decisions and messages, in stages: plan each
+/// match, lock the customers and read their history, settle the policy, replace the rivals it
+/// beat, build the rows, write them. Adds to `marked` the customers whose exposures to a trigger
+/// with a goal changed.
 fn decide_and_write(
     rules: &rules::RuleSet,
     events: &[Pending],
@@ -221,50 +228,76 @@ fn decide_and_write(
         String::new()
     };
     let no_profile = profile::Profile::default();
-    let plans: Vec<Plan> = matched
+    let matches: Vec<Match> = matched
         .iter()
         .map(|&(e, r)| {
-            let rule = &rules.rules[r];
             let customer_id = customers[events[e].customer].as_str();
-            plan(rules, rule, customer_id, profiles.get(customer_id).unwrap_or(&no_profile), &events[e], &default_zone)
+            let profile = profiles.get(customer_id).unwrap_or(&no_profile);
+            plan(rules, &rules.rules[r], customer_id, profile, &events[e], &default_zone)
         })
         .collect();
-    let mut candidates: Vec<Candidate> = matched
-        .iter()
-        .zip(&plans)
-        .map(|(&(e, r), plan)| {
-            let rule = &rules.rules[r];
-            Candidate {
-                customer: events[e].customer,
-                trigger_id: rule.id,
-                priority: rule.definition.priority,
-                event_id: events[e].id,
-                occurred_at: events[e].occurred_at,
-                cap: rule.definition.cap.map(|c| (c.max, c.per_micros)),
-                stored_fired: Vec::new(),
-                transactional: rule.definition.category == Category::Transactional,
-                blocked: plan.channel.as_ref().err().copied(),
-                channel: plan.channel.as_ref().map_or(Channel::Webhook, |(c, _)| *c),
-                send_at: plan.send_at,
-            }
-        })
-        .collect();
+    let mut candidates: Vec<Candidate> = matches.iter().map(candidate).collect();
 
     // Serialise the statement's customers against concurrent statements, then read their history.
-    lock::lock_customers(candidates.iter().map(|c| customers[c.customer].as_str()));
-    let holdouts: Vec<bool> = matched.iter().map(|&(_, r)| rules.rules[r].definition.holdout > 0.0).collect();
+    lock::lock_customers(matches.iter().map(|m| m.customer_id));
+    let holdouts: Vec<bool> = matches.iter().map(|m| m.rule.definition.holdout > 0.0).collect();
     history::read_stored_fired(&mut candidates, customers, &holdouts);
-    let after_finish: Vec<bool> =
-        matched.iter().map(|&(_, r)| rules.rules[r].definition.reentry == Reentry::AfterFinish).collect();
+    let after_finish: Vec<bool> = matches.iter().map(|m| m.rule.definition.reentry == Reentry::AfterFinish).collect();
     history::block_reentry(&mut candidates, customers, &after_finish);
     let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
     let mut history = history::read(&candidates, customers, rules, conflict_window);
 
-    // A replaced rival's pending message must still be pending when we withdraw it: lock those
-    // rows first; one a deliverer claimed meanwhile stands, and the policy decides again.
-    let mut verdict;
+    let verdict = settle(rules, &candidates, &mut history, conflict_window);
+    let mut outcomes = verdict.outcomes;
+    for (m, outcome) in matches.iter().zip(outcomes.iter_mut()) {
+        if *outcome == Outcome::Fired && policy::in_holdout(&m.rule.name, m.customer_id, m.rule.definition.holdout) {
+            *outcome = Outcome::HeldOut;
+        }
+    }
+    replace_rivals(rules, customers, &candidates, &outcomes, &history, &verdict.replaced, marked);
+
+    let (decisions, messages) = rows(rules, &matches, &outcomes, &default_zone, marked);
+    // Messages that wait for a cancelling event, checked against the events already stored.
+    let (waiting_events, waiting_customers): (Vec<i64>, Vec<&str>) =
+        messages.iter().filter(|m| m.cancel_on.is_some()).map(|m| (m.event_id, m.customer_id)).unzip();
+    write::write(&decisions, &messages);
+    if !waiting_events.is_empty() {
+        store::cancel_stored(waiting_events, waiting_customers);
+    }
+    if !messages.is_empty() {
+        crate::deliver::wake_after_commit();
+    }
+}
+
+/// What the policy needs to know of a match.
+fn candidate(m: &Match) -> Candidate {
+    let definition = &m.rule.definition;
+    Candidate {
+        customer: m.event.customer,
+        trigger_id: m.rule.id,
+        priority: definition.priority,
+        event_id: m.event.id,
+        occurred_at: m.event.occurred_at,
+        cap: definition.cap.map(|c| (c.max, c.per_micros)),
+        stored_fired: Vec::new(),
+        transactional: definition.category == Category::Transactional,
+        blocked: m.channel.as_ref().err().copied(),
+        channel: m.channel.as_ref().map_or(Channel::Webhook, |(c, _)| *c),
+        send_at: m.send_at,
+    }
+}
+
+/// Applies the policy. A rival it replaces must still be pending when its messages are withdrawn:
+/// they are locked first; one a deliverer claimed meanwhile stands, and the policy decides again.
+fn settle(
+    rules: &rules::RuleSet,
+    candidates: &[Candidate],
+    history: &mut history::History,
+    conflict_window: i64,
+) -> policy::Verdict {
     loop {
-        verdict = policy::decide(&candidates, &history.rivals, &history.queued, &rules.frequency_caps, conflict_window);
+        let verdict =
+            policy::decide(candidates, &history.rivals, &history.queued, &rules.frequency_caps, conflict_window);
         let unlocked: Vec<i64> = verdict
             .replaced
             .iter()
@@ -273,7 +306,7 @@ fn decide_and_write(
             .filter(|m| !history.locked.contains(m))
             .collect();
         if unlocked.is_empty() {
-            break;
+            return verdict;
         }
         let locked = store::lock_pending(unlocked.clone());
         for m in unlocked {
@@ -289,67 +322,72 @@ fn decide_and_write(
             }
         }
     }
-    let mut outcomes = verdict.outcomes;
-    for ((&(_, r), candidate), outcome) in matched.iter().zip(&candidates).zip(outcomes.iter_mut()) {
-        let rule = &rules.rules[r];
-        if *outcome == Outcome::Fired
-            && policy::in_holdout(&rule.name, &customers[candidate.customer], rule.definition.holdout)
-        {
-            *outcome = Outcome::HeldOut;
+}
+
+/// Turns the replaced rivals' decisions into conflicts and withdraws their messages, each naming
+/// what replaced it: its customer's best candidate that was not beaten (the last of equals).
+fn replace_rivals(
+    rules: &rules::RuleSet,
+    customers: &[String],
+    candidates: &[Candidate],
+    outcomes: &[Outcome],
+    history: &history::History,
+    replaced: &[usize],
+    marked: &mut Vec<String>,
+) {
+    if replaced.is_empty() {
+        return;
+    }
+    let mut winners: HashMap<usize, &Candidate> = HashMap::new();
+    let unbeaten =
+        candidates.iter().zip(outcomes).filter(|(_, o)| **o != Outcome::Suppressed(policy::Reason::Conflict));
+    for (c, _) in unbeaten {
+        let best = winners.entry(c.customer).or_insert(c);
+        if (c.priority, std::cmp::Reverse(c.trigger_id)) >= (best.priority, std::cmp::Reverse(best.trigger_id)) {
+            *best = c;
         }
     }
-
-    for &r in &verdict.replaced {
+    let mut withdrawn = Vec::new();
+    let mut decisions = Vec::with_capacity(replaced.len());
+    for &r in replaced {
         let rival = &history.rivals[r];
         if rules.with_goal.contains(&rival.trigger_id) {
             marked.push(customers[rival.customer].clone());
         }
+        let detail = winners.get(&rival.customer).map_or_else(
+            || "conflict: replaced by a higher-priority trigger".to_string(),
+            |w| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
+        );
+        withdrawn.extend(history.rival_steps[r].iter().map(|&m| (m, detail.clone())));
+        decisions.push(store::Replaced {
+            customer_id: &customers[rival.customer],
+            occurred_at: rival.occurred_at,
+            trigger_id: rival.trigger_id,
+            event_id: rival.event_id,
+        });
     }
-    if !verdict.replaced.is_empty() {
-        // Per customer, the best candidate that was not beaten (the last of equals, as
-        // `max_by_key`): what replaced its rivals.
-        let mut winners: HashMap<usize, &policy::Candidate> = HashMap::new();
-        let unbeaten =
-            candidates.iter().zip(&outcomes).filter(|(_, o)| **o != Outcome::Suppressed(policy::Reason::Conflict));
-        for (c, _) in unbeaten {
-            let best = winners.entry(c.customer).or_insert(c);
-            if (c.priority, std::cmp::Reverse(c.trigger_id)) >= (best.priority, std::cmp::Reverse(best.trigger_id)) {
-                *best = c;
-            }
-        }
-        let mut withdrawn = Vec::new();
-        let replaced = verdict
-            .replaced
-            .iter()
-            .map(|&r| {
-                let rival = &history.rivals[r];
-                let detail = winners.get(&rival.customer).map_or_else(
-                    || "conflict: replaced by a higher-priority trigger".to_string(),
-                    |w| format!("conflict: replaced by trigger {} (event {})", w.trigger_id, w.event_id),
-                );
-                withdrawn.extend(history.rival_steps[r].iter().map(|&m| (m, detail.clone())));
-                store::Replaced {
-                    customer_id: &customers[rival.customer],
-                    occurred_at: rival.occurred_at,
-                    trigger_id: rival.trigger_id,
-                    event_id: rival.event_id,
-                }
-            })
-            .collect();
-        store::replace(replaced, withdrawn);
-    }
+    store::replace(decisions, withdrawn);
+}
 
-    let mut decisions = Vec::with_capacity(matched.len());
+/// The rows to write: a decision per match; for a fired one its message (and a journey's later
+/// steps); an escalation's message to its team for every match the trigger's own cap let through.
+fn rows<'a>(
+    rules: &'a rules::RuleSet,
+    matches: &[Match<'a>],
+    outcomes: &[Outcome],
+    default_zone: &str,
+    marked: &mut Vec<String>,
+) -> (Vec<write::Decision<'a>>, Vec<write::Message<'a>>) {
+    let mut decisions = Vec::with_capacity(matches.len());
     let mut messages = Vec::new();
-    for (((&(e, r), candidate), outcome), plan) in matched.iter().zip(&candidates).zip(outcomes).zip(&plans) {
-        let rule = &rules.rules[r];
-        let customer_id = customers[candidate.customer].as_str();
-        let profile = profiles.get(customer_id).unwrap_or(&no_profile);
-        if let Some(escalation) = &rule.definition.escalate {
+    for (m, &outcome) in matches.iter().zip(outcomes) {
+        let (rule, event, customer_id) = (m.rule, m.event, m.customer_id);
+        let definition = &rule.definition;
+        if let Some(escalation) = &definition.escalate {
             let facts = Facts {
-                properties: &events[e].properties,
-                profile: &profile.attributes,
-                occurred_at: events[e].occurred_at + PG_EPOCH_OFFSET_MICROS,
+                properties: &event.properties,
+                profile: &m.profile.attributes,
+                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
             };
             // A team hears of every match its trigger's own cap lets through, whatever the
             // customer's consent or the other policies say about messaging the customer.
@@ -357,14 +395,14 @@ fn decide_and_write(
                 && escalation.when.as_ref().is_none_or(|w| w.holds(&facts))
             {
                 messages.push(write::Message {
-                    event_id: candidate.event_id,
+                    event_id: event.id,
                     trigger_id: rule.id,
                     customer_id,
                     channel: Channel::Webhook.as_str(),
                     fallback: Vec::new(),
                     template: None,
                     payload: &escalation.action.payload,
-                    due_at: events[e].occurred_at,
+                    due_at: event.occurred_at,
                     cancel_on: None,
                     category: "escalation",
                     variant: None,
@@ -375,52 +413,45 @@ fn decide_and_write(
         if matches!(outcome, Outcome::Fired | Outcome::HeldOut) && rules.with_goal.contains(&rule.id) {
             marked.push(customer_id.to_string());
         }
-        let (outcome, reason) = match outcome {
+        let (verdict, reason) = match outcome {
             Outcome::Fired => ("fired", None),
             Outcome::HeldOut => ("held_out", None),
             Outcome::Suppressed(reason) => ("suppressed", Some(reason.as_str())),
         };
         decisions.push(write::Decision {
-            event_id: candidate.event_id,
+            event_id: event.id,
             trigger_id: rule.id,
             trigger_version: rule.version,
             customer_id,
-            occurred_at: events[e].occurred_at,
-            outcome,
+            occurred_at: event.occurred_at,
+            outcome: verdict,
             reason,
-            variant: plan.variant,
+            variant: m.variant,
         });
-        let (true, Ok((channel, fallback))) = (outcome == "fired", &plan.channel) else { continue };
+        let (Outcome::Fired, Ok((channel, fallback))) = (outcome, &m.channel) else { continue };
         messages.push(write::Message {
-            event_id: candidate.event_id,
+            event_id: event.id,
             trigger_id: rule.id,
             customer_id,
             channel: channel.as_str(),
             fallback: fallback.iter().map(|c| c.as_str()).collect(),
-            template: plan.action.template.as_deref(),
-            payload: &plan.action.payload,
-            due_at: plan.send_at,
-            cancel_on: cancel_conditions(&rule.definition.cancel_on, &events[e].properties),
-            category: rule.definition.category.as_str(),
-            variant: plan.variant,
+            template: m.action.template.as_deref(),
+            payload: &m.action.payload,
+            due_at: m.send_at,
+            cancel_on: cancel_conditions(&definition.cancel_on, &event.properties),
+            category: definition.category.as_str(),
+            variant: m.variant,
             step: 0,
         });
         // A journey's later steps are queued now too, each to be cancelled by its own conditions
         // and the exit; the deliverer checks consent and caps again when each is due.
-        for (k, step) in rule.definition.later_steps.iter().enumerate() {
-            let (routed, send_at) = route(
-                rules,
-                &step.action,
-                step.wait_micros,
-                rule.definition.category,
-                profile,
-                &events[e],
-                &default_zone,
-            );
+        for (k, step) in definition.later_steps.iter().enumerate() {
+            let (routed, send_at) =
+                route(rules, &step.action, step.wait_micros, definition.category, m.profile, event, default_zone);
             let (channel, fallback) =
-                routed.unwrap_or_else(|_| choose_channel(&step.action, profile.preferred_channel.as_deref()));
+                routed.unwrap_or_else(|_| choose_channel(&step.action, m.profile.preferred_channel.as_deref()));
             messages.push(write::Message {
-                event_id: candidate.event_id,
+                event_id: event.id,
                 trigger_id: rule.id,
                 customer_id,
                 channel: channel.as_str(),
@@ -428,35 +459,25 @@ fn decide_and_write(
                 template: step.action.template.as_deref(),
                 payload: &step.action.payload,
                 due_at: send_at,
-                cancel_on: cancel_conditions(&step.cancel_on, &events[e].properties),
-                category: rule.definition.category.as_str(),
+                cancel_on: cancel_conditions(&step.cancel_on, &event.properties),
+                category: definition.category.as_str(),
                 variant: None,
                 step: k as i32 + 1,
             });
         }
     }
-    let queued = !messages.is_empty();
-    // Messages that wait for a cancelling event, checked against the events already stored.
-    let (waiting_events, waiting_customers): (Vec<i64>, Vec<&str>) =
-        messages.iter().filter(|m| m.cancel_on.is_some()).map(|m| (m.event_id, m.customer_id)).unzip();
-    write::write(&decisions, &messages);
-    if !waiting_events.is_empty() {
-        store::cancel_stored(waiting_events, waiting_customers);
-    }
-    if queued {
-        crate::deliver::wake_after_commit();
-    }
+    (decisions, messages)
 }
 
 /// Plans one match: draws its variant, then routes the variant's (or the trigger's) action.
-fn plan<'r>(
-    rules: &'r rules::RuleSet,
-    rule: &'r rules::CompiledRule,
-    customer_id: &str,
-    profile: &profile::Profile,
-    event: &Pending,
+fn plan<'a>(
+    rules: &'a rules::RuleSet,
+    rule: &'a rules::CompiledRule,
+    customer_id: &'a str,
+    profile: &'a profile::Profile,
+    event: &'a Pending,
     default_zone: &str,
-) -> Plan<'r> {
+) -> Match<'a> {
     let definition = &rule.definition;
     let (variant, action, wait) = if definition.variants.is_empty() {
         (None, &definition.action, definition.wait_micros)
@@ -466,7 +487,7 @@ fn plan<'r>(
         (Some(v.name.as_str()), &v.action, v.wait_micros)
     };
     let (channel, send_at) = route(rules, action, wait, definition.category, profile, event, default_zone);
-    Plan { variant, action, channel, send_at }
+    Match { event, rule, customer_id, profile, variant, action, channel, send_at }
 }
 
 /// Routes one action: the first channel the customer may receive it on (preferred channel, then
