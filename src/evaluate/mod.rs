@@ -429,20 +429,24 @@ fn rows<'a>(
             variant: m.variant,
         });
         let (Outcome::Fired, Ok((channel, fallback))) = (outcome, &m.channel) else { continue };
-        messages.push(write::Message {
-            event_id: event.id,
-            trigger_id: rule.id,
-            customer_id,
-            channel: channel.as_str(),
-            fallback: fallback.iter().map(|c| c.as_str()).collect(),
-            template: m.action.template.as_deref(),
-            payload: &m.action.payload,
-            due_at: m.send_at,
-            cancel_on: cancel_conditions(&definition.cancel_on, &event.properties),
-            category: definition.category.as_str(),
-            variant: m.variant,
-            step: 0,
-        });
+        let step_message =
+            |step: i32, (channel, fallback): (Channel, &[Channel]), action: &'a Action, due_at, cancel_on| {
+                write::Message {
+                    event_id: event.id,
+                    trigger_id: rule.id,
+                    customer_id,
+                    channel: channel.as_str(),
+                    fallback: fallback.iter().map(|c| c.as_str()).collect(),
+                    template: action.template.as_deref(),
+                    payload: &action.payload,
+                    due_at,
+                    cancel_on: cancel_conditions(cancel_on, &event.properties),
+                    category: definition.category.as_str(),
+                    variant: if step == 0 { m.variant } else { None },
+                    step,
+                }
+            };
+        messages.push(step_message(0, (*channel, fallback), m.action, m.send_at, &definition.cancel_on));
         // A journey's later steps are queued now too, each to be cancelled by its own conditions
         // and the exit; the deliverer checks consent and caps again when each is due.
         for (k, step) in definition.later_steps.iter().enumerate() {
@@ -450,20 +454,7 @@ fn rows<'a>(
                 route(rules, &step.action, step.wait_micros, definition.category, m.profile, event, default_zone);
             let (channel, fallback) =
                 routed.unwrap_or_else(|_| choose_channel(&step.action, m.profile.preferred_channel.as_deref()));
-            messages.push(write::Message {
-                event_id: event.id,
-                trigger_id: rule.id,
-                customer_id,
-                channel: channel.as_str(),
-                fallback: fallback.iter().map(|c| c.as_str()).collect(),
-                template: step.action.template.as_deref(),
-                payload: &step.action.payload,
-                due_at: send_at,
-                cancel_on: cancel_conditions(&step.cancel_on, &event.properties),
-                category: definition.category.as_str(),
-                variant: None,
-                step: k as i32 + 1,
-            });
+            messages.push(step_message(k as i32 + 1, (channel, &fallback), &step.action, send_at, &step.cancel_on));
         }
     }
     (decisions, messages)
@@ -605,4 +596,133 @@ fn skip_duplicate_event<'a>(
     let mut probe = probe::Probe::open(c"events", c"events_idempotency_key", 1);
     let seen = probe.count(&[probe::Key::text_eq(1, &key)]) > 0;
     Ok(if seen { None } else { Some(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pure stages of the insert path: planning a match and building its rows.
+    use super::*;
+    use crate::evaluate::rules::{ChannelPolicy, Contender, RuleSet, TriggerRow};
+    use crate::policy::quiet_hours::QuietHours;
+    use serde_json::json;
+
+    const HOUR: i64 = 3_600_000_000;
+
+    fn rules(definitions: &[(&str, serde_json::Value)]) -> RuleSet {
+        let mut set = RuleSet::default();
+        let compiled = set.compile(
+            definitions
+                .iter()
+                .enumerate()
+                .map(|(i, (name, definition))| TriggerRow {
+                    id: i as i32 + 1,
+                    version: 1,
+                    name: name.to_string(),
+                    definition: definition.to_string(),
+                    enabled: true,
+                    contender: Contender { priority: 0, transactional: false },
+                    goal_event: None,
+                })
+                .collect(),
+        );
+        if let Err((name, e)) = compiled {
+            panic!("{name}: {e}");
+        }
+        set
+    }
+
+    fn event(properties: serde_json::Value) -> Pending {
+        // 2026-01-01 12:00 UTC, microseconds since 2000-01-01.
+        Pending { id: 7, customer: 0, occurred_at: 820_497_600_000_000, properties }
+    }
+
+    fn profile(preferred: Option<&str>, consent: serde_json::Value, suppressed: &[&str]) -> profile::Profile {
+        profile::Profile {
+            attributes: serde_json::Value::Null,
+            preferred_channel: preferred.map(str::to_string),
+            consent,
+            timezone: None,
+            suppressed: suppressed.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_match_routes_to_the_first_channel_the_customer_may_receive_and_keeps_the_rest_as_fallback() {
+        let set = rules(&[(
+            "t",
+            json!({"event": "e", "wait": "1h",
+                   "action": {"channel": "preferred", "fallback": ["sms", "email", "push"], "template": "x"}}),
+        )]);
+        let e = event(json!({}));
+        // Preferred push is suppressed, sms lacks consent: email, with push still to try after it.
+        let p = profile(Some("push"), json!({"sms": false}), &["push"]);
+        let m = plan(&set, &set.rules[0], "c", &p, &e, "");
+        assert_eq!(m.channel, Ok((Channel::Email, vec![])));
+        assert_eq!(m.send_at, e.occurred_at + HOUR);
+        // No channel left: the first refusal is the reason.
+        let p = profile(None, json!({"all": false}), &[]);
+        assert_eq!(plan(&set, &set.rules[0], "c", &p, &e, "").channel, Err(policy::Reason::Consent));
+    }
+
+    #[test]
+    fn a_marketing_message_due_in_quiet_hours_waits_for_their_end_in_the_customers_zone() {
+        let mut set = rules(&[("t", json!({"event": "e", "action": {"channel": "email", "template": "x"}}))]);
+        set.channels.insert(
+            Channel::Email,
+            ChannelPolicy { quiet_hours: QuietHours::parse("11:00:00", "14:00:00"), requires_opt_in: false },
+        );
+        let e = event(json!({}));
+        let mut p = profile(None, json!({}), &[]);
+        // 12:00 UTC is 13:00 in Paris: inside 11:00-14:00, so the message waits one hour.
+        p.timezone = Some("Europe/Paris".to_string());
+        assert_eq!(plan(&set, &set.rules[0], "c", &p, &e, "UTC").send_at, e.occurred_at + HOUR);
+        // 12:00 in New York's morning (07:00) is outside them.
+        p.timezone = Some("America/New_York".to_string());
+        assert_eq!(plan(&set, &set.rules[0], "c", &p, &e, "UTC").send_at, e.occurred_at);
+    }
+
+    #[test]
+    fn rows_give_a_decision_per_match_a_message_per_fired_step_and_the_team_its_escalation() {
+        let set = rules(&[(
+            "series",
+            json!({"event": "e",
+                   "steps": [{"wait": "1h", "action": {"channel": "email", "template": "a"}, "cancel_on": [{"event": "stop", "same": ["k"]}]},
+                             {"wait": "2h", "action": {"channel": "webhook", "payload": {"n": 2}}}],
+                   "escalate": {"action": {"channel": "webhook", "payload": {"team": "ops"}}}}),
+        )]);
+        let e = event(json!({"k": 3}));
+        let p = profile(None, json!({}), &[]);
+        let m = plan(&set, &set.rules[0], "c", &p, &e, "");
+        let outcomes =
+            [Outcome::Fired, Outcome::Suppressed(policy::Reason::Conflict), Outcome::Suppressed(policy::Reason::Cap)];
+        let shown: Vec<String> = outcomes
+            .iter()
+            .map(|&o| {
+                let (decisions, messages) = rows(&set, std::slice::from_ref(&m), &[o], "", &mut Vec::new());
+                let d = &decisions[0];
+                let messages: Vec<String> = messages
+                    .iter()
+                    .map(|m| {
+                        format!(
+                            "{}:{}:{}:{}:{}",
+                            m.category,
+                            m.step,
+                            m.channel,
+                            (m.due_at - e.occurred_at) / HOUR,
+                            m.cancel_on.as_deref().unwrap_or("-")
+                        )
+                    })
+                    .collect();
+                format!("{}/{} {}", d.outcome, d.reason.unwrap_or("-"), messages.join(" "))
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                r#"fired/- escalation:0:webhook:0:- marketing:0:email:1:[{"event":"stop","same":{"k":3}}] marketing:1:webhook:2:-"#,
+                "suppressed/conflict escalation:0:webhook:0:-",
+                "suppressed/cap ",
+            ]
+        );
+    }
 }

@@ -179,14 +179,14 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
 }
 
 /// One row of engage.triggers, as read.
-struct TriggerRow {
-    id: i32,
-    version: i32,
-    name: String,
-    definition: String,
-    enabled: bool,
-    contender: Contender,
-    goal_event: Option<String>,
+pub(super) struct TriggerRow {
+    pub id: i32,
+    pub version: i32,
+    pub name: String,
+    pub definition: String,
+    pub enabled: bool,
+    pub contender: Contender,
+    pub goal_event: Option<String>,
 }
 
 fn load() -> RuleSet {
@@ -252,55 +252,65 @@ fn load() -> RuleSet {
             .collect()
     })
     .unwrap_or_else(|e| sql_error::internal(&format!("could not read trigger definitions and policies: {e}")));
-
-    if !rows.is_empty() {
-        set.metric_events.extend(RESPONSE_EVENTS.iter().map(|e| e.to_string()));
-    }
-    for row in rows {
-        set.contenders.insert(row.id, row.contender);
-        if let Some(goal) = row.goal_event {
-            set.metric_events.insert(goal);
-            set.with_goal.insert(row.id);
-        }
-        if !row.enabled {
-            continue;
-        }
-        let definition = serde_json::from_str(&row.definition)
-            .map_err(|e| rule::DefinitionError::new("$", e.to_string()))
-            .and_then(|value| rule::parse(&value));
-        let definition = match definition {
-            Ok(d) => d,
-            Err(e) => sql_error::invalid_definition(Some(&row.name), &e),
-        };
-        let index = set.rules.len();
-        for event in &definition.events {
-            set.by_event.entry(event.clone()).or_default().push(index);
-        }
-        if let Some(schedule) = &definition.schedule {
-            set.by_event.entry(rule::schedule::event_name_for(&row.name)).or_default().push(index);
-            set.summed.extend(schedule.summed_event().map(str::to_string));
-        }
-        let steps_cancel = definition.later_steps.iter().flat_map(|s| &s.cancel_on);
-        set.cancelling.extend(definition.cancel_on.iter().chain(steps_cancel).map(|c| c.event.clone()));
-        let (pattern_reads, anchor_names) = match &definition.pattern {
-            Some(p) => {
-                for name in p.completing_events() {
-                    set.by_pattern_event.entry(name).or_default().push(index);
-                }
-                (p.read_events(), p.anchor_events())
-            }
-            None => (Vec::new(), Vec::new()),
-        };
-        set.rules.push(CompiledRule {
-            id: row.id,
-            version: row.version,
-            name: row.name,
-            uses_properties: definition.uses(Source::Property),
-            uses_profile: definition.uses(Source::Profile),
-            pattern_reads,
-            anchor_names,
-            definition,
-        });
+    if let Err((name, error)) = set.compile(rows) {
+        sql_error::invalid_definition(Some(&name), &error);
     }
     set
+}
+
+impl RuleSet {
+    /// Compiles the triggers' definitions and indexes them by the event names they listen to; a
+    /// definition that does not compile is returned with its trigger's name.
+    pub(super) fn compile(&mut self, rows: Vec<TriggerRow>) -> Result<(), (String, rule::DefinitionError)> {
+        if !rows.is_empty() {
+            self.metric_events.extend(RESPONSE_EVENTS.iter().map(|e| e.to_string()));
+        }
+        for row in rows {
+            self.contenders.insert(row.id, row.contender);
+            if let Some(goal) = row.goal_event {
+                self.metric_events.insert(goal);
+                self.with_goal.insert(row.id);
+            }
+            if !row.enabled {
+                continue;
+            }
+            let definition = serde_json::from_str(&row.definition)
+                .map_err(|e| rule::DefinitionError::new("$", e.to_string()))
+                .and_then(|value| rule::parse(&value));
+            let definition = match definition {
+                Ok(d) => d,
+                Err(e) => return Err((row.name, e)),
+            };
+            let index = self.rules.len();
+            for event in &definition.events {
+                self.by_event.entry(event.clone()).or_default().push(index);
+            }
+            if let Some(schedule) = &definition.schedule {
+                self.by_event.entry(rule::schedule::event_name_for(&row.name)).or_default().push(index);
+                self.summed.extend(schedule.summed_event().map(str::to_string));
+            }
+            let steps_cancel = definition.later_steps.iter().flat_map(|s| &s.cancel_on);
+            self.cancelling.extend(definition.cancel_on.iter().chain(steps_cancel).map(|c| c.event.clone()));
+            let (pattern_reads, anchor_names) = match &definition.pattern {
+                Some(p) => {
+                    for name in p.completing_events() {
+                        self.by_pattern_event.entry(name).or_default().push(index);
+                    }
+                    (p.read_events(), p.anchor_events())
+                }
+                None => (Vec::new(), Vec::new()),
+            };
+            self.rules.push(CompiledRule {
+                id: row.id,
+                version: row.version,
+                name: row.name,
+                uses_properties: definition.uses(Source::Property),
+                uses_profile: definition.uses(Source::Profile),
+                pattern_reads,
+                anchor_names,
+                definition,
+            });
+        }
+        Ok(())
+    }
 }
