@@ -1265,6 +1265,13 @@ mod tests {
         event("c", "e", "{}", "2026-01-01 10:00+00");
     }
 
+    #[pg_test(error = "engage.decisions has a column of another type than the insert path writes: variant")]
+    fn a_decisions_column_of_another_type_is_refused_by_name() {
+        run(r#"SELECT engage.create_trigger('t', '{"event": "e", "action": {"channel": "webhook"}}')"#);
+        run("ALTER TABLE engage.decisions ALTER COLUMN variant TYPE varchar(10)");
+        event("c", "e", "{}", "2026-01-01 10:00+00");
+    }
+
     #[pg_test]
     fn a_message_row_holds_every_column_an_insert_would_have_given_it() {
         run(r#"SELECT engage.create_trigger('t', '{"event": "e", "wait": "1h",

@@ -11,6 +11,8 @@ use std::ffi::CStr;
 
 thread_local! {
     static OIDS: RefCell<HashMap<&'static CStr, pg_sys::Oid>> = RefCell::new(HashMap::new());
+    /// The `engage` schema's OID when the OIDs above were looked up.
+    static NAMESPACE: std::cell::Cell<pg_sys::Oid> = const { std::cell::Cell::new(pg_sys::InvalidOid) };
 }
 
 /// Opens `engage.<name>` (a table or an index) with `lock`, held to the end of the transaction.
@@ -22,14 +24,18 @@ pub fn open(name: &'static CStr, lock: pg_sys::LOCKMODE) -> pg_sys::Relation {
             let rel = pg_sys::try_relation_open(oid, lock);
             if !rel.is_null() {
                 let form = (*rel).rd_rel;
-                let namespace = CStr::from_ptr(pg_sys::get_namespace_name((*form).relnamespace));
-                if CStr::from_ptr((*form).relname.data.as_ptr()) == name && namespace == c"engage" {
+                if CStr::from_ptr((*form).relname.data.as_ptr()) == name
+                    && (*form).relnamespace == NAMESPACE.with(|n| n.get())
+                {
                     return rel;
                 }
                 pg_sys::relation_close(rel, lock);
             }
         }
         let namespace = pg_sys::get_namespace_oid(c"engage".as_ptr(), false);
+        if NAMESPACE.with(|n| n.replace(namespace)) != namespace {
+            OIDS.with(|oids| oids.borrow_mut().clear()); // the schema was re-created
+        }
         let oid = pg_sys::get_relname_relid(name.as_ptr(), namespace);
         if oid == pg_sys::InvalidOid {
             sql_error::internal(&format!("missing relation engage.{}", name.to_string_lossy()));

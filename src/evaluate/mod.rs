@@ -298,13 +298,16 @@ fn settle(
     loop {
         let verdict =
             policy::decide(candidates, &history.rivals, &history.queued, &rules.frequency_caps, conflict_window);
-        let unlocked: Vec<i64> = verdict
+        let mut unlocked: Vec<i64> = verdict
             .replaced
             .iter()
             .flat_map(|&r| &history.rival_steps[r])
             .copied()
             .filter(|m| !history.locked.contains(m))
             .collect();
+        // In id order, as every statement that locks messages does, so two cannot deadlock.
+        unlocked.sort_unstable();
+        unlocked.dedup();
         if unlocked.is_empty() {
             return verdict;
         }

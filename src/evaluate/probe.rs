@@ -20,7 +20,7 @@ pub struct Probe {
     slot: *mut pg_sys::TupleTableSlot,
     // Boxed so its address stays valid while the scan uses it.
     snapshot: Box<pg_sys::SnapshotData>,
-    /// The MVCC snapshot of a probe opened with `open_current`, else null.
+    /// The MVCC snapshot of a probe opened with `open_current` or beside one, else null.
     registered: pg_sys::Snapshot,
     nkeys: i32,
     skip_in_flight: bool,
@@ -96,7 +96,7 @@ impl Probe {
     /// Opens a scan on `engage.<index>` of `engage.<table>` taking `nkeys` keys, reading the
     /// latest rows (see the module's comment).
     pub fn open(table: &'static CStr, index: &'static CStr, nkeys: i32) -> Probe {
-        Probe::open_with(table, index, nkeys, false)
+        Probe::open_with(table, index, nkeys, std::ptr::null_mut())
     }
 
     /// Opens a scan like `open` that reads rows as a query run now would (a new snapshot under
@@ -104,29 +104,38 @@ impl Probe {
     /// transaction so far, such as the profile an earlier row of the statement updated): for
     /// tables the insert path does not write under the customer lock (profiles).
     pub fn open_current(table: &'static CStr, index: &'static CStr, nkeys: i32) -> Probe {
-        Probe::open_with(table, index, nkeys, true)
+        // SAFETY: as SPI does for each query: see this transaction's changes, then take the
+        // snapshot (registered, released with the scan).
+        let snapshot = unsafe {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot())
+        };
+        Probe::open_with(table, index, nkeys, snapshot)
     }
 
-    fn open_with(table: &'static CStr, index: &'static CStr, nkeys: i32, current: bool) -> Probe {
-        // SAFETY: catalog look-ups and relation opens with locks held to the end of the
-        // transaction; the snapshot outlives the scan (it is dropped after index_endscan).
+    /// Opens a scan like `open_current` that reads with this probe's snapshot, so that the two
+    /// agree (a probe opened with `open` has none: this one then reads the latest rows too).
+    pub fn open_beside(&self, table: &'static CStr, index: &'static CStr, nkeys: i32) -> Probe {
+        // SAFETY: registering the snapshot again keeps it for the new probe's life.
+        let snapshot = if self.registered.is_null() {
+            self.registered
+        } else {
+            unsafe { pg_sys::RegisterSnapshot(self.registered) }
+        };
+        Probe::open_with(table, index, nkeys, snapshot)
+    }
+
+    /// `registered`: a registered MVCC snapshot this probe releases, or null for the latest rows.
+    fn open_with(table: &'static CStr, index: &'static CStr, nkeys: i32, registered: pg_sys::Snapshot) -> Probe {
+        // SAFETY: relation opens with locks held to the end of the transaction; the snapshot
+        // outlives the scan (it is dropped or unregistered after index_endscan).
         unsafe {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let heap = super::catalog::open(table, lock);
             let index = super::catalog::open(index, lock);
             let mut snapshot: Box<pg_sys::SnapshotData> = Box::new(std::mem::zeroed());
             snapshot.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-            // As SPI does for each query: see this transaction's changes, then take the snapshot
-            // (a registered copy, released with the scan).
-            let registered = if current {
-                pg_sys::CommandCounterIncrement();
-                let copy = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-                (*copy).curcid = pg_sys::GetCurrentCommandId(false);
-                copy
-            } else {
-                std::ptr::null_mut()
-            };
-            let seen = if current { registered } else { &mut *snapshot };
+            let seen = if registered.is_null() { &mut *snapshot } else { registered };
             let scan = pg_sys::index_beginscan(heap, index, seen, nkeys, 0);
             let slot = pg_sys::table_slot_create(heap, std::ptr::null_mut());
             Probe { heap, index, scan, slot, snapshot, registered, nkeys, skip_in_flight: false }

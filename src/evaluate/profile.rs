@@ -29,7 +29,8 @@ pub fn read(customer_ids: &[&str], with_attributes: bool) -> HashMap<String, Pro
         profiles.column(c"consent"),
         profiles.column(c"timezone"),
     );
-    let mut suppressions = Probe::open_current(c"suppressions", c"suppressions_pkey", 1);
+    // With the profiles' snapshot, so a suppression committed in between is not half seen.
+    let mut suppressions = profiles.open_beside(c"suppressions", c"suppressions_pkey", 1);
     let channel = suppressions.column(c"channel");
     for &id in customer_ids {
         profiles.for_each(&[Key::text_eq(1, id)], |row| {

@@ -6,7 +6,8 @@ use pgrx::prelude::*;
 use std::cell::OnceCell;
 
 /// Locks the messages a better candidate is about to withdraw, so no deliverer claims them
-/// meanwhile (claim skips locked rows); returns the ids that were still pending. Each is looked up
+/// meanwhile (claim skips locked rows), in the order given (ascending ids, so that two statements
+/// cannot deadlock); returns the ids that were still pending. Each is looked up
 /// by its key alone (the only plan, kept for every call) and its status read once locked: with
 /// `status = 'pending'` beside `id = ANY`, statistics taken when nothing was pending made the
 /// planner AND the key look-ups with a scan of every pending message (outbox_open_due), 5 ms for
@@ -20,8 +21,9 @@ SELECT o.id
 /// Turns replaced decisions into conflicts and withdraws their messages: every pending step of
 /// the rival (an escalation already queued stands), found by the history read and locked by
 /// LOCK_PENDING in this transaction, so they are still pending. Each row is found by its key
-/// alone, then updated by its row address: a plan that can only do that is safe to keep for
-/// every call (a join planned while a table was nearly empty hashed a sequential scan of it).
+/// alone, then updated by its row address: with look-ups per array element the plan kept for
+/// every call stays a look-up per element however the tables grow, where a join planned while a
+/// table was nearly empty hashed a sequential scan of it until the next ANALYZE replanned it.
 const REPLACE: &str = "\
 WITH replaced AS (
   UPDATE engage.decisions d SET outcome = 'suppressed', reason = 'conflict'
@@ -43,7 +45,7 @@ UPDATE engage.outbox o
 /// Cancels pending messages whose cancel_on matches one of the statement's events: same customer,
 /// the event's name, its properties containing the triggering event's `same` values, and an
 /// event time between the triggering event and the message's due time. The messages found are
-/// locked and their status read then, as in LOCK_PENDING, and updated by key.
+/// locked in id order and their status read then, as in LOCK_PENDING, and updated by key.
 const CANCEL: &str = "\
 WITH hit AS MATERIALIZED (
   SELECT m.id, c.event_id, c.name
@@ -61,7 +63,7 @@ WITH hit AS MATERIALIZED (
           OFFSET 0) AS m
 ), locked AS MATERIALIZED (
   SELECT o.id
-    FROM (SELECT DISTINCT h.id FROM hit h) AS h
+    FROM (SELECT DISTINCT h.id FROM hit h ORDER BY h.id) AS h
    CROSS JOIN LATERAL (SELECT x.id, x.status FROM engage.outbox x WHERE x.id = h.id OFFSET 0 FOR UPDATE) AS o
    WHERE o.status = 'pending'
 )

@@ -10,6 +10,7 @@
 //! error rather than written wrong. Triggers on these tables do not fire.
 
 use crate::sql_error;
+use pgrx::pg_sys::PgBuiltInOids as T;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::ffi::CStr;
@@ -49,48 +50,55 @@ pub struct Message<'a> {
     pub step: i32,
 }
 
-const DECISION_COLUMNS: &[&str] = &[
-    "event_id",
-    "trigger_id",
-    "trigger_version",
-    "customer_id",
-    "occurred_at",
-    "decided_at",
-    "outcome",
-    "reason",
-    "variant",
+/// Each table's columns, in the order the writer gives their values, with their (base) types.
+const DECISION_COLUMNS: &[(&str, T)] = &[
+    ("event_id", T::INT8OID),
+    ("trigger_id", T::INT4OID),
+    ("trigger_version", T::INT4OID),
+    ("customer_id", T::TEXTOID),
+    ("occurred_at", T::TIMESTAMPTZOID),
+    ("decided_at", T::TIMESTAMPTZOID),
+    ("outcome", T::TEXTOID),
+    ("reason", T::TEXTOID),
+    ("variant", T::TEXTOID),
 ];
 
-const OUTBOX_COLUMNS: &[&str] = &[
-    "id",
-    "event_id",
-    "trigger_id",
-    "customer_id",
-    "channel",
-    "template",
-    "payload",
-    "due_at",
-    "scheduled_at",
-    "cancel_on",
-    "cancelled_by",
-    "category",
-    "variant",
-    "step",
-    "status",
-    "reason",
-    "fallback",
-    "attempts",
-    "lease",
-    "lease_until",
-    "claimed_by",
-    "claimed_at",
-    "sent_at",
-    "provider_message_id",
-    "last_error",
-    "created_at",
+const OUTBOX_COLUMNS: &[(&str, T)] = &[
+    ("id", T::INT8OID),
+    ("event_id", T::INT8OID),
+    ("trigger_id", T::INT4OID),
+    ("customer_id", T::TEXTOID),
+    ("channel", T::TEXTOID),
+    ("template", T::TEXTOID),
+    ("payload", T::JSONBOID),
+    ("due_at", T::TIMESTAMPTZOID),
+    ("scheduled_at", T::TIMESTAMPTZOID),
+    ("cancel_on", T::JSONBOID),
+    ("cancelled_by", T::INT8OID),
+    ("category", T::TEXTOID),
+    ("variant", T::TEXTOID),
+    ("step", T::INT4OID),
+    ("status", T::TEXTOID),
+    ("reason", T::TEXTOID),
+    ("fallback", T::TEXTARRAYOID),
+    ("attempts", T::INT4OID),
+    ("lease", T::INT8OID),
+    ("lease_until", T::TIMESTAMPTZOID),
+    ("claimed_by", T::TEXTOID),
+    ("claimed_at", T::TIMESTAMPTZOID),
+    ("sent_at", T::TIMESTAMPTZOID),
+    ("provider_message_id", T::TEXTOID),
+    ("last_error", T::TEXTOID),
+    ("created_at", T::TIMESTAMPTZOID),
 ];
 
-const ESCALATION_COLUMNS: &[&str] = &["event_id", "trigger_id", "customer_id", "outbox_id", "decided_at"];
+const ESCALATION_COLUMNS: &[(&str, T)] = &[
+    ("event_id", T::INT8OID),
+    ("trigger_id", T::INT4OID),
+    ("customer_id", T::TEXTOID),
+    ("outbox_id", T::INT8OID),
+    ("decided_at", T::TIMESTAMPTZOID),
+];
 
 /// Writes the rows; returns the ids given to the messages, in order.
 pub fn write(decisions: &[Decision], messages: &[Message]) -> Vec<i64> {
@@ -216,8 +224,9 @@ struct Table {
 }
 
 impl Table {
-    /// Opens `engage.<name>` and its indexes; `columns` must be exactly the table's columns.
-    unsafe fn open(name: &'static CStr, columns: &[&str]) -> Table {
+    /// Opens `engage.<name>` and its indexes; `columns` must be exactly the table's columns,
+    /// of those types (or domains over them).
+    unsafe fn open(name: &'static CStr, columns: &[(&str, T)]) -> Table {
         let rel = super::catalog::open(name, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
         if (*(*rel).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
             sql_error::internal(&format!("engage.{} is not a heap table", name.to_string_lossy()));
@@ -230,7 +239,13 @@ impl Table {
                 continue;
             }
             let column = CStr::from_ptr((*attribute).attname.data.as_ptr()).to_string_lossy();
-            match columns.iter().position(|c| *c == column) {
+            match columns.iter().position(|(c, _)| *c == column) {
+                Some(k) if pg_sys::getBaseType((*attribute).atttypid) != columns[k].1.value() => {
+                    sql_error::altered_table(
+                        &name.to_string_lossy(),
+                        format!("has a column of another type than the insert path writes: {column}"),
+                    )
+                }
                 Some(k) => positions[k] = i,
                 None => sql_error::altered_table(
                     &name.to_string_lossy(),
@@ -239,7 +254,7 @@ impl Table {
             }
         }
         if let Some(k) = positions.iter().position(|&p| p == usize::MAX) {
-            sql_error::altered_table(&name.to_string_lossy(), format!("has no column {}", columns[k]));
+            sql_error::altered_table(&name.to_string_lossy(), format!("has no column {}", columns[k].0));
         }
         let estate = pg_sys::CreateExecutorState();
         let info = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>()) as *mut pg_sys::ResultRelInfo;
@@ -259,7 +274,12 @@ impl Table {
         SEQUENCES.with(|sequences| {
             *sequences.borrow_mut().entry(table).or_insert_with(|| {
                 let attnum = pg_sys::get_attnum(table, column.as_ptr());
-                pg_sys::getIdentitySequence(table, attnum, false)
+                // PostgreSQL 17 takes the relation; only 15 is built and tested here.
+                #[cfg(any(feature = "pg15", feature = "pg16"))]
+                let sequence = pg_sys::getIdentitySequence(table, attnum, false);
+                #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+                let sequence = pg_sys::getIdentitySequence(self.rel, attnum, false);
+                sequence
             })
         })
     }
@@ -296,6 +316,8 @@ impl Table {
             std::ptr::null_mut(),
         );
         for slot in slots {
+            // PostgreSQL 16 added `onlySummarizing`; only 15 is built and tested here.
+            #[cfg(feature = "pg15")]
             pg_sys::ExecInsertIndexTuples(
                 self.info,
                 slot,
@@ -304,6 +326,17 @@ impl Table {
                 false,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
+            );
+            #[cfg(not(feature = "pg15"))]
+            pg_sys::ExecInsertIndexTuples(
+                self.info,
+                slot,
+                self.estate,
+                false,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                false,
             );
             let per_row = (*self.estate).es_per_tuple_exprcontext;
             if !per_row.is_null() {
