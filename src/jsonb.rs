@@ -173,9 +173,41 @@ pub fn number(text: &str) -> Option<Value> {
     text.parse::<f64>().ok().and_then(Number::from_f64).map(Value::Number)
 }
 
+/// Whether `doc` contains `want` as jsonb's `@>` decides it for a document and an object of
+/// wanted values: every key of an object with a value contained in `doc`'s, every element of an
+/// array contained in some element of `doc`'s, scalars equal (numbers by value, as numerics).
+pub fn contains(doc: &Value, want: &Value) -> bool {
+    match (doc, want) {
+        (Value::Object(have), Value::Object(want)) => {
+            want.iter().all(|(key, w)| have.get(key).is_some_and(|h| contains(h, w)))
+        }
+        (Value::Array(have), Value::Array(want)) => want.iter().all(|w| have.iter().any(|h| contains(h, w))),
+        (Value::Number(h), Value::Number(w)) => h == w || h.as_f64().is_some_and(|h| w.as_f64() == Some(h)),
+        (h, w) => h == w,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn containment_is_that_of_jsonb() {
+        let doc = serde_json::json!({"k": 1, "cart": {"id": 7, "skus": [1, 2, 3]}, "n": null});
+        for (want, expected) in [
+            (serde_json::json!({}), true),
+            (serde_json::json!({"k": 1.0}), true),
+            (serde_json::json!({"cart": {"id": 7}}), true),
+            (serde_json::json!({"cart": {"skus": [3, 1]}}), true),
+            (serde_json::json!({"n": null}), true),
+            (serde_json::json!({"k": 2}), false),
+            (serde_json::json!({"k": "1"}), false),
+            (serde_json::json!({"missing": null}), false),
+            (serde_json::json!({"cart": {"skus": [4]}}), false),
+        ] {
+            assert_eq!(contains(&doc, &want), expected, "{want}");
+        }
+    }
 
     #[test]
     fn numbers_are_integers_when_they_fit_and_finite_doubles_otherwise() {

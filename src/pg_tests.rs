@@ -1224,15 +1224,47 @@ mod tests {
         // The purchase on day 4 exits: the day-6 step is cancelled; the day-3 step was due before.
         event("c", "purchase", "{}", "2026-01-04 10:00+00");
         assert_eq!(outbox(), "0:email:01:pending,1:email:03:pending,2:webhook:06:cancelled");
-        // Once the open steps are sent, the customer may enter again.
-        run("UPDATE engage.outbox SET status = 'sent' WHERE status = 'pending'");
+        // The purchase also ended the membership, in event time, with nothing delivered: a
+        // sign-up after it enters again; after the last step's due time (day 6 + 5) too.
+        event("c", "signed_up", "{}", "2026-01-04 11:00+00");
         run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
              ('c', 'signed_up', '2026-02-01 10:00+00'), ('c', 'signed_up', '2026-02-01 11:00+00')");
         assert_eq!(
             outcomes_of("welcome"),
-            "signed_up@01 10:00=fired,signed_up@02 10:00=reentry,signed_up@01 10:00=fired,signed_up@01 11:00=reentry"
+            "signed_up@01 10:00=fired,signed_up@02 10:00=reentry,signed_up@04 11:00=fired,\
+             signed_up@01 10:00=fired,signed_up@01 11:00=reentry"
         );
-        assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 3);
+        assert_eq!(count("SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 8);
+    }
+
+    #[pg_test]
+    fn a_journey_match_the_policy_suppresses_does_not_enter_and_the_next_one_may() {
+        run("SET engage.conflict_window = 0");
+        run("INSERT INTO engage.frequency_caps (channel, max_messages, per) VALUES (NULL, 1, '30 minutes')");
+        run(r#"SELECT engage.create_trigger('news', '{"event": "b", "action": {"channel": "webhook"}}')"#);
+        run(r#"SELECT engage.create_trigger('drip', '{"event": "a",
+                "steps": [{"action": {"channel": "webhook"}}, {"wait": "1h", "action": {"channel": "webhook"}}]}')"#);
+        // Row by row, and in one statement in another order: the 00:10 match is suppressed by the
+        // frequency cap (news went out at 00:00), so it never entered and the 00:40 one enters.
+        for (at, name) in [("00:00", "b"), ("00:10", "a"), ("00:40", "a")] {
+            event("row_by_row", name, "{}", &format!("2026-01-01 {at}+00"));
+        }
+        run("INSERT INTO engage.events (customer_id, name, occurred_at) VALUES
+             ('one_statement', 'a', '2026-01-01 00:40+00'), ('one_statement', 'b', '2026-01-01 00:00+00'),
+             ('one_statement', 'a', '2026-01-01 00:10+00')");
+        for customer in ["row_by_row", "one_statement"] {
+            assert_eq!(
+                text(&format!(
+                    "SELECT string_agg(to_char(e.occurred_at AT TIME ZONE 'UTC', 'HH24:MI') || '=' || coalesce(d.reason, d.outcome), ','
+                                       ORDER BY e.occurred_at)
+                       FROM engage.decisions d JOIN engage.events e ON e.id = d.event_id
+                      WHERE d.customer_id = '{customer}' AND e.name = 'a'"
+                ))
+                .as_deref(),
+                Some("00:10=frequency,00:40=fired"),
+                "{customer}"
+            );
+        }
     }
 
     #[pg_test]

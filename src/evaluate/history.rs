@@ -9,7 +9,7 @@
 
 use super::probe::{Key, Probe};
 use super::rules::RuleSet;
-use crate::policy::{Candidate, Queued, Reason, Rival};
+use crate::policy::{Candidate, Queued, Rival};
 use crate::rule::Channel;
 use std::collections::HashMap;
 
@@ -45,39 +45,6 @@ pub fn read_stored_fired(candidates: &mut [Candidate], customers: &[String], hol
             }
         });
         c.stored_fired = stored;
-    }
-}
-
-/// Blocks (reason `reentry`) the candidates of journeys the customer is still in: an open message
-/// of the trigger, or an earlier match of the statement that enters. `after_finish` flags the
-/// candidates whose trigger has that re-entry policy.
-pub fn block_reentry(candidates: &mut [Candidate], customers: &[String], after_finish: &[bool]) {
-    if !after_finish.contains(&true) {
-        return;
-    }
-    let mut outbox = Probe::open(c"outbox", c"outbox_open_by_customer", 1);
-    let trigger = outbox.column(c"trigger_id");
-    let mut order: Vec<usize> = (0..candidates.len()).filter(|&i| after_finish[i]).collect();
-    // In event order: the earliest match of the statement is the one that enters.
-    order.sort_by_key(|&i| (candidates[i].occurred_at, candidates[i].event_id));
-    let mut entered: Vec<(usize, i32)> = Vec::new();
-    for i in order {
-        let c = &candidates[i];
-        let key = (c.customer, c.trigger_id);
-        let mut open = entered.contains(&key);
-        if !open {
-            outbox.for_each(&[Key::text_eq(1, &customers[c.customer])], |row| {
-                open |= row.int4(trigger) == Some(c.trigger_id);
-            });
-        }
-        if c.blocked.is_some() {
-            continue;
-        }
-        if open {
-            candidates[i].blocked = Some(Reason::Reentry);
-        } else {
-            entered.push(key);
-        }
     }
 }
 

@@ -11,6 +11,7 @@ mod catalog;
 pub mod consent;
 mod history;
 mod lock;
+mod membership;
 mod pattern;
 mod probe;
 mod profile;
@@ -20,7 +21,6 @@ mod transition;
 mod write;
 
 use crate::policy::{self, quiet_hours, Candidate, Outcome};
-use crate::rule::journey::Reentry;
 use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
 use crate::rule::{Action, Category, Channel, ChannelChoice, Facts};
 use pgrx::prelude::*;
@@ -242,12 +242,28 @@ fn decide_and_write(
     lock::lock_customers(matches.iter().map(|m| m.customer_id));
     let holdouts: Vec<bool> = matches.iter().map(|m| m.rule.definition.holdout > 0.0).collect();
     history::read_stored_fired(&mut candidates, customers, &holdouts);
-    let after_finish: Vec<bool> = matches.iter().map(|m| m.rule.definition.reentry == Reentry::AfterFinish).collect();
-    history::block_reentry(&mut candidates, customers, &after_finish);
     let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
     let mut history = history::read(&candidates, customers, rules, conflict_window);
+    let memberships = membership::read(&matches, customers);
 
-    let verdict = settle(rules, &candidates, &mut history, conflict_window);
+    let verdict = loop {
+        let entrants = memberships.apply(&mut candidates);
+        let verdict = settle(rules, &candidates, &mut history, conflict_window);
+        // An entrant the policy suppressed did not enter: the matches it kept out may.
+        let suppressed: Vec<(usize, policy::Reason)> = entrants
+            .into_iter()
+            .filter_map(|i| match verdict.outcomes[i] {
+                Outcome::Suppressed(reason) => Some((i, reason)),
+                _ => None,
+            })
+            .collect();
+        if suppressed.is_empty() {
+            break verdict;
+        }
+        for (i, reason) in suppressed {
+            candidates[i].blocked = Some(reason);
+        }
+    };
     let mut outcomes = verdict.outcomes;
     for (m, outcome) in matches.iter().zip(outcomes.iter_mut()) {
         if *outcome == Outcome::Fired && policy::in_holdout(&m.rule.name, m.customer_id, m.rule.definition.holdout) {
@@ -540,36 +556,37 @@ fn route(
 }
 
 /// The outbox row's cancel conditions: per cancel_on entry, the event name and, under `same`, the
-/// triggering event's values at the correlated paths as a nested object, so that a cancelling
-/// event matches when its properties contain it (`@>`).
+/// triggering event's values at the correlated paths (`correlation`), so that a cancelling event
+/// matches when its properties contain them (`@>`).
 fn cancel_conditions(cancel_on: &[crate::rule::CancelOn], properties: &serde_json::Value) -> Option<String> {
     if cancel_on.is_empty() {
         return None;
     }
-    let conditions: Vec<serde_json::Value> = cancel_on
-        .iter()
-        .map(|c| {
-            let mut same = serde_json::Value::Object(Default::default());
-            for path in &c.same {
-                let value =
-                    crate::rule::predicate::lookup(properties, path).cloned().unwrap_or(serde_json::Value::Null);
-                let mut node = &mut same;
-                for (i, key) in path.iter().enumerate() {
-                    let map = match node {
-                        serde_json::Value::Object(map) => map,
-                        _ => break, // two paths disagree on shape ("a" and "a.b"): keep the first
-                    };
-                    node = if i + 1 == path.len() {
-                        map.entry(key.clone()).or_insert(value.clone())
-                    } else {
-                        map.entry(key.clone()).or_insert_with(|| serde_json::Value::Object(Default::default()))
-                    };
-                }
-            }
-            serde_json::json!({"event": c.event, "same": same})
-        })
-        .collect();
+    let conditions: Vec<serde_json::Value> =
+        cancel_on.iter().map(|c| serde_json::json!({"event": c.event, "same": correlation(c, properties)})).collect();
     Some(serde_json::Value::Array(conditions).to_string())
+}
+
+/// The triggering event's values at a cancel condition's `same` paths, as a nested object (a path
+/// the event lacks holds null).
+fn correlation(cancel: &crate::rule::CancelOn, properties: &serde_json::Value) -> serde_json::Value {
+    let mut same = serde_json::Value::Object(Default::default());
+    for path in &cancel.same {
+        let value = crate::rule::predicate::lookup(properties, path).cloned().unwrap_or(serde_json::Value::Null);
+        let mut node = &mut same;
+        for (i, key) in path.iter().enumerate() {
+            let map = match node {
+                serde_json::Value::Object(map) => map,
+                _ => break, // two paths disagree on shape ("a" and "a.b"): keep the first
+            };
+            node = if i + 1 == path.len() {
+                map.entry(key.clone()).or_insert(value.clone())
+            } else {
+                map.entry(key.clone()).or_insert_with(|| serde_json::Value::Object(Default::default()))
+            };
+        }
+    }
+    same
 }
 
 /// The first channel to try and the fallbacks after it: a `preferred` action takes the customer's

@@ -23,7 +23,9 @@ pub struct Step {
 pub enum Reentry {
     /// Every match enters (the default for single-message triggers).
     Always,
-    /// Only while no earlier entry has a step still to send (the default for journeys).
+    /// Only while the customer is not in the journey, in event time: from an entry event until the
+    /// last step's due time or the first exit event, whichever comes first (the default for
+    /// journeys). Delivery has no say.
     AfterFinish,
     /// Once per window of event time (`once` is a window of forever).
     OncePer(i64),
@@ -32,8 +34,9 @@ pub enum Reentry {
 /// A window long enough to mean "ever" (200 years), without overflow in window arithmetic.
 pub const FOREVER_MICROS: i64 = 200 * 365 * 86_400_000_000;
 
-/// Parses `steps` and `exit` into the steps (in order), all carrying the exit conditions.
-pub fn parse_steps(map: &Map<String, Value>) -> Result<Vec<Step>, DefinitionError> {
+/// Parses `steps` and `exit` into the steps (in order; each step that waits carries the exit
+/// conditions) and the exit conditions.
+pub fn parse_steps(map: &Map<String, Value>) -> Result<(Vec<Step>, Vec<CancelOn>), DefinitionError> {
     let exit = match map.get("exit") {
         None => Vec::new(),
         Some(v) => parse_cancel_list(v, "$.exit")?,
@@ -87,7 +90,7 @@ pub fn parse_steps(map: &Map<String, Value>) -> Result<Vec<Step>, DefinitionErro
         }
         steps.push(Step { wait_micros, action, cancel_on });
     }
-    Ok(steps)
+    Ok((steps, exit))
 }
 
 /// Parses `reentry`; `journey` picks the default.

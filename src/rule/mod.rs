@@ -182,6 +182,8 @@ pub struct Definition {
     pub pattern: Option<pattern::Pattern>,
     /// The steps of a journey after the first (the first is `action`, `wait_micros`, `cancel_on`).
     pub later_steps: Vec<journey::Step>,
+    /// A journey's exit events (also among its waiting steps' `cancel_on`).
+    pub exit: Vec<CancelOn>,
     pub reentry: journey::Reentry,
     pub escalate: Option<Escalation>,
 }
@@ -199,6 +201,11 @@ impl Definition {
                 || self.pattern.as_ref().is_some_and(|p| !p.same.is_empty()));
         let escalation = self.escalate.as_ref().and_then(|e| e.when.as_ref()).is_some_and(|w| w.uses(source));
         preferred || correlated || escalation || self.predicate.as_ref().is_some_and(|p| p.uses(source))
+    }
+
+    /// How long after its entry event a journey lasts at most: its last step's wait.
+    pub fn journey_micros(&self) -> i64 {
+        self.later_steps.last().map_or(self.wait_micros, |s| s.wait_micros)
     }
 
     /// Whether the definition matches an event, given its facts.
@@ -306,7 +313,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         return Err(DefinitionError::new("$.exit", "\"exit\" ends a journey: it needs \"steps\"")
             .with_hint("a single delayed message is cancelled with \"cancel_on\""));
     }
-    let mut steps = if journey { journey::parse_steps(map)? } else { Vec::new() };
+    let (mut steps, exit) = if journey { journey::parse_steps(map)? } else { (Vec::new(), Vec::new()) };
     let action_value = if journey { &map["steps"][0]["action"] } else { required(map, "$", "action")? };
     let action = if journey { steps[0].action.clone() } else { parse_action(action_value)? };
     let priority = match map.get("priority") {
@@ -414,6 +421,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         schedule,
         pattern,
         later_steps: steps,
+        exit,
         reentry,
         escalate,
     })
