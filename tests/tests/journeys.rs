@@ -382,3 +382,95 @@ fn delivery_does_not_decide_membership() {
     assert_eq!(outcomes[0], expected);
     assert_eq!(outcomes[1], expected);
 }
+
+/// A clickstream of 400 customers over three days (add to cart `a`, purchase `x`, view `b`, no
+/// two events of a customer at one instant) and a one-step abandoned-cart journey: in time order
+/// in one statement, shuffled in one statement, and row by row, the decisions and messages are
+/// the same, and the messages are the model's.
+#[test]
+fn an_abandoned_cart_journey_over_a_clickstream_decides_alike_in_every_order() {
+    let journey = Journey {
+        name: "abandoned_cart",
+        waits: vec![120],
+        exit_same_k: false,
+        reentry: Reentry::AfterFinish,
+        holdout: 0.0,
+    };
+    let mut rng = xorshift(17);
+    let mut clicks: Vec<(String, &'static str, i64)> = Vec::new();
+    for c in 0..400 {
+        let mut seconds = BTreeSet::new();
+        for _ in 0..5 + rng() % 20 {
+            seconds.insert((rng() % (3 * 86_400)) as i64);
+        }
+        for s in seconds {
+            let name = match rng() % 10 {
+                0..=4 => "a",
+                5 => "x",
+                _ => "b",
+            };
+            clicks.push((format!("c{c}"), name, s));
+        }
+    }
+    clicks.sort_by_key(|&(_, _, s)| s);
+    let values = |rows: &[&(String, &str, i64)]| {
+        rows.iter()
+            .map(|(c, n, s)| format!("('{c}', '{n}', timestamptz '2026-01-01 00:00+00' + interval '{s} seconds')"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let insert = "INSERT INTO engage.events (customer_id, name, occurred_at) VALUES";
+    let in_time_order: Vec<&(String, &str, i64)> = clicks.iter().collect();
+    let mut shuffled = in_time_order.clone();
+    for i in (1..shuffled.len()).rev() {
+        shuffled.swap(i, (rng() % (i as u64 + 1)) as usize);
+    }
+    let mut seen = Vec::new();
+    for order in ["one_statement", "one_statement_shuffled", "row_by_row"] {
+        let mut client = shared().create_db(&format!("clickstream_{order}"));
+        create_trigger(&mut client, journey.name, definition(&journey));
+        match order {
+            "one_statement" => client.batch_execute(&format!("{insert} {}", values(&in_time_order))).unwrap(),
+            "one_statement_shuffled" => client.batch_execute(&format!("{insert} {}", values(&shuffled))).unwrap(),
+            _ => {
+                for row in &in_time_order {
+                    client.batch_execute(&format!("{insert} {}", values(&[row]))).unwrap();
+                }
+            }
+        }
+        let decided: BTreeSet<(String, i64, String, Option<String>)> = client
+            .query(
+                "SELECT d.customer_id, extract(epoch FROM d.occurred_at - timestamptz '2026-01-01 00:00+00')::int8,
+                        coalesce(d.reason, d.outcome), o.status
+                   FROM engage.decisions d LEFT JOIN engage.outbox o ON o.event_id = d.event_id",
+                &[],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        if order == "one_statement" {
+            // The model, customer by customer, over this database's event ids.
+            let mut expected = 0;
+            let mut by_customer: BTreeMap<String, Vec<Ev>> = BTreeMap::new();
+            for r in client.query("SELECT id, customer_id, name, extract(epoch FROM occurred_at - timestamptz '2026-01-01 00:00+00')::int8 FROM engage.events", &[]).unwrap() {
+                let name: String = r.get(2);
+                let name = ["a", "x", "b"].into_iter().find(|n| *n == name).unwrap();
+                by_customer.entry(r.get(1)).or_default().push(Ev { id: r.get(0), name, k: 0, at: r.get(3) });
+            }
+            for history in by_customer.values() {
+                let fired = entries(&journey, history);
+                expected += messages(&journey, &fired, history).iter().filter(|m| m.3 == "pending").count();
+            }
+            let queued = decided.iter().filter(|d| d.3.as_deref() == Some("pending")).count();
+            assert_eq!(queued, expected, "abandoned-cart messages against the model");
+            assert!(
+                decided.iter().any(|d| d.2 == "reentry") && decided.iter().any(|d| d.3.as_deref() == Some("cancelled"))
+            );
+        }
+        seen.push((order, decided));
+    }
+    for (order, decided) in &seen[1..] {
+        assert!(decided == &seen[0].1, "{order} decides otherwise than one statement in time order");
+    }
+}
