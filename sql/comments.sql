@@ -22,6 +22,8 @@ COMMENT ON FUNCTION engage.check_consent(jsonb) IS
     'CHECK on profiles.consent: keys are known channels or "all", values true or false; otherwise an ERROR (22023) naming the key.';
 COMMENT ON FUNCTION engage.skip_duplicate_event() IS
     'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
+COMMENT ON FUNCTION engage.known_time_zones(text[]) IS
+    'The names among its argument that are time zones listed in pg_timezone_names, from a list each session reads once an hour (listing the zones loads every zone file).';
 COMMENT ON FUNCTION engage.duration(text) IS
     'A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval.';
 COMMENT ON FUNCTION engage.bgnbd_fit(double precision[], double precision[], double precision[]) IS

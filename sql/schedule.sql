@@ -78,10 +78,32 @@ $$;
 COMMENT ON FUNCTION engage.fire_inactive(integer, timestamptz, timestamptz) IS
     'engage.tick for an "inactive" trigger: fires once per inactivity episode whose moment (last event + for) falls in (since, moment].';
 
+-- A minute's tick reads only the profiles of the zones where the trigger's local time falls in
+-- the window (none, most minutes): profiles are found by zone.
+CREATE INDEX profiles_timezone ON engage.profiles (timezone);
+
+-- The distinct values of profiles.timezone (NULL left out), by a skip scan of profiles_timezone:
+-- one index descent per zone, however many profiles.
+CREATE FUNCTION engage.profile_zones() RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE zones(name) AS (
+        (SELECT p.timezone FROM engage.profiles p WHERE p.timezone IS NOT NULL ORDER BY p.timezone LIMIT 1)
+        UNION ALL
+        SELECT (SELECT p.timezone FROM engage.profiles p WHERE p.timezone > zones.name ORDER BY p.timezone LIMIT 1)
+          FROM zones WHERE zones.name IS NOT NULL
+    )
+    SELECT coalesce(array_agg(zones.name), '{}') FROM zones WHERE zones.name IS NOT NULL
+$$;
+COMMENT ON FUNCTION engage.profile_zones() IS
+    'The distinct time zones written in engage.profiles.timezone, known or not, read with one index descent per zone.';
+
 -- Anniversaries and dates: the occurrence is a local date at a local time in the customer's own
 -- zone (profiles.timezone when it is a known IANA zone, else engage.default_timezone, else UTC);
 -- the wall-clock time holds across DST. Occurrences more than a day before the tick are not
 -- fired late (a scheduler stopped for a week does not send last week's birthday greetings).
+-- Only the profiles of zones where some local day's occurrence time falls in the window are read:
+-- for a minute's tick, the zones whose local time crosses the trigger's `at` (plus its shift)
+-- in that minute, often none, and then no profile at all.
 CREATE FUNCTION engage.fire_calendar(trigger_id integer, since timestamptz, moment timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -93,6 +115,10 @@ DECLARE
     last_day date := (moment AT TIME ZONE 'UTC')::date + 1;
     month_days text[];
     default_zone text := coalesce(nullif(current_setting('engage.default_timezone', true), ''), 'UTC');
+    written_zones text[] := engage.profile_zones();
+    known_zones text[];
+    default_due boolean;
+    due_zones text[];
 BEGIN
     SELECT tr.name, tr.definition ? 'anniversary' AS yearly,
            engage.json_path(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'date') AS path,
@@ -108,6 +134,23 @@ BEGIN
     IF '02-28' = ANY (month_days) THEN
         month_days := month_days || '02-29'::text;
     END IF;
+    -- The zones in which some local day's occurrence falls due in the window. A zone written in
+    -- profiles that is not a known one stands for the default zone, as does no zone.
+    known_zones := engage.known_time_zones(written_zones);
+    SELECT coalesce(array_agg(w.zone), '{}') INTO due_zones
+      FROM unnest(written_zones || default_zone) AS w(zone)
+     WHERE EXISTS (SELECT FROM generate_series(first_day - t.shift - interval '1 day',
+                                               last_day - t.shift + interval '1 day', interval '1 day') AS d(day)
+                    WHERE ((d.day::date + t.local_time) + t.shift)
+                          AT TIME ZONE CASE WHEN w.zone = ANY (known_zones) THEN w.zone ELSE default_zone END
+                          > earliest
+                      AND ((d.day::date + t.local_time) + t.shift)
+                          AT TIME ZONE CASE WHEN w.zone = ANY (known_zones) THEN w.zone ELSE default_zone END
+                          <= moment);
+    default_due := default_zone = ANY (due_zones);
+    IF cardinality(due_zones) = 0 THEN
+        RETURN 0;
+    END IF;
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
     SELECT o.customer_id, 'trigger:' || t.name,
            jsonb_build_object('kind', CASE WHEN t.yearly THEN 'anniversary' ELSE 'date' END,
@@ -115,9 +158,12 @@ BEGIN
            o.due, 'trigger:' || fire_calendar.trigger_id || ':' || o.customer_id || ':' || o.local_day
       FROM (SELECT c.customer_id, c.zone, c.raw_date, local.day AS local_day,
                    ((local.day + t.local_time) + t.shift) AT TIME ZONE c.zone AS due
-              FROM (SELECT p.customer_id, coalesce(z.name, default_zone) AS zone, p.attributes #>> t.path AS raw_date
-                      FROM engage.profiles p
-                      LEFT JOIN pg_timezone_names z ON z.name = p.timezone
+              FROM (SELECT p.customer_id,
+                           CASE WHEN p.timezone = ANY (known_zones) THEN p.timezone ELSE default_zone END AS zone,
+                           p.attributes #>> t.path AS raw_date
+                      FROM (SELECT * FROM engage.profiles p WHERE p.timezone = ANY (due_zones)
+                            UNION ALL
+                            SELECT * FROM engage.profiles p WHERE default_due AND p.timezone IS NULL) p
                      WHERE CASE WHEN t.yearly THEN substr(p.attributes #>> t.path, 6, 5) = ANY (month_days)
                                 ELSE left(p.attributes #>> t.path, 10)
                                      BETWEEN to_char(first_day - t.shift - interval '1 day', 'YYYY-MM-DD')

@@ -70,7 +70,11 @@ extension_sql_file!(
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
-extension_sql_file!("../sql/schedule.sql", name = "schedule", requires = ["predict", "metrics"]);
+extension_sql_file!(
+    "../sql/schedule.sql",
+    name = "schedule",
+    requires = ["predict", "metrics", schedule::zones::known_time_zones]
+);
 extension_sql_file!("../sql/retention.sql", name = "retention", requires = ["schedule", retention::history_needed]);
 extension_sql_file!(
     "../sql/comments.sql",
@@ -84,6 +88,7 @@ extension_sql_file!(
         triggers::disable_trigger,
         triggers::drop_trigger,
         triggers::duration,
+        schedule::zones::known_time_zones,
         evaluate::evaluate_events,
         evaluate::rules_changed,
         evaluate::skip_duplicate_event,

@@ -893,6 +893,43 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_minute_tick_reads_only_the_profiles_of_zones_whose_local_time_it_is() {
+        run(r#"SELECT engage.create_trigger('birthday', '{"anniversary": {"date": "birthday", "at": "09:00"},
+                "action": {"channel": "webhook"}}')"#);
+        run("UPDATE engage.triggers SET created_at = '2025-01-01'");
+        // 3,000 customers with a birthday on 10 March: in Tokyo, in Kolkata (UTC+05:30), under an
+        // unknown zone name and under none (both the default zone, UTC).
+        run(r#"INSERT INTO engage.profiles (customer_id, timezone, attributes)
+               SELECT 'c' || n, (ARRAY['Asia/Tokyo', 'Asia/Kolkata', 'Mars/Olympus', NULL])[1 + n % 4],
+                      '{"birthday": "1990-03-10"}' FROM generate_series(1, 3000) n"#);
+        run("ANALYZE engage.profiles");
+        run("SELECT count(*) FROM engage.tick('2026-03-09 20:00+00', ahead_of_now => true)");
+        // A tick of the minute up to `moment`.
+        let minute_tick = |moment: &str| {
+            run(&format!("SELECT engage.set_tick_progress('birthday', timestamptz '{moment}' - interval '1 minute')"));
+            tick(moment)
+        };
+        let profiles_read = || {
+            count(
+                "SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables
+                  WHERE relid = 'engage.profiles'::regclass",
+            )
+        };
+        // Minutes in which it is 09:00 nowhere: at most a row per zone is read (the zones' list).
+        for minute in ["2026-03-09 23:59+00", "2026-03-10 00:01+00", "2026-03-10 03:29+00", "2026-03-10 08:59+00"] {
+            let before = profiles_read();
+            assert_eq!(minute_tick(minute), 0, "{minute}");
+            assert!(profiles_read() - before <= 4, "{minute}: {} profiles read", profiles_read() - before);
+        }
+        // 09:00 in Tokyo (00:00 UTC), Kolkata (03:30 UTC), and the default zone (09:00 UTC) for
+        // the unknown zone and for no zone.
+        assert_eq!(minute_tick("2026-03-10 00:00+00"), 750);
+        assert_eq!(minute_tick("2026-03-10 03:30+00"), 750);
+        assert_eq!(minute_tick("2026-03-10 09:00+00"), 1500);
+        assert_eq!(count("SELECT count(DISTINCT customer_id) FROM engage.decisions WHERE outcome = 'fired'"), 3000);
+    }
+
+    #[pg_test]
     fn a_local_midnight_occasion_falls_on_the_customers_date_not_the_utc_one() {
         run(r#"SELECT engage.create_trigger('midnight', '{"anniversary": {"date": "birthday", "at": "00:30"},
                 "action": {"channel": "webhook"}}')"#);

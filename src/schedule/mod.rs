@@ -5,6 +5,8 @@
 //! Registered only when pg_engage is in `shared_preload_libraries`, like the deliverer. Without
 //! it, schedule the same calls with pg_cron; a tick is idempotent, so both may run.
 
+pub mod zones;
+
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
