@@ -11,7 +11,6 @@
 //! never collides with an application's advisory locks, which use 1 and 2.
 
 use pgrx::prelude::*;
-use std::hash::{DefaultHasher, Hasher};
 
 const CUSTOMER_LOCK_CLASS: u16 = 0x6567;
 const IDEMPOTENCY_LOCK_CLASS: u16 = 0x6568;
@@ -19,12 +18,15 @@ const IDEMPOTENCY_LOCK_CLASS: u16 = 0x6568;
 /// How many lock slots each class has.
 const SLOTS: u64 = 256;
 
-/// A stable slot for a customer id or key. `DefaultHasher::new()` has fixed keys, and every
-/// backend runs the same library, so all sessions agree on the slot.
+/// A stable slot for a customer id or key: 64-bit FNV-1a, a hash fixed by its definition, so
+/// every backend agrees on the slot whatever Rust release built its library (the standard
+/// library's `DefaultHasher` may change its algorithm between releases, and two builds running
+/// side by side during an upgrade would then lock different slots for one customer).
 fn key(text: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    hasher.write(text.as_bytes());
-    hasher.finish() % SLOTS
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = text.bytes().fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME));
+    hash % SLOTS
 }
 
 /// Blocks until this transaction holds the lock of each customer's slot.
@@ -54,4 +56,18 @@ fn lock(class: u16, k: u64) {
     };
     // SAFETY: a valid advisory tag; a transaction (not session) lock, waiting if needed.
     unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, false) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_fnv_1a_and_never_change() {
+        // FNV-1a 64 of "" and "a" are the published test vectors; the slots are them mod 256.
+        assert_eq!(key(""), 0xcbf2_9ce4_8422_2325 % SLOTS);
+        assert_eq!(key("a"), 0xaf63_dc4c_8601_ec8c % SLOTS);
+        // Pinned: a change here moves customers to other slots while old backends still run.
+        assert_eq!([key("c1"), key("c2"), key("customer-42"), key("über")], [89, 64, 158, 175]);
+    }
 }
