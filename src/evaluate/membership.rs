@@ -125,8 +125,15 @@ pub fn read(matches: &[Match], customers: &[String]) -> Memberships {
     let d = (decisions.column(c"event_id"), decisions.column(c"occurred_at"), decisions.column(c"outcome"));
     let mut events = Probe::open(c"events", c"events_customer_name_time", 4).skipping_in_flight();
     let e = (events.column(c"id"), events.column(c"occurred_at"), events.column(c"properties"));
-    let mut by_id = Probe::open(c"events", c"events_pkey", 1);
-    let properties_column = by_id.column(c"properties");
+    // Entry events' properties, only for exits correlated by `same`.
+    let mut by_id = groups
+        .iter()
+        .any(|(_, indexes)| matches[indexes[0]].rule.definition.exit.iter().any(|c| !c.same.is_empty()))
+        .then(|| {
+            let probe = Probe::open(c"events", c"events_pkey", 1);
+            let properties = probe.column(c"properties");
+            (probe, properties)
+        });
 
     let mut memberships = Memberships { groups: Vec::with_capacity(groups.len()) };
     for ((customer, trigger_id), indexes) in groups {
@@ -177,8 +184,8 @@ pub fn read(matches: &[Match], customers: &[String]) -> Memberships {
             .filter(|(id, _)| !indexes.iter().any(|&i| matches[i].event.id == *id))
             .map(|(event_id, at)| {
                 let mut properties = serde_json::Value::Null;
-                if correlated {
-                    by_id.for_each(&[Key::int8_eq(1, event_id)], |row| properties = row.json(properties_column));
+                if let (true, Some((probe, column))) = (correlated, by_id.as_mut()) {
+                    probe.for_each(&[Key::int8_eq(1, event_id)], |row| properties = row.json(*column));
                 }
                 let end = membership_end((event_id, at), &properties, journey, &definition.exit, &exits);
                 Entry { event_id, at, end }
