@@ -4,8 +4,9 @@
 #      one at a time: they share one database, and two tests whose transactions insert events for
 #      the same customer lock slots in several statements can deadlock each other (README,
 #      "Isolation levels"), which made the suite fail now and then;
-#   2. cargo pgrx install --release, then the integration tests in tests/, which start their own
-#      PostgreSQL clusters with the installed extension.
+#   2. cargo pgrx install --release (and the released versions' scripts of sql/versions/, for the
+#      upgrade test), then the integration tests in tests/, which start their own PostgreSQL
+#      clusters with the installed extension.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh || exit 1
@@ -37,10 +38,15 @@ if [ "$(id -u)" -eq 0 ]; then
     rm -rf "$work" && mkdir -p "$work" && chown postgres: "$work"
     suite in-database env RUST_TEST_THREADS=1 cargo pgrx test pg15 --runas postgres --pgdata "$work/pgdata"
     suite install cargo pgrx install --release --pg-config "$PG_CONFIG"
+    as_root=()
 else
     suite in-database env RUST_TEST_THREADS=1 cargo pgrx test pg15
     suite install cargo pgrx install --sudo --release --pg-config "$PG_CONFIG"
+    as_root=(sudo)
 fi
+# The released versions' install scripts, for the upgrade test (tests/tests/upgrade.rs) to
+# create an old version and update it; `cargo pgrx install` installs the update scripts.
+"${as_root[@]}" install -m 644 sql/versions/*.sql "$("$PG_CONFIG" --sharedir)/extension/"
 suite integration cargo test -p pg_engage_it --no-fail-fast
 
 echo

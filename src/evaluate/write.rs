@@ -274,12 +274,8 @@ impl Table {
         SEQUENCES.with(|sequences| {
             *sequences.borrow_mut().entry(table).or_insert_with(|| {
                 let attnum = pg_sys::get_attnum(table, column.as_ptr());
-                // PostgreSQL 17 takes the relation; only 15 is built and tested here.
-                #[cfg(any(feature = "pg15", feature = "pg16"))]
-                let sequence = pg_sys::getIdentitySequence(table, attnum, false);
-                #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-                let sequence = pg_sys::getIdentitySequence(self.rel, attnum, false);
-                sequence
+                // PostgreSQL 15's signature (17 takes the relation): the only version built.
+                pg_sys::getIdentitySequence(table, attnum, false)
             })
         })
     }
@@ -316,8 +312,7 @@ impl Table {
             std::ptr::null_mut(),
         );
         for slot in slots {
-            // PostgreSQL 16 added `onlySummarizing`; only 15 is built and tested here.
-            #[cfg(feature = "pg15")]
+            // PostgreSQL 15's signature (16 added `onlySummarizing`): the only version built.
             pg_sys::ExecInsertIndexTuples(
                 self.info,
                 slot,
@@ -326,17 +321,6 @@ impl Table {
                 false,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-            );
-            #[cfg(not(feature = "pg15"))]
-            pg_sys::ExecInsertIndexTuples(
-                self.info,
-                slot,
-                self.estate,
-                false,
-                false,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                false,
             );
             let per_row = (*self.estate).es_per_tuple_exprcontext;
             if !per_row.is_null() {
