@@ -6,15 +6,16 @@
 //! - `evaluate`: the statement-level AFTER INSERT trigger on engage.events (the hot path);
 //! - `policy`: caps and priority conflicts among the statement's candidates;
 //! - `deliver`: the background worker, channel adapters and templates that send queued messages;
+//! - `workers`: the built-in workers' registration, shared state and `engage.worker_status()`;
 //! - `schedule`: the scheduler worker that fires time-based triggers (engage.tick, sql/schedule.sql);
 //! - `predict`: customer-behaviour models fitted in the database (BG/NBD);
 //! - `jsonb`: reading jsonb values into serde values without failing on what jsonb can hold;
+//! - `settings`: every setting (GUC), with typed getters;
 //! - `sql_error`: the PostgreSQL errors raised to users.
 //!
 //! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql;
 //! the claim / complete / fail contract of the outbox is SQL too, in sql/outbox.sql.
 
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 
 mod deliver;
@@ -25,33 +26,22 @@ mod predict;
 mod retention;
 mod rule;
 mod schedule;
+mod settings;
 mod sql_error;
 mod triggers;
+mod workers;
 
 ::pgrx::pg_module_magic!();
-
-/// `engage.conflict_window`: candidates of different triggers for one customer compete when their
-/// events are at most this far apart in event time (seconds; accepts units such as '10min').
-pub static CONFLICT_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(600);
 
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    GucRegistry::define_int_guc(
-        c"engage.conflict_window",
-        c"Event-time distance within which different triggers compete for one customer.",
-        c"When several triggers fire for one customer with events at most this far apart (in one statement or across statements), only the highest priority is sent; the others are suppressed as conflicts.",
-        &CONFLICT_WINDOW,
-        0,
-        i32::MAX,
-        // It changes what is decided: a superuser, or a role granted SET on it (engage_admin),
-        // sets it; an app cannot switch conflicts off for its own inserts.
-        GucContext::Suset,
-        GucFlags::UNIT_S,
-    );
-    deliver::init();
-    retention::init();
-    schedule::init();
+    // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    settings::define(preloading);
+    if preloading {
+        workers::register();
+    }
 }
 
 extension_sql_file!(
@@ -59,7 +49,7 @@ extension_sql_file!(
     name = "schema",
     requires = [
         triggers::validate_trigger,
-        deliver::validate_template,
+        deliver::template::validate_template,
         evaluate::evaluate_events,
         evaluate::rules_changed,
         evaluate::skip_duplicate_event,
@@ -94,8 +84,8 @@ extension_sql_file!(
         evaluate::skip_duplicate_event,
         evaluate::consent::consent_key,
         evaluate::consent::check_consent,
-        deliver::validate_template,
-        deliver::worker_status,
+        deliver::template::validate_template,
+        workers::worker_status,
         predict::bgnbd_fit,
         predict::bgnbd_p_alive,
         predict::bgnbd_expected_purchases

@@ -14,45 +14,16 @@
 //!
 //! [`Definition::history_needed_micros`]: crate::rule::Definition::history_needed_micros
 
-use crate::rule;
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use crate::{rule, settings};
 use pgrx::prelude::*;
-
-static KEEP_CLOSED_MESSAGES_S: GucSetting<i32> = GucSetting::<i32>::new(30 * 86_400);
-static KEEP_HISTORY_S: GucSetting<i32> = GucSetting::<i32>::new(0);
-
-/// Called from _PG_init: defines the settings.
-pub fn init() {
-    GucRegistry::define_int_guc(
-        c"engage.keep_closed_messages",
-        c"How long sent, dead, cancelled and suppressed outbox rows stay before the scheduler deletes them (0: for ever).",
-        c"The sent log engage.messages keeps a row per delivered message.",
-        &KEEP_CLOSED_MESSAGES_S,
-        0,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    GucRegistry::define_int_guc(
-        c"engage.keep_history",
-        c"How late events may arrive and still be decided on full history (0: keep events and decisions for ever).",
-        c"Events and decisions older in event time than this plus the longest window a trigger reads (engage.history_needed()) are deleted.",
-        &KEEP_HISTORY_S,
-        0,
-        i32::MAX,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-}
 
 /// One batch of purging with the settings, as the scheduler runs it after each tick; how many
 /// rows it deleted.
 pub fn purge_with_settings() -> Result<Option<i64>, pgrx::spi::Error> {
-    let keep = |setting: &GucSetting<i32>| f64::from(setting.get());
     Spi::get_one_with_args(
         "SELECT messages + decisions + events \
            FROM engage.purge(pg_catalog.make_interval(secs => $1), pg_catalog.make_interval(secs => $2))",
-        &[keep(&KEEP_CLOSED_MESSAGES_S).into(), keep(&KEEP_HISTORY_S).into()],
+        &[settings::keep_closed_messages().as_secs_f64().into(), settings::keep_history().as_secs_f64().into()],
     )
 }
 

@@ -75,6 +75,19 @@ pub fn validate(text: &str) -> Result<(), String> {
     parse(text).map(|_| ())
 }
 
+/// Returns true for a template that parses and is bounded, or raises an ERROR saying why not.
+/// engage.templates uses it as a CHECK; NULL is valid (an optional part).
+#[pgrx::pg_extern(immutable, parallel_safe)]
+fn validate_template(template: Option<&str>) -> bool {
+    if let Err(problem) = template.map_or(Ok(()), validate) {
+        crate::sql_error::invalid_argument(
+            format!("invalid template: {problem}"),
+            "Templates use Liquid syntax: {{ profile.first_name | default: \"there\" }}.",
+        );
+    }
+    true
+}
+
 /// Renders a template with a [`Context`].
 pub fn render(text: &str, context: &Context) -> Result<String, String> {
     let template = parse(text)?;

@@ -4,7 +4,9 @@
 
 use super::channels::{self, Outgoing, SendError};
 use super::egress::Egress;
-use super::{settings, status, template};
+use super::template;
+use crate::workers::{self, Worker};
+use crate::settings;
 use crate::jsonb::Lenient;
 use crate::policy::quiet_hours::{self, QuietHours};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -45,7 +47,7 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     // role creates in public, nor a database-level search_path, can run as the worker.
     BackgroundWorker::transaction(|| Spi::run("SET jit = off; SET search_path = pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("pg_engage deliverer could not configure its session: {e}"));
-    status::started(status::Worker::Deliverer);
+    workers::started(Worker::Deliverer);
     log!("pg_engage deliverer started on database \"{database}\"");
 
     // Pacing state lives as long as the worker, so rate limits hold across batches; so does the
@@ -79,9 +81,9 @@ pub extern "C-unwind" fn pg_engage_deliverer_main(_arg: pg_sys::Datum) {
     if let Some(batch) = in_flight.take() {
         batch.wait().record();
     }
-    status::stopped(status::Worker::Deliverer);
+    workers::stopped(Worker::Deliverer);
     log!("pg_engage deliverer stopped");
-    super::exit_to_be_restarted();
+    workers::exit_to_be_restarted();
 }
 
 /// A claimed and prepared batch: what to send (or fail at once), and what needs no sending.
@@ -147,7 +149,7 @@ fn claim_batch(scan: &mut ClaimScan) -> Option<Ready> {
     // and undoes nothing else.
     let (batch_size, start) = (settings::batch_size(), scan.start());
     let (claimed, templates, last) =
-        BackgroundWorker::transaction(|| claim(batch_size, settings::lease_seconds(), start));
+        BackgroundWorker::transaction(|| claim(batch_size, settings::lease().as_secs_f64(), start));
     scan.advance(start, claimed.len(), batch_size, last);
     if claimed.is_empty() {
         return None;
@@ -190,7 +192,8 @@ impl Sent {
     /// Records every outcome (see `record`).
     fn record(self) {
         BackgroundWorker::transaction(|| record(&self.results, &self.deferred, &self.suppressed));
-        status::batch_done(&self.results);
+        let sent = self.results.iter().filter(|(_, r)| r.is_ok()).count();
+        workers::batch_done(sent, self.results.len() - sent);
     }
 }
 

@@ -59,7 +59,7 @@ fn rules_changed<'a>(
     // SAFETY: tg_relation is the relation the trigger fired on (engage.triggers, channels or
     // frequency_caps).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid((*trigger.trigger_data().tg_relation).rd_id) };
-    crate::deliver::wake_after_commit();
+    crate::deliver::wake::after_commit();
     Ok(None)
 }
 
@@ -223,7 +223,7 @@ fn decide_and_write(
 ) {
     // The default zone only matters to quiet hours: read the setting only when a channel has them.
     let default_zone = if rules.channels.values().any(|c| c.quiet_hours.is_some()) {
-        crate::deliver::settings::default_timezone()
+        crate::settings::default_timezone()
     } else {
         String::new()
     };
@@ -242,7 +242,7 @@ fn decide_and_write(
     lock::lock_customers(matches.iter().map(|m| m.customer_id));
     let holdouts: Vec<bool> = matches.iter().map(|m| m.rule.definition.holdout > 0.0).collect();
     history::read_stored_fired(&mut candidates, customers, &holdouts);
-    let conflict_window = i64::from(crate::CONFLICT_WINDOW.get()) * 1_000_000;
+    let conflict_window = crate::settings::conflict_window().as_micros() as i64;
     let mut history = history::read(&candidates, customers, rules, conflict_window);
     let memberships = membership::read(&matches, customers);
 
@@ -281,7 +281,7 @@ fn decide_and_write(
         store::cancel_stored(waiting_events, waiting_customers);
     }
     if !messages.is_empty() {
-        crate::deliver::wake_after_commit();
+        crate::deliver::wake::after_commit();
     }
 }
 

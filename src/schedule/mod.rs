@@ -8,28 +8,11 @@
 pub mod zones;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
-use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::time::Duration;
 
-static TICK_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(60);
-
-/// Called from _PG_init: defines the setting and, when preloading, registers the worker.
-pub fn init() {
-    GucRegistry::define_int_guc(
-        c"engage.tick_interval",
-        c"How often the scheduler fires time-based triggers and refreshes the metrics rollups (0: never).",
-        c"Each tick runs engage.tick(), engage.refresh_metrics() and engage.purge() in the database named by engage.database.",
-        &TICK_INTERVAL_S,
-        0,
-        86_400,
-        GucContext::Sighup,
-        GucFlags::UNIT_S,
-    );
-    // SAFETY: reading a flag PostgreSQL sets while loading preload libraries.
-    if unsafe { !pg_sys::process_shared_preload_libraries_in_progress } {
-        return;
-    }
+/// Called from _PG_init when preloading: registers the worker.
+pub fn register() {
     BackgroundWorkerBuilder::new("pg_engage scheduler")
         .set_type("pg_engage scheduler")
         .set_library("pg_engage")
@@ -43,20 +26,20 @@ pub fn init() {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let database = crate::deliver::settings::database();
+    let database = crate::settings::database();
     BackgroundWorker::connect_worker_to_spi(Some(&database), None);
     // Names resolve in pg_catalog only (engage objects are qualified): see the deliverer.
     BackgroundWorker::transaction(|| Spi::run("SET search_path = pg_catalog, pg_temp"))
         .unwrap_or_else(|e| error!("pg_engage scheduler could not configure its session: {e}"));
-    crate::deliver::status::started(crate::deliver::status::Worker::Scheduler);
+    crate::workers::started(crate::workers::Worker::Scheduler);
     log!("pg_engage scheduler started on database \"{database}\"");
     loop {
-        let interval = TICK_INTERVAL_S.get();
-        // Disabled: look at the setting again every minute (a reload also wakes the latch).
-        let wait = Duration::from_secs(if interval > 0 { interval as u64 } else { 60 });
-        if interval > 0 {
+        let interval = crate::settings::tick_interval();
+        if interval.is_some() {
             tick();
         }
+        // Switched off: look at the setting again every minute (a reload also wakes the latch).
+        let wait = interval.unwrap_or(Duration::from_secs(60));
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break; // SIGTERM
         }
@@ -66,7 +49,7 @@ pub extern "C-unwind" fn pg_engage_scheduler_main(_arg: pg_sys::Datum) {
         }
     }
     log!("pg_engage scheduler stopped");
-    crate::deliver::exit_to_be_restarted();
+    crate::workers::exit_to_be_restarted();
 }
 
 /// One tick, then the rollups, each in its own transaction (an error in one is logged by
