@@ -177,6 +177,45 @@ pub fn wait_settled(cluster: &Cluster, client: &mut Client, rows: usize, timeout
     )
 }
 
+/// The moment at which "nothing was sent twice" can be checked: waits until every lease taken so
+/// far has expired (`lease` is the cluster's `engage.lease`), then queues a barrier message for a
+/// channel without configuration and waits until the deliverer has claimed it and recorded it
+/// dead; then deletes it again. Claims take due messages oldest first and batches are recorded in
+/// claim order after all their sends, so a message that could be claimed a second time (one
+/// whose lease expired while it was still claimed) has been sent again by the time the barrier
+/// is recorded: what a receiver holds then is final.
+#[track_caller]
+pub fn past_every_lease(cluster: &Cluster, client: &mut Client, lease: Duration) {
+    std::thread::sleep(lease);
+    let barrier: i64 = client
+        .query_one(
+            "INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, due_at, scheduled_at) \
+             VALUES (0, 0, '~barrier', '~barrier', now(), now()) RETURNING id",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("queue the barrier message: {}", error_text(&e)))
+        .get(0);
+    wait_for(
+        "the deliverer to claim the barrier message and record it dead",
+        Duration::from_secs(30),
+        || {
+            let status: String = client
+                .query_one("SELECT status::text FROM engage.outbox WHERE id = $1", &[&barrier])
+                .map_err(|e| error_text(&e))?
+                .get(0);
+            if status == "dead" {
+                Ok(())
+            } else {
+                Err(format!("barrier message {barrier}: {status}"))
+            }
+        },
+        || format!("server.log:\n{}", cluster.log_tail(30)),
+    );
+    client
+        .execute("DELETE FROM engage.outbox WHERE id = $1", &[&barrier])
+        .unwrap_or_else(|e| panic!("delete the barrier message: {}", error_text(&e)));
+}
+
 // ---------------------------------------------------------------------------------------------
 // HTTP receiver
 // ---------------------------------------------------------------------------------------------

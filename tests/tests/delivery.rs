@@ -22,6 +22,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The lease of the tests that check that nothing is sent twice (`past_every_lease`): long
+/// enough for any batch of theirs, short enough to wait out.
+const LEASE: Duration = Duration::from_secs(3);
+const LEASE_SETTING: &str = "'3s'";
 
 /// Configures the webhook channel: its URL, a signing secret, and the retry policy columns.
 fn webhook_channel(c: &mut Client, url: &str, secret: &str, max_attempts: i32, backoff_base: &str) {
@@ -72,7 +76,7 @@ fn ms(d: Duration) -> u128 {
 
 #[test]
 fn webhook_is_signed_rendered_and_logged() {
-    let (cluster, mut c) = start_deliverer("dlv_webhook", &[]);
+    let (cluster, mut c) = start_deliverer("dlv_webhook", &[("engage.lease", LEASE_SETTING)]);
     let receiver = HttpReceiver::new();
     let secret = signing_secret(b"pg_engage integration test key!!");
     webhook_channel(&mut c, &receiver.url("/hooks/engage"), &secret, 8, "10 seconds");
@@ -171,7 +175,7 @@ fn webhook_is_signed_rendered_and_logged() {
     assert_eq!(backend, "pg_engage deliverer");
     assert_eq!((sent, failed, last_batch), (1, 0, true), "worker_status counts the send");
     // Exactly one request: nothing is sent twice.
-    std::thread::sleep(Duration::from_millis(600));
+    past_every_lease(&cluster, &mut c, LEASE);
     assert_eq!(receiver.requests().len(), 1);
 }
 
@@ -297,7 +301,7 @@ fn email_goes_over_starttls_and_the_password_never_in_clear_text() {
 
 #[test]
 fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
-    let (cluster, mut c) = start_deliverer("dlv_email", &[]);
+    let (cluster, mut c) = start_deliverer("dlv_email", &[("engage.lease", LEASE_SETTING)]);
     let smtp = SmtpReceiver::new();
     c.execute(
         "INSERT INTO engage.channels (kind, config) VALUES ('email', $1)",
@@ -365,7 +369,7 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
         count(&mut c, &format!("SELECT count(*) FROM engage.messages WHERE outbox_id = {id} AND channel = 'email'")),
         1
     );
-    std::thread::sleep(Duration::from_millis(600));
+    past_every_lease(&cluster, &mut c, LEASE);
     assert_eq!(smtp.mails().len(), 1, "sent once");
 }
 
@@ -376,7 +380,7 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
 #[test]
 fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     // http_timeout 1 s; the fourth answer comes after 3 s, so that attempt times out.
-    let (cluster, mut c) = start_deliverer("dlv_retry", &[("engage.http_timeout", "'1000ms'")]);
+    let (cluster, mut c) = start_deliverer("dlv_retry", &[("engage.http_timeout", "'1000ms'"), ("engage.lease", LEASE_SETTING)]);
     let answer_delay = Duration::from_millis(300);
     let receiver = HttpReceiver::scripted(
         vec![
@@ -426,7 +430,7 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
         c.query_one("SELECT attempts FROM engage.messages WHERE outbox_id = $1", &[&id]).unwrap().get(0);
     assert_eq!(logged_attempts, 5, "engage.messages counts the attempts");
 
-    std::thread::sleep(Duration::from_millis(600));
+    past_every_lease(&cluster, &mut c, LEASE);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 5, "four failures then one success, nothing after: {requests:#?}");
     for r in &requests {
@@ -454,7 +458,8 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     assert!(g[2] > g[0] && g[3] > g[1] && g[3] > g[2], "gaps must grow: {g:?}");
 
     let (_, _, sent, failed, _) = worker_status(&mut c);
-    assert_eq!((sent, failed), (1, 4), "worker_status counts one send and four failures");
+    // Four failures of the message, and the barrier message of past_every_lease, dead at once.
+    assert_eq!((sent, failed), (1, 5), "worker_status counts one send and four failures, and the barrier");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,7 +468,7 @@ fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
 
 #[test]
 fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
-    let (cluster, mut c) = start_deliverer("dlv_dead", &[]);
+    let (cluster, mut c) = start_deliverer("dlv_dead", &[("engage.lease", LEASE_SETTING)]);
     let receiver =
         HttpReceiver::scripted(vec![Reply::status(400).with_body("{\"error\":\"bad payload\"}")], Reply::status(200));
     let secret = signing_secret(b"dead key");
@@ -486,8 +491,8 @@ fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
     assert_eq!(dead[0].get::<_, i32>(3), 1);
     assert_eq!(dead[0].get::<_, Option<String>>(4), Some(error.clone()));
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.messages"), 0, "nothing logged as sent");
-    // Not retried: still one request a few poll intervals later.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Not retried: still one request once the deliverer has claimed again after the lease.
+    past_every_lease(&cluster, &mut c, LEASE);
     assert_eq!(receiver.requests().len(), 1, "a permanent failure is not retried");
 
     let redriven: Option<bool> = c.query_one("SELECT engage.redrive($1)", &[&id]).unwrap().get(0);
@@ -509,7 +514,7 @@ fn client_error_goes_dead_at_once_and_redrive_delivers_it() {
 
 #[test]
 fn missing_address_or_consent_falls_back_or_goes_dead() {
-    let (cluster, mut c) = start_deliverer("dlv_fallback", &[]);
+    let (cluster, mut c) = start_deliverer("dlv_fallback", &[("engage.lease", LEASE_SETTING)]);
     let smtp = SmtpReceiver::new();
     let receiver = HttpReceiver::new();
     let secret = signing_secret(b"fallback key");
@@ -590,7 +595,7 @@ fn missing_address_or_consent_falls_back_or_goes_dead() {
     assert_eq!(dead, BTreeSet::from(["dead_noaddr".to_string()]));
 
     // Let any stray send arrive, then count what each receiver got.
-    std::thread::sleep(Duration::from_millis(800));
+    past_every_lease(&cluster, &mut c, LEASE);
     let mails = smtp.mails();
     assert_eq!(mails.len(), 1, "only the customer with an address and consent gets an email: {mails:#?}");
     assert_eq!(mails[0].to, vec!["ok@example.com".to_string()]);
@@ -651,7 +656,8 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
     let in_flight = receiver.requests().len();
     drop(c);
 
-    // The postmaster restarts every backend after a crash: reconnect, wait for a new worker.
+    // The postmaster restarts every backend after a crash: reconnect, wait for a new worker. (A
+    // connection made before the postmaster has noticed the crash is closed with the others.)
     std::thread::sleep(Duration::from_millis(300));
     let mut c = reconnect(&cluster, db, Duration::from_secs(30));
     let new_pid = wait_for_worker(&cluster, &mut c, Some(pid));
@@ -664,7 +670,7 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
         12,
         "one engage.messages row per message"
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    past_every_lease(&cluster, &mut c, Duration::from_secs(2));
     let requests = receiver.requests();
     let mut by_id: BTreeMap<String, Vec<&Request>> = BTreeMap::new();
     for r in &requests {
@@ -709,7 +715,7 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
 #[test]
 fn pending_rows_are_delivered_after_a_server_restart() {
     let db = "dlv_restart";
-    let (cluster, mut c) = start_deliverer(db, &[]);
+    let (cluster, mut c) = start_deliverer(db, &[("engage.lease", LEASE_SETTING)]);
     let receiver = HttpReceiver::new();
     let secret = signing_secret(b"restart key");
     webhook_channel(&mut c, &receiver.url("/restart"), &secret, 8, "200 milliseconds");
@@ -748,7 +754,7 @@ fn pending_rows_are_delivered_after_a_server_restart() {
 
     let rows = wait_settled(&cluster, &mut c, 4, WAIT);
     assert!(rows.iter().all(|o| o.status == "sent" && o.attempts == 1), "{rows:#?}");
-    std::thread::sleep(Duration::from_millis(600));
+    past_every_lease(&cluster, &mut c, LEASE);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 4, "each pending message once: {requests:#?}");
     let ids: BTreeSet<String> = requests.iter().map(|r| r.header("webhook-id").unwrap_or("").to_string()).collect();
@@ -770,7 +776,7 @@ fn pending_rows_are_delivered_after_a_server_restart() {
 
 #[test]
 fn rolled_back_event_sends_nothing() {
-    let (cluster, mut c) = start_deliverer("dlv_rollback", &[]);
+    let (cluster, mut c) = start_deliverer("dlv_rollback", &[("engage.lease", LEASE_SETTING)]);
     let receiver = HttpReceiver::new();
     webhook_channel(&mut c, &receiver.url("/rollback"), &signing_secret(b"rb"), 8, "200 milliseconds");
     create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
@@ -793,8 +799,8 @@ fn rolled_back_event_sends_nothing() {
     tx.commit().unwrap();
 
     let requests = receiver.wait_for_requests(1, WAIT, &cluster);
-    // Several poll intervals (200 ms) later, still only the kept one.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the deliverer has claimed again after the lease, still only the kept one.
+    past_every_lease(&cluster, &mut c, LEASE);
     let requests_later = receiver.requests();
     assert_eq!(requests_later.len(), 1, "only the committed event is sent: {requests_later:#?}");
     let doc = requests[0].json();
