@@ -2,11 +2,13 @@
 # Installs what building and testing pg_engage needs on Debian 12, and nothing that is there
 # already: PostgreSQL 15 with its server headers, clang (for pgrx's bindgen), sudo (to run
 # PostgreSQL as the non-root `postgres` user), openssl (the tests make a certificate for their
-# STARTTLS mail server), cargo-pgrx 0.18.0, and `cargo pgrx init`.
+# STARTTLS mail server), postgres_exporter (the operations test scrapes ops/postgres_exporter.yml
+# through it), pg_cron (tests/tests/pg_cron.rs), cargo-pgrx 0.18.0, and `cargo pgrx init`.
 set -euo pipefail
 
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config openssl)
+PACKAGES=(postgresql-15 postgresql-server-dev-15 libclang-dev clang sudo pkg-config openssl prometheus-postgres-exporter
+          postgresql-15-cron)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

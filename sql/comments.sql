@@ -16,6 +16,8 @@ COMMENT ON FUNCTION engage.validate_template(text) IS
     'Returns true for a Liquid template that parses and is bounded (NULL too), or raises an ERROR saying why not.';
 COMMENT ON FUNCTION engage.worker_status() IS
     'The built-in workers: the deliverer (running, pid, messages sent and failed since the server started, last batch time) and the scheduler (scheduler_running, scheduler_pid). A stopped worker restarts after 5 s unless the server is shutting down.';
+COMMENT ON FUNCTION engage.rule_cache_loads() IS
+    'How many times backends loaded the trigger definitions, channels and caps since the server started (each change makes every backend load them again); NULL without shared_preload_libraries.';
 COMMENT ON FUNCTION engage.consent_key(text) IS
     'The profiles.consent key for a channel name as apps write it (case and spaces ignored; "all" for every channel); an unknown channel is an ERROR (22023).';
 COMMENT ON FUNCTION engage.check_consent(jsonb) IS

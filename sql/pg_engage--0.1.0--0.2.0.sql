@@ -2,8 +2,9 @@
 -- generated script is kept in sql/versions/; tests/tests/upgrade.rs checks that an updated
 -- database has the catalog of a fresh 0.2.0 install and keeps its data and queue.
 --
--- 0.2.0: journeys decide re-entry in event time (code only), and a minute's calendar tick reads
--- only the profiles of the zones whose local time it is (below).
+-- 0.2.0: journeys decide re-entry in event time (code only), a minute's calendar tick reads
+-- only the profiles of the zones whose local time it is, Segment-shaped ingestion and the
+-- operations views (below).
 \echo Use "ALTER EXTENSION pg_engage UPDATE" to load this file. \quit
 
 CREATE FUNCTION engage.known_time_zones(names text[]) RETURNS text[]
@@ -121,9 +122,297 @@ COMMENT ON FUNCTION engage.fire_calendar(integer, timestamptz, timestamptz) IS
     'engage.tick for "anniversary" and "date" triggers: fires each occurrence (local date and time in the customer''s zone) that falls in (since, moment], at most a day late.';
 
 
+-- Segment-shaped ingestion (sql/ingest.sql).
+-- Anonymous ids merged into a known customer by an alias call: later calls that carry only the
+-- anonymous id are recorded for the known customer.
+CREATE TABLE engage.aliases (
+    previous_id text        COLLATE "C" PRIMARY KEY,
+    customer_id text        COLLATE "C" NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE engage.aliases IS
+    'Segment alias calls: previous_id (an anonymousId) now means customer_id. Events already recorded under previous_id stay there.';
+SELECT pg_catalog.pg_extension_config_dump('engage.aliases', '');
+
+CREATE FUNCTION engage.aliased(anonymous_id text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT a.customer_id FROM engage.aliases a WHERE a.previous_id = aliased.anonymous_id
+$$;
+COMMENT ON FUNCTION engage.aliased(text) IS
+    'The customer an anonymous id was merged into by an alias call, or NULL.';
+
+CREATE FUNCTION engage.stored_keys(keys text[]) RETURNS text[]
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(array_agg(e.idempotency_key), '{}')
+      FROM engage.events e
+     WHERE e.idempotency_key = ANY (stored_keys.keys)
+$$;
+COMMENT ON FUNCTION engage.stored_keys(text[]) IS
+    'The idempotency keys among keys that are already stored (engage.ingest reports their calls as duplicates; an app learns no more than a skipped insert tells it).';
+
+CREATE FUNCTION engage.alias(previous_id text, customer_id text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    existing text;
+BEGIN
+    IF alias.previous_id IS NULL OR alias.customer_id IS NULL OR alias.previous_id = alias.customer_id THEN
+        RAISE EXCEPTION 'alias needs two different ids, previousId and userId'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    INSERT INTO engage.aliases AS a (previous_id, customer_id) VALUES (alias.previous_id, alias.customer_id)
+    ON CONFLICT ON CONSTRAINT aliases_pkey DO NOTHING;
+    SELECT a.customer_id INTO existing FROM engage.aliases a WHERE a.previous_id = alias.previous_id;
+    IF existing <> alias.customer_id THEN
+        RAISE EXCEPTION 'previousId "%" is already an alias of "%"', alias.previous_id, existing
+            USING ERRCODE = 'unique_violation';
+    END IF;
+    -- The anonymous profile's traits go to the known customer; what the known profile already
+    -- has wins.
+    INSERT INTO engage.profiles AS p (customer_id, attributes, email, phone, timezone, push_token, locale, preferred_channel)
+    SELECT alias.customer_id, anon.attributes, anon.email, anon.phone, anon.timezone, anon.push_token, anon.locale,
+           anon.preferred_channel
+      FROM engage.profiles anon
+     WHERE anon.customer_id = alias.previous_id
+    ON CONFLICT ON CONSTRAINT profiles_pkey DO UPDATE
+       SET attributes = excluded.attributes || p.attributes,
+           email      = coalesce(p.email, excluded.email),
+           phone      = coalesce(p.phone, excluded.phone),
+           timezone   = coalesce(p.timezone, excluded.timezone),
+           push_token = coalesce(p.push_token, excluded.push_token),
+           locale     = coalesce(p.locale, excluded.locale),
+           preferred_channel = coalesce(p.preferred_channel, excluded.preferred_channel),
+           updated_at = now();
+END
+$$;
+COMMENT ON FUNCTION engage.alias(text, text) IS
+    'Segment alias: previous_id (an anonymousId) now means customer_id; the anonymous profile''s traits merge into the known one (the known values win). Events already recorded under previous_id stay there, with their decisions. ERROR 23505 if previous_id is already an alias of another customer.';
+
+CREATE FUNCTION engage.ingest(calls jsonb)
+RETURNS TABLE (item integer, type text, customer_id text, outcome text, error text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    items jsonb;
+    call jsonb;
+    pos bigint;
+    kind text;
+    customer text;
+    name_ text;
+    props jsonb;
+    at_field text;
+    at_ timestamptz;
+    key_ text;
+    traits jsonb;
+    seen_keys text[];
+    ev_pos integer[] := '{}';
+    ev_customer text[] := '{}';
+    ev_name text[] := '{}';
+    ev_props jsonb[] := '{}';
+    ev_at timestamptz[] := '{}';
+    ev_key text[] := '{}';
+    ev_type text[] := '{}';
+BEGIN
+    items := CASE pg_catalog.jsonb_typeof(calls)
+                 WHEN 'array' THEN calls
+                 WHEN 'object' THEN coalesce(calls -> 'batch', pg_catalog.jsonb_build_array(calls))
+             END;
+    IF items IS NULL OR pg_catalog.jsonb_typeof(items) <> 'array' THEN
+        RAISE EXCEPTION 'ingest: expected a call object, an array of calls or {"batch": [...]}, got %',
+                        coalesce(pg_catalog.jsonb_typeof(calls), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Keys already stored, in one look-up (the writer role cannot read events itself).
+    seen_keys := engage.stored_keys(ARRAY(
+        SELECT c.value ->> 'messageId' FROM pg_catalog.jsonb_array_elements(items) c
+         WHERE pg_catalog.jsonb_typeof(c.value) = 'object' AND c.value ? 'messageId'));
+    FOR call, pos IN SELECT c.value, c.ordinality FROM pg_catalog.jsonb_array_elements(items) WITH ORDINALITY c LOOP
+        item := pos;
+        type := NULL;
+        customer_id := NULL;
+        outcome := 'error';
+        error := NULL;
+        BEGIN
+            IF pg_catalog.jsonb_typeof(call) <> 'object' THEN
+                RAISE EXCEPTION 'a call is a JSON object, got %', pg_catalog.jsonb_typeof(call);
+            END IF;
+            -- A batch's own context applies to every call in it (the call's keys win).
+            IF pg_catalog.jsonb_typeof(calls -> 'context') = 'object' THEN
+                call := call || pg_catalog.jsonb_build_object('context', (calls -> 'context') || coalesce(call -> 'context', '{}'));
+            END IF;
+            kind := call ->> 'type';
+            type := kind;
+            IF kind IS NULL OR kind NOT IN ('track', 'identify', 'page', 'screen', 'group', 'alias') THEN
+                RAISE EXCEPTION 'type: expected track, identify, page, screen, group or alias, got %',
+                                coalesce(call -> 'type', 'null');
+            END IF;
+            customer := coalesce(call ->> 'userId', engage.aliased(call ->> 'anonymousId'), call ->> 'anonymousId');
+            IF customer IS NULL OR customer = '' THEN
+                RAISE EXCEPTION 'userId or anonymousId: one is required';
+            END IF;
+            customer_id := customer;
+            IF kind = 'alias' THEN
+                IF call ->> 'userId' IS NULL OR call ->> 'previousId' IS NULL THEN
+                    RAISE EXCEPTION 'alias: previousId and userId are required';
+                END IF;
+                PERFORM engage.alias(call ->> 'previousId', call ->> 'userId');
+                outcome := 'ingested';
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            IF kind = 'identify' THEN
+                traits := coalesce(call -> 'traits', '{}');
+                IF pg_catalog.jsonb_typeof(traits) <> 'object' THEN
+                    RAISE EXCEPTION 'traits: expected an object, got %', pg_catalog.jsonb_typeof(traits);
+                END IF;
+                -- Segment keeps the time zone and locale in the context.
+                traits := pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                              'timezone', call #>> '{context,timezone}', 'locale', call #>> '{context,locale}')) || traits;
+                PERFORM engage.identify(customer, traits);
+                outcome := 'ingested';
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            -- An event: track, page, screen or group.
+            props := coalesce(call -> 'properties', '{}');
+            IF pg_catalog.jsonb_typeof(props) <> 'object' THEN
+                RAISE EXCEPTION 'properties: expected an object, got %', pg_catalog.jsonb_typeof(props);
+            END IF;
+            name_ := CASE kind WHEN 'track' THEN call ->> 'event' ELSE kind END;
+            IF name_ IS NULL OR name_ = '' THEN
+                RAISE EXCEPTION 'event: a track call needs an event name';
+            END IF;
+            IF kind IN ('page', 'screen') THEN
+                props := pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+                             'name', call -> 'name', 'category', call -> 'category')) || props;
+            ELSIF kind = 'group' THEN
+                IF call ->> 'groupId' IS NULL THEN
+                    RAISE EXCEPTION 'groupId: a group call needs one';
+                END IF;
+                props := pg_catalog.jsonb_build_object('groupId', call -> 'groupId', 'traits', coalesce(call -> 'traits', '{}'));
+            END IF;
+            at_field := CASE WHEN call ? 'timestamp' THEN 'timestamp'
+                             WHEN call ? 'originalTimestamp' THEN 'originalTimestamp'
+                             WHEN call ? 'receivedAt' THEN 'receivedAt' END;
+            IF at_field IS NULL THEN
+                at_ := now();
+            ELSE
+                BEGIN
+                    at_ := (call ->> at_field)::timestamptz;
+                EXCEPTION WHEN data_exception THEN
+                    at_ := NULL;
+                END;
+                IF at_ IS NULL OR NOT (at_ >= '0001-01-01 00:00:00+00' AND at_ < '10000-01-01 00:00:00+00') THEN
+                    RAISE EXCEPTION '%: expected an ISO 8601 time between the years 1 and 9999, got %',
+                                    at_field, coalesce(call -> at_field, 'null');
+                END IF;
+            END IF;
+            key_ := call ->> 'messageId';
+            IF name_ LIKE 'trigger:%' OR key_ LIKE 'trigger:%' THEN
+                RAISE EXCEPTION 'event and messageId: names and keys beginning with "trigger:" are reserved for pg_engage''s scheduled triggers';
+            END IF;
+            IF key_ = ANY (seen_keys) THEN
+                outcome := 'duplicate';
+                RETURN NEXT;
+                CONTINUE;
+            END IF;
+            IF key_ IS NOT NULL THEN
+                seen_keys := seen_keys || key_;
+            END IF;
+            ev_pos := ev_pos || pos::integer;
+            ev_customer := ev_customer || customer;
+            ev_name := ev_name || name_;
+            ev_props := ev_props || props;
+            ev_at := ev_at || at_;
+            ev_key := ev_key || key_;
+            ev_type := ev_type || kind;
+        EXCEPTION WHEN others THEN
+            GET STACKED DIAGNOSTICS error = MESSAGE_TEXT;
+            outcome := 'error';
+            RETURN NEXT;
+        END;
+    END LOOP;
+    -- Every event of the batch in one statement: one run of the insert path, in event time.
+    INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
+    SELECT e.customer_id, e.name, e.properties, e.occurred_at, e.idempotency_key
+      FROM unnest(ev_pos, ev_customer, ev_name, ev_props, ev_at, ev_key)
+               AS e(pos, customer_id, name, properties, occurred_at, idempotency_key)
+     ORDER BY e.pos;
+    RETURN QUERY
+    SELECT e.pos, e.type, e.customer_id, 'ingested'::text, NULL::text
+      FROM unnest(ev_pos, ev_type, ev_customer) AS e(pos, type, customer_id);
+END
+$$;
+COMMENT ON FUNCTION engage.ingest(jsonb) IS
+    'Records Segment / RudderStack calls (track, identify, page, screen, group, alias): one call, an array, or {"batch": [...]}. Identify and alias calls apply first, in order, then every event of the batch is inserted in one statement. One row per call: outcome ingested, duplicate (its messageId was already stored or repeated in the batch) or error, with the field and the problem; a bad call does not stop the others.';
+
+-- The operations views (sql/operations.sql) and the rule cache's load counter they read.
+CREATE FUNCTION engage."rule_cache_loads"() RETURNS bigint
+VOLATILE PARALLEL SAFE STRICT LANGUAGE c
+AS 'MODULE_PATHNAME', 'rule_cache_loads_wrapper';
+COMMENT ON FUNCTION engage.rule_cache_loads() IS
+    'How many times backends loaded the trigger definitions, channels and caps since the server started (each change makes every backend load them again); NULL without shared_preload_libraries.';
+
+-- Dead messages by when they died: the start of their last attempt (claimed_at). Rare rows, so
+-- the index costs nothing on the insert path.
+CREATE INDEX outbox_dead ON engage.outbox (claimed_at) WHERE status = 'dead';
+
+CREATE VIEW engage.queue_health AS
+SELECT o.channel,
+       o.status::text AS status,
+       count(*) AS messages,
+       count(*) FILTER (WHERE o.status = 'pending' AND o.due_at <= now()) AS due,
+       now() - min(o.due_at) FILTER (WHERE o.status = 'pending' AND o.due_at <= now()) AS oldest_due_age,
+       count(*) FILTER (WHERE o.status = 'claimed' AND o.lease_until < now()) AS expired_leases
+  FROM engage.outbox o
+ WHERE o.status IN ('pending', 'claimed')
+ GROUP BY o.channel, o.status;
+COMMENT ON VIEW engage.queue_health IS
+    'Open messages by channel and status: how many, how many are due, how long the oldest due pending one has waited, and claimed ones whose lease expired (their deliverer died or hangs: they are claimed again).';
+
+CREATE VIEW engage.operations AS
+SELECT (SELECT count(*) FROM engage.outbox o WHERE o.status = 'pending') AS pending,
+       (SELECT count(*) FROM engage.outbox o WHERE o.status = 'pending' AND o.due_at <= now()) AS pending_due,
+       (SELECT now() - min(o.due_at) FROM engage.outbox o WHERE o.status = 'pending' AND o.due_at <= now())
+           AS oldest_due_age,
+       (SELECT count(*) FROM engage.outbox o WHERE o.status = 'claimed') AS claimed,
+       (SELECT count(*) FROM engage.outbox o WHERE o.status = 'claimed' AND o.lease_until < now()) AS expired_leases,
+       (SELECT count(*) FROM engage.outbox o WHERE o.status = 'dead' AND o.claimed_at > now() - interval '1 hour')
+           AS dead_last_hour,
+       w.running AS deliverer_running,
+       w.pid AS deliverer_pid,
+       w.last_batch_at AS deliverer_last_batch_at,
+       w.sent AS sent_since_start,
+       w.failed AS failed_since_start,
+       w.scheduler_running,
+       t.last_tick AS ticked_until,
+       now() - t.last_tick AS tick_lag,
+       engage.rule_cache_loads() AS rule_cache_loads
+  FROM engage.worker_status() w,
+       (SELECT max(p.ticked_until) AS last_tick FROM engage.tick_progress p) t;
+COMMENT ON VIEW engage.operations IS
+    'One row for the on-call engineer: pending and due messages and the age of the oldest due one, claimed messages and expired leases, messages dead in the last hour; the built-in deliverer (running, pid, last batch, sent and failed since the server started) and scheduler (running; ticked_until, the latest instant a tick covered, whoever ran it, and tick_lag, how far behind now it is); rule-set loads by all backends since the start. Worker fields are false/NULL without shared_preload_libraries.';
+
 -- As sql/privileges.sql does for every function: a pinned search_path (CREATE OR REPLACE resets
 -- it), and nothing for PUBLIC.
 ALTER FUNCTION engage.known_time_zones(text[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.profile_zones() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.fire_calendar(integer, timestamptz, timestamptz) SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION engage.known_time_zones(text[]), engage.profile_zones() FROM PUBLIC;
+ALTER FUNCTION engage.rule_cache_loads() SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION engage.rule_cache_loads() FROM PUBLIC;
+GRANT SELECT ON engage.queue_health, engage.operations TO engage_analyst;
+-- worker_status: granted to the analyst before the admin, as a fresh install does (the ACL's order).
+REVOKE EXECUTE ON FUNCTION engage.worker_status() FROM engage_admin;
+GRANT EXECUTE ON FUNCTION engage.worker_status(), engage.rule_cache_loads() TO engage_analyst;
+GRANT EXECUTE ON FUNCTION engage.worker_status() TO engage_admin;
+ALTER FUNCTION engage.alias(text, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.aliased(text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.ingest(jsonb) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.alias(text, text) SECURITY DEFINER;
+ALTER FUNCTION engage.aliased(text) SECURITY DEFINER;
+ALTER FUNCTION engage.stored_keys(text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.stored_keys(text[]) SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION engage.alias(text, text), engage.aliased(text), engage.stored_keys(text[]), engage.ingest(jsonb)
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION engage.ingest(jsonb), engage.alias(text, text), engage.aliased(text), engage.stored_keys(text[])
+    TO engage_writer;
+GRANT SELECT ON engage.aliases TO engage_admin;

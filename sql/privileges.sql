@@ -50,6 +50,9 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA engage FROM PUBLIC;
 -- (track, subscribe and unsubscribe insert an event with the caller's own rights, so the caller
 -- is who the reserved-name check sees; identify writes profiles, which apps cannot.)
 ALTER FUNCTION engage.identify(text, jsonb) SECURITY DEFINER;
+ALTER FUNCTION engage.alias(text, text) SECURITY DEFINER;
+ALTER FUNCTION engage.aliased(text) SECURITY DEFINER;
+ALTER FUNCTION engage.stored_keys(text[]) SECURITY DEFINER;
 -- The triggers on engage.events decide as the owner: an app needs INSERT on events and nothing else.
 ALTER FUNCTION engage.evaluate_events() SECURITY DEFINER;
 ALTER FUNCTION engage.skip_duplicate_event() SECURITY DEFINER;
@@ -87,7 +90,9 @@ ALTER FUNCTION engage.purge(interval, interval, integer) SECURITY DEFINER;
 -- but the id of the event it inserted (INSERT ... RETURNING id).
 GRANT INSERT, SELECT (id) ON engage.events TO engage_writer;
 GRANT EXECUTE ON FUNCTION engage.track(text, text, jsonb, timestamptz, text), engage.identify(text, jsonb),
-                          engage.subscribe(text, text), engage.unsubscribe(text, text)
+                          engage.subscribe(text, text), engage.unsubscribe(text, text),
+                          engage.ingest(jsonb), engage.alias(text, text), engage.aliased(text),
+                          engage.stored_keys(text[])
     TO engage_writer;
 
 -- engage_analyst: every metrics view and the decision log; no secrets, no addresses.
@@ -96,12 +101,14 @@ GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volu
                 engage.current_exposures, engage.message_responses, engage.trigger_response_rates,
                 engage.attributed_conversions, engage.trigger_revenue, engage.trigger_exposures,
                 engage.holdout_uplift, engage.variant_results, engage.trigger_latency, engage.trigger_roi,
-                engage.customer_predictions, engage.decisions, engage.triggers
+                engage.customer_predictions, engage.decisions, engage.triggers,
+                engage.queue_health, engage.operations
     TO engage_analyst;
 GRANT EXECUTE ON FUNCTION engage.json_path(text), engage.json_number(jsonb, text[]), engage.duration(text),
                           engage.message_facts_of(text[]), engage.touches_of(text[]), engage.exposures_of(text[]),
                           engage.trigger_volume_in(interval, timestamptz), engage.trigger_latency_in(timestamptz),
                           engage.purchase_summaries(text, date, interval),
+                          engage.worker_status(), engage.rule_cache_loads(),
                           engage.compare_groups(bigint, bigint, numeric, numeric, bigint, bigint, numeric, numeric),
                           engage.bgnbd_p_alive(double precision, double precision, double precision, double precision,
                                                double precision, double precision, double precision),
@@ -125,7 +132,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON engage.triggers, engage.channels, engage
 -- UPDATE of secrets only: writing them binds them to the channel's current destination, and no
 -- other UPDATE can move that binding (engage.channel_secrets.destination).
 GRANT INSERT, UPDATE (secrets), DELETE, SELECT (kind) ON engage.channel_secrets TO engage_admin;
-GRANT SELECT ON engage.events, engage.profiles, engage.outbox, engage.dead_letters, engage.messages,
+GRANT SELECT ON engage.events, engage.profiles, engage.aliases, engage.outbox, engage.dead_letters, engage.messages,
                 engage.escalations, engage.tick_progress, engage.purchase_models
     TO engage_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA engage TO engage_admin;

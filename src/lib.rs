@@ -13,8 +13,10 @@
 //! - `settings`: every setting (GUC), with typed getters;
 //! - `sql_error`: the PostgreSQL errors raised to users.
 //!
-//! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql;
-//! the claim / complete / fail contract of the outbox is SQL too, in sql/outbox.sql.
+//! The tables, the idempotency trigger and the Segment-style helpers are SQL, in sql/schema.sql
+//! (Segment-shaped batches in sql/ingest.sql);
+//! the claim / complete / fail contract of the outbox is SQL too, in sql/outbox.sql; the views
+//! for the on-call engineer are in sql/operations.sql.
 
 use pgrx::prelude::*;
 
@@ -58,6 +60,7 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
+extension_sql_file!("../sql/ingest.sql", name = "ingest", requires = ["schema"]);
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!(
@@ -67,10 +70,15 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/retention.sql", name = "retention", requires = ["schedule", retention::history_needed]);
 extension_sql_file!(
+    "../sql/operations.sql",
+    name = "operations",
+    requires = ["retention", "ingest", workers::worker_status, evaluate::rules::rule_cache_loads]
+);
+extension_sql_file!(
     "../sql/comments.sql",
     name = "comments",
     requires = [
-        "retention",
+        "operations",
         triggers::validate_trigger,
         triggers::create_trigger,
         triggers::update_trigger,
@@ -86,6 +94,7 @@ extension_sql_file!(
         evaluate::consent::check_consent,
         deliver::template::validate_template,
         workers::worker_status,
+        evaluate::rules::rule_cache_loads,
         predict::bgnbd_fit,
         predict::bgnbd_p_alive,
         predict::bgnbd_expected_purchases

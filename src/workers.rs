@@ -1,5 +1,7 @@
 //! The built-in background workers, the deliverer (`deliver`) and the scheduler (`schedule`):
 //! their registration, their state in shared memory, how they end, and `engage.worker_status()`.
+//! Registering them also sets up the rest of pg_engage's shared memory (the rule cache's load
+//! counter, `evaluate::rules`).
 //!
 //! They exist only when pg_engage is in `shared_preload_libraries`; without it, an external
 //! deliverer uses the outbox's claim / complete / fail functions and pg_cron runs the scheduler's
@@ -25,9 +27,15 @@ pub fn register() {
     pg_shmem_init!(FAILED = AtomicI64::new(0));
     pg_shmem_init!(LAST_BATCH = AtomicI64::new(0));
     pg_shmem_init!(SCHEDULER_PID = AtomicI32::new(0));
+    crate::evaluate::rules::init_shared();
     crate::deliver::register();
     crate::schedule::register();
     PRELOADED.store(true, Ordering::Release);
+}
+
+/// Whether this process has pg_engage's shared memory (pg_engage is in shared_preload_libraries).
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Acquire)
 }
 
 /// The built-in workers whose process id worker_status() shows.
@@ -46,7 +54,7 @@ fn pid_slot(worker: Worker) -> &'static PgAtomic<AtomicI32> {
 
 /// The deliverer's process id while it runs (None in a backend of a server without the preload).
 pub fn deliverer_pid() -> Option<i32> {
-    if !PRELOADED.load(Ordering::Acquire) {
+    if !preloaded() {
         return None;
     }
     Some(DELIVERER_PID.get().load(Ordering::Acquire)).filter(|&pid| pid > 0)
@@ -106,7 +114,7 @@ fn worker_status() -> TableIterator<
         name!(scheduler_pid, Option<i32>),
     ),
 > {
-    if !PRELOADED.load(Ordering::Acquire) {
+    if !preloaded() {
         return TableIterator::once((false, None, 0, 0, None, false, None));
     }
     let scheduler = SCHEDULER_PID.get().load(Ordering::Acquire);

@@ -16,7 +16,8 @@ use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use pgrx::{pg_shmem_init, PgAtomic};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
 /// One enabled trigger, compiled.
 pub struct CompiledRule {
@@ -140,8 +141,28 @@ pub fn current() -> Rc<RuleSet> {
         let loaded = Rc::new(load());
         CACHE.with(|c| *c.borrow_mut() = loaded);
         std::mem::forget(on_failure);
+        if crate::workers::preloaded() {
+            LOADS.get().fetch_add(1, Ordering::AcqRel);
+        }
     }
     CACHE.with(|c| Rc::clone(&c.borrow()))
+}
+
+/// How many times a backend loaded the rule set since the server started, in shared memory (only
+/// when pg_engage is preloaded). A number that keeps climbing means definitions, channels or caps
+/// change often and every backend pays for reading them again.
+static LOADS: PgAtomic<AtomicI64> = unsafe { PgAtomic::new(c"pg_engage_rule_set_loads") };
+
+/// Called when preloading (`crate::workers::register`): the shared load counter.
+pub fn init_shared() {
+    pg_shmem_init!(LOADS = AtomicI64::new(0));
+}
+
+/// Rule-set loads by all backends since the server started; NULL when pg_engage is not in
+/// shared_preload_libraries (there is no shared memory to count in).
+#[pg_extern(volatile, parallel_safe)]
+fn rule_cache_loads() -> Option<i64> {
+    crate::workers::preloaded().then(|| LOADS.get().load(Ordering::Acquire))
 }
 
 /// Marks the cache stale when dropped; `current` forgets it once the load succeeded. An ERROR
