@@ -7,7 +7,7 @@
 //! - `policy`: caps and priority conflicts among the statement's candidates;
 //! - `deliver`: the background worker, channel adapters and templates that send queued messages;
 //! - `workers`: the built-in workers' registration, shared state and `engage.worker_status()`;
-//! - `schedule`: the scheduler worker that fires time-based triggers (engage.tick, sql/schedule.sql);
+//! - `scheduler`: the scheduler worker that fires occasions (engage.tick, sql/scheduler.sql);
 //! - `predict`: customer-behaviour models fitted in the database (BG/NBD);
 //! - `jsonb`: reading jsonb values into serde values without failing on what jsonb can hold;
 //! - `settings`: every setting (GUC), with typed getters;
@@ -27,7 +27,7 @@ mod policy;
 mod predict;
 mod retention;
 mod rule;
-mod schedule;
+mod scheduler;
 mod settings;
 mod sql_error;
 mod triggers;
@@ -64,15 +64,15 @@ extension_sql_file!("../sql/ingest.sql", name = "ingest", requires = ["schema"])
 extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!(
-    "../sql/schedule.sql",
-    name = "schedule",
-    requires = ["predict", "metrics", schedule::zones::known_time_zones]
+    "../sql/scheduler.sql",
+    name = "scheduler",
+    requires = ["predict", "metrics", scheduler::zones::known_time_zones]
 );
-extension_sql_file!("../sql/retention.sql", name = "retention", requires = ["schedule", retention::history_needed]);
+extension_sql_file!("../sql/retention.sql", name = "retention", requires = ["scheduler", retention::history_needed]);
 extension_sql_file!(
     "../sql/operations.sql",
     name = "operations",
-    requires = ["retention", "ingest", workers::worker_status, evaluate::rules::rule_cache_loads]
+    requires = ["retention", "ingest", workers::worker_status, evaluate::rule_cache::rule_cache_loads]
 );
 extension_sql_file!(
     "../sql/comments.sql",
@@ -86,7 +86,7 @@ extension_sql_file!(
         triggers::disable_trigger,
         triggers::drop_trigger,
         triggers::duration,
-        schedule::zones::known_time_zones,
+        scheduler::zones::known_time_zones,
         evaluate::evaluate_events,
         evaluate::rules_changed,
         evaluate::skip_duplicate_event,
@@ -94,7 +94,7 @@ extension_sql_file!(
         evaluate::consent::check_consent,
         deliver::template::validate_template,
         workers::worker_status,
-        evaluate::rules::rule_cache_loads,
+        evaluate::rule_cache::rule_cache_loads,
         predict::bgnbd_fit,
         predict::bgnbd_p_alive,
         predict::bgnbd_expected_purchases

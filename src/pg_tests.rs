@@ -789,7 +789,7 @@ mod tests {
         assert_eq!(count("SELECT count(*) FROM engage.message_responses WHERE opened_at IS NOT NULL"), 2);
     }
 
-    // ---- scheduled and threshold triggers (sql/schedule.sql) -------------------------------
+    // ---- scheduled and threshold triggers (sql/scheduler.sql) -------------------------------
 
     /// Ticks at `moment` and returns how many occasions fired, over all triggers.
     fn tick(moment: &str) -> i64 {

@@ -1,7 +1,7 @@
-//! The built-in background workers, the deliverer (`deliver`) and the scheduler (`schedule`):
+//! The built-in background workers, the deliverer (`deliver`) and the scheduler (`scheduler`):
 //! their registration, their state in shared memory, how they end, and `engage.worker_status()`.
 //! Registering them also sets up the rest of pg_engage's shared memory (the rule cache's load
-//! counter, `evaluate::rules`).
+//! counter, `evaluate::rule_cache`).
 //!
 //! They exist only when pg_engage is in `shared_preload_libraries`; without it, an external
 //! deliverer uses the outbox's claim / complete / fail functions and pg_cron runs the scheduler's
@@ -27,9 +27,9 @@ pub fn register() {
     pg_shmem_init!(FAILED = AtomicI64::new(0));
     pg_shmem_init!(LAST_BATCH = AtomicI64::new(0));
     pg_shmem_init!(SCHEDULER_PID = AtomicI32::new(0));
-    crate::evaluate::rules::init_shared();
+    crate::evaluate::rule_cache::init_shared();
     crate::deliver::register();
-    crate::schedule::register();
+    crate::scheduler::register();
     PRELOADED.store(true, Ordering::Release);
 }
 

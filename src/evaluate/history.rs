@@ -8,7 +8,7 @@
 //! more advanced status.
 
 use super::probe::{Key, Probe};
-use super::rules::RuleSet;
+use super::rule_cache::RuleSet;
 use crate::policy::{Candidate, Queued, Rival};
 use crate::rule::Channel;
 use std::collections::HashMap;

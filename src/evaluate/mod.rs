@@ -15,7 +15,7 @@ mod membership;
 mod pattern;
 mod probe;
 mod profile;
-pub mod rules;
+pub mod rule_cache;
 mod store;
 mod transition;
 mod write;
@@ -39,7 +39,7 @@ struct Pending {
 fn evaluate_events<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-    let rules = rules::current();
+    let rules = rule_cache::current();
     if !rules.is_empty() {
         // SAFETY: this function is only attached by schema.sql as AFTER INSERT FOR EACH STATEMENT
         // REFERENCING NEW TABLE on engage.events.
@@ -55,7 +55,7 @@ fn evaluate_events<'a>(
 fn rules_changed<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
-    rules::mark_stale();
+    rule_cache::mark_stale();
     // SAFETY: tg_relation is the relation the trigger fired on (engage.triggers, channels or
     // frequency_caps).
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid((*trigger.trigger_data().tg_relation).rd_id) };
@@ -63,7 +63,7 @@ fn rules_changed<'a>(
     Ok(None)
 }
 
-unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
+unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rule_cache::RuleSet) {
     let null = serde_json::Value::Null;
     let mut customers: Vec<String> = Vec::new();
     let mut customer_index: HashMap<String, usize> = HashMap::new();
@@ -199,7 +199,7 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rules::RuleSet) {
 /// the action and channel it would use, when it would go.
 struct Match<'a> {
     event: &'a Pending,
-    rule: &'a rules::CompiledRule,
+    rule: &'a rule_cache::CompiledRule,
     customer_id: &'a str,
     profile: &'a profile::Profile,
     variant: Option<&'a str>,
@@ -214,7 +214,7 @@ struct Match<'a> {
 /// beat, build the rows, write them. Adds to `marked` the customers whose exposures to a trigger
 /// with a goal changed.
 fn decide_and_write(
-    rules: &rules::RuleSet,
+    rules: &rule_cache::RuleSet,
     events: &[Pending],
     customers: &[String],
     profiles: &HashMap<String, profile::Profile>,
@@ -306,7 +306,7 @@ fn candidate(m: &Match) -> Candidate {
 /// Applies the policy. A rival it replaces must still be pending when its messages are withdrawn:
 /// they are locked first; one a deliverer claimed meanwhile stands, and the policy decides again.
 fn settle(
-    rules: &rules::RuleSet,
+    rules: &rule_cache::RuleSet,
     candidates: &[Candidate],
     history: &mut history::History,
     conflict_window: i64,
@@ -346,7 +346,7 @@ fn settle(
 /// Turns the replaced rivals' decisions into conflicts and withdraws their messages, each naming
 /// what replaced it: its customer's best candidate that was not beaten (the last of equals).
 fn replace_rivals(
-    rules: &rules::RuleSet,
+    rules: &rule_cache::RuleSet,
     customers: &[String],
     candidates: &[Candidate],
     outcomes: &[Outcome],
@@ -391,7 +391,7 @@ fn replace_rivals(
 /// The rows to write: a decision per match; for a fired one its message (and a journey's later
 /// steps); an escalation's message to its team for every match the trigger's own cap let through.
 fn rows<'a>(
-    rules: &'a rules::RuleSet,
+    rules: &'a rule_cache::RuleSet,
     matches: &[Match<'a>],
     outcomes: &[Outcome],
     default_zone: &str,
@@ -481,8 +481,8 @@ fn rows<'a>(
 
 /// Plans one match: draws its variant, then routes the variant's (or the trigger's) action.
 fn plan<'a>(
-    rules: &'a rules::RuleSet,
-    rule: &'a rules::CompiledRule,
+    rules: &'a rule_cache::RuleSet,
+    rule: &'a rule_cache::CompiledRule,
     customer_id: &'a str,
     profile: &'a profile::Profile,
     event: &'a Pending,
@@ -505,7 +505,7 @@ fn plan<'a>(
 /// fallbacks left after it, or why there is none; and its send time, the event time plus the wait,
 /// moved to the end of the customer's local quiet hours on that channel for marketing messages.
 fn route(
-    rules: &rules::RuleSet,
+    rules: &rule_cache::RuleSet,
     action: &Action,
     wait: i64,
     category: Category,
@@ -622,7 +622,7 @@ fn skip_duplicate_event<'a>(
 mod tests {
     //! The pure stages of the insert path: planning a match and building its rows.
     use super::*;
-    use crate::evaluate::rules::{ChannelPolicy, Contender, RuleSet, TriggerRow};
+    use crate::evaluate::rule_cache::{ChannelPolicy, Contender, RuleSet, TriggerRow};
     use crate::policy::quiet_hours::QuietHours;
     use serde_json::json;
 

@@ -9,7 +9,7 @@
 //! Runs under the customers' locks, so the history read is the latest.
 
 use super::probe::{Key, Probe};
-use super::rules::RuleSet;
+use super::rule_cache::RuleSet;
 use super::Pending;
 use crate::rule::pattern::Seen;
 use std::collections::HashMap;

@@ -254,7 +254,7 @@ pub fn cancel_stored(event_ids: Vec<i64>, customer_ids: Vec<&str>) {
     })
 }
 
-/// Fires the "crosses" triggers whose windowed sum the given events cross (sql/schedule.sql).
+/// Fires the "crosses" triggers whose windowed sum the given events cross (sql/scheduler.sql).
 pub fn sum_crossings(event_ids: Vec<i64>) {
     Spi::connect_mut(|client| {
         client.update("SELECT engage.sum_crossings($1)", None, &[event_ids.into()])?;

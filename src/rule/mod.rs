@@ -9,7 +9,7 @@ pub mod error;
 pub mod journey;
 pub mod pattern;
 pub mod predicate;
-pub mod schedule;
+pub mod occasion;
 
 pub use error::DefinitionError;
 pub use predicate::{Facts, Predicate, Source};
@@ -177,7 +177,7 @@ pub struct Definition {
     pub goal: Option<Goal>,
     /// Set for triggers that fire on time, a threshold or a prediction rather than on `events`
     /// (which is then empty).
-    pub schedule: Option<schedule::Schedule>,
+    pub occasion: Option<occasion::Occasion>,
     /// Set for triggers that fire when a pattern of events completes (`events` is then empty).
     pub pattern: Option<pattern::Pattern>,
     /// The steps of a journey after the first (the first is `action`, `wait_micros`, `cancel_on`).
@@ -231,19 +231,19 @@ impl Definition {
             .pattern
             .as_ref()
             .map(|p| p.within_micros.max(p.not_followed_by.as_ref().map_or(0, |n| n.within_micros)));
-        let schedule = self.schedule.as_ref().map(|s| match s {
-            schedule::Schedule::Inactive { for_micros, .. } => *for_micros,
-            schedule::Schedule::Crosses { measure: schedule::Measure::Sum { within_micros, .. }, .. } => *within_micros,
-            schedule::Schedule::Crosses { measure: schedule::Measure::Profile(_), .. } => 0,
-            schedule::Schedule::Anniversary { .. } | schedule::Schedule::Date { .. } => YEAR_MICROS,
-            schedule::Schedule::Predicted { .. } => journey::FOREVER_MICROS,
+        let occasion = self.occasion.as_ref().map(|s| match s {
+            occasion::Occasion::Inactive { for_micros, .. } => *for_micros,
+            occasion::Occasion::Crosses { measure: occasion::Measure::Sum { within_micros, .. }, .. } => *within_micros,
+            occasion::Occasion::Crosses { measure: occasion::Measure::Profile(_), .. } => 0,
+            occasion::Occasion::Anniversary { .. } | occasion::Occasion::Date { .. } => YEAR_MICROS,
+            occasion::Occasion::Predicted { .. } => journey::FOREVER_MICROS,
         });
         [
             self.cap.map(|c| c.per_micros),
             Some(self.wait_micros),
             pattern,
             self.goal.as_ref().map(|g| g.within_micros),
-            schedule,
+            occasion,
         ]
         .into_iter()
         .flatten()
@@ -290,9 +290,9 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
     check_bounds(value)?;
     let map = object(value, "$")?;
     reject_unknown(map, "$", FIELDS)?;
-    let schedule = schedule::parse(map)?;
+    let occasion = occasion::parse(map)?;
     let pattern = map.get("pattern").map(pattern::parse).transpose()?;
-    let events = match (&schedule, &pattern) {
+    let events = match (&occasion, &pattern) {
         (None, None) => parse_events(required(map, "$", "event")?)?,
         _ => Vec::new(),
     };
@@ -418,7 +418,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         category,
         variants,
         goal,
-        schedule,
+        occasion,
         pattern,
         later_steps: steps,
         exit,

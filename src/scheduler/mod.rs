@@ -1,4 +1,4 @@
-//! The scheduler: a background worker that runs `engage.tick()` (sql/schedule.sql) every
+//! The scheduler: a background worker that runs `engage.tick()` (sql/scheduler.sql) every
 //! `engage.tick_interval`, then refreshes the metrics rollups (`engage.refresh_metrics()`) and
 //! applies the retention settings (`engage.purge(...)`, src/retention.rs).
 //!

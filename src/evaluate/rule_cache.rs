@@ -306,9 +306,9 @@ impl RuleSet {
             for event in &definition.events {
                 self.by_event.entry(event.clone()).or_default().push(index);
             }
-            if let Some(schedule) = &definition.schedule {
-                self.by_event.entry(rule::schedule::event_name_for(&row.name)).or_default().push(index);
-                self.summed.extend(schedule.summed_event().map(str::to_string));
+            if let Some(occasion) = &definition.occasion {
+                self.by_event.entry(rule::occasion::event_name_for(&row.name)).or_default().push(index);
+                self.summed.extend(occasion.summed_event().map(str::to_string));
             }
             let steps_cancel = definition.later_steps.iter().flat_map(|s| &s.cancel_on);
             self.cancelling.extend(definition.cancel_on.iter().chain(steps_cancel).map(|c| c.event.clone()));

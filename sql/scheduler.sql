@@ -1,6 +1,6 @@
 -- Scheduled and threshold triggers: inactivity, anniversaries, dates, predictions (fired by
 -- engage.tick), and crossings (fired by the statement that crosses). The language is in
--- src/rule/schedule.rs; the scheduler worker (src/schedule) calls engage.tick every interval.
+-- src/rule/occasion.rs; the scheduler worker (src/scheduler) calls engage.tick every interval.
 --
 -- Every kind fires the same way: it inserts one generated event per customer and occasion,
 -- named 'trigger:<trigger name>', with an idempotency key naming the trigger, the customer and

@@ -1,5 +1,6 @@
-//! Triggers that fire without a matching event of their own: inactivity, calendar dates,
-//! thresholds crossed, predictions. A definition names one of these instead of `"event"`.
+//! Occasions: what fires a trigger without a matching event of its own (inactivity, calendar
+//! dates, thresholds crossed, predictions). A definition names one of these instead of `"event"`.
+//! (The worker that ticks them is `crate::scheduler`.)
 //!
 //! They fire through a generated event named `trigger:<trigger name>` that engage.tick (or, for a
 //! crossing, the statement that crossed) inserts with an idempotency key per customer and episode;
@@ -20,7 +21,7 @@ const PREDICTED_FIELDS: &[&str] = &["event", "p_alive_below", "min_purchases"];
 
 /// What makes a scheduled trigger fire for a customer.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Schedule {
+pub enum Occasion {
     /// No `event` for `for_micros` since the customer's last one: once per inactivity episode.
     Inactive { event: String, for_micros: i64 },
     /// Every year on the month and day of the profile date at `date`, at `at` local time.
@@ -42,11 +43,11 @@ pub enum Measure {
     Sum { event: String, value: Vec<String>, within_micros: i64 },
 }
 
-impl Schedule {
+impl Occasion {
     /// The event a windowed-sum crossing watches, if this is one.
     pub fn summed_event(&self) -> Option<&str> {
         match self {
-            Schedule::Crosses { measure: Measure::Sum { event, .. }, .. } => Some(event),
+            Occasion::Crosses { measure: Measure::Sum { event, .. }, .. } => Some(event),
             _ => None,
         }
     }
@@ -58,7 +59,7 @@ pub fn event_name_for(trigger_name: &str) -> String {
 }
 
 /// Parses the scheduled kind named in `map`, if any; `$.backfill` is only valid with one.
-pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, DefinitionError> {
+pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Occasion>, DefinitionError> {
     let named: Vec<&str> = KINDS.iter().copied().filter(|k| map.contains_key(*k)).collect();
     let hint = "a trigger fires on \"event\", on a \"pattern\", or on one of \"inactive\", \"anniversary\", \"date\", \"crosses\", \"predicted\"";
     let on_events: Vec<&str> = ["event", "pattern"].into_iter().filter(|k| map.contains_key(*k)).collect();
@@ -84,17 +85,17 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, D
     };
     let path = format!("$.{kind}");
     let spec = object(&map[kind], &path)?;
-    let schedule = match kind {
+    let occasion = match kind {
         "inactive" => {
             reject_unknown(spec, &path, INACTIVE_FIELDS)?;
-            Schedule::Inactive {
+            Occasion::Inactive {
                 event: event_name(required(spec, &path, "event")?, &format!("{path}.event"))?,
                 for_micros: duration::parse(required(spec, &path, "for")?, &format!("{path}.for"))?,
             }
         }
         "anniversary" => {
             reject_unknown(spec, &path, ANNIVERSARY_FIELDS)?;
-            Schedule::Anniversary {
+            Occasion::Anniversary {
                 date: predicate::parse_path(required(spec, &path, "date")?, &format!("{path}.date"))?,
                 at: time_of_day(spec.get("at"), &format!("{path}.at"))?,
             }
@@ -110,7 +111,7 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, D
                 (None, Some(a)) => duration::parse(a, &format!("{path}.after"))?,
                 (None, None) => 0,
             };
-            Schedule::Date {
+            Occasion::Date {
                 date: predicate::parse_path(required(spec, &path, "date")?, &format!("{path}.date"))?,
                 offset_micros,
                 at: time_of_day(spec.get("at"), &format!("{path}.at"))?,
@@ -154,7 +155,7 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, D
                         .with_hint(r#"{"profile": "lead_score", "at_least": 80} or {"event": "purchase", "sum": "amount", "within": "365d", "at_least": 1000}"#))
                 }
             };
-            Schedule::Crosses { measure, level, upward }
+            Occasion::Crosses { measure, level, upward }
         }
         _ => {
             reject_unknown(spec, &path, PREDICTED_FIELDS)?;
@@ -178,10 +179,10 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Schedule>, D
                 None => "purchase".to_string(),
                 Some(e) => event_name(e, &format!("{path}.event"))?,
             };
-            Schedule::Predicted { event, threshold, min_purchases }
+            Occasion::Predicted { event, threshold, min_purchases }
         }
     };
-    Ok(Some(schedule))
+    Ok(Some(occasion))
 }
 
 fn event_name(value: &Value, path: &str) -> Result<String, DefinitionError> {
@@ -221,7 +222,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn parsed(v: Value) -> Result<Option<Schedule>, DefinitionError> {
+    fn parsed(v: Value) -> Result<Option<Occasion>, DefinitionError> {
         parse(v.as_object().unwrap())
     }
 
@@ -229,18 +230,18 @@ mod tests {
     fn each_kind_parses() {
         assert_eq!(
             parsed(json!({"inactive": {"event": "purchase", "for": "30d"}})).unwrap(),
-            Some(Schedule::Inactive { event: "purchase".into(), for_micros: 30 * 86_400_000_000 })
+            Some(Occasion::Inactive { event: "purchase".into(), for_micros: 30 * 86_400_000_000 })
         );
         assert_eq!(
             parsed(json!({"anniversary": {"date": "birthday"}})).unwrap(),
-            Some(Schedule::Anniversary {
+            Some(Occasion::Anniversary {
                 date: vec!["birthday".into()],
                 at: chrono::NaiveTime::from_hms_opt(9, 0, 0).unwrap()
             })
         );
         assert_eq!(
             parsed(json!({"date": {"date": "$.plan.renews_on", "before": "7d", "at": "18:30"}})).unwrap(),
-            Some(Schedule::Date {
+            Some(Occasion::Date {
                 date: vec!["plan".into(), "renews_on".into()],
                 offset_micros: -7 * 86_400_000_000,
                 at: chrono::NaiveTime::from_hms_opt(18, 30, 0).unwrap()
@@ -248,15 +249,15 @@ mod tests {
         );
         assert_eq!(
             parsed(json!({"crosses": {"profile": "lead_score", "at_least": 80}})).unwrap(),
-            Some(Schedule::Crosses { measure: Measure::Profile(vec!["lead_score".into()]), level: 80.0, upward: true })
+            Some(Occasion::Crosses { measure: Measure::Profile(vec!["lead_score".into()]), level: 80.0, upward: true })
         );
         assert!(matches!(
             parsed(json!({"crosses": {"event": "purchase", "sum": "amount", "within": "365d", "at_least": 1000}})),
-            Ok(Some(Schedule::Crosses { measure: Measure::Sum { .. }, upward: true, .. }))
+            Ok(Some(Occasion::Crosses { measure: Measure::Sum { .. }, upward: true, .. }))
         ));
         assert_eq!(
             parsed(json!({"predicted": {"p_alive_below": 0.3, "min_purchases": 2}})).unwrap(),
-            Some(Schedule::Predicted { event: "purchase".into(), threshold: 0.3, min_purchases: 2 })
+            Some(Occasion::Predicted { event: "purchase".into(), threshold: 0.3, min_purchases: 2 })
         );
         assert_eq!(parsed(json!({"event": "x"})).unwrap(), None);
     }

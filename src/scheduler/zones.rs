@@ -1,4 +1,4 @@
-//! The time zones PostgreSQL knows, for the calendar triggers (sql/schedule.sql): a profile's
+//! The time zones PostgreSQL knows, for the calendar triggers (sql/scheduler.sql): a profile's
 //! zone counts only if it is one of them (else the default zone). Listing them with
 //! `pg_timezone_names` loads every zone file, about 50 ms: too much for a minute's tick that has
 //! nothing to do. So each backend lists them once and keeps the list for an hour (a tzdata
