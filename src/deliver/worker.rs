@@ -681,3 +681,190 @@ impl Claimed {
         })
     }
 }
+
+/// Message preparation (`Claimed::prepare`): the send-time re-check, the address, the template,
+/// the document. Pure: no database, no clock (none of these messages has quiet hours).
+#[cfg(test)]
+mod prepare_tests {
+    use super::*;
+
+    /// A marketing webhook message for c1 that passes every check.
+    fn claimed(channel: &str) -> Claimed {
+        Claimed {
+            id: 42,
+            customer_id: "c1".into(),
+            channel: channel.into(),
+            template: None,
+            payload: json!({"coupon": "SAVE10"}),
+            trigger_name: "cart".into(),
+            event_name: "cart_updated".into(),
+            properties: json!({"value": 120}),
+            occurred_at: "2026-01-01T10:00:00+00:00".into(),
+            attributes: json!({"first_name": "Ada"}),
+            email: Some("ada@example.com".into()),
+            phone: Some("+15550000001".into()),
+            push_token: None,
+            locale: "de".into(),
+            consent: json!({}),
+            config: Some(json!({"url": "https://hooks.example.com/in"})),
+            secrets: json!({}),
+            enabled: true,
+            rate: None,
+            timezone: None,
+            quiet: None,
+            transactional: false,
+            requires_opt_in: false,
+            has_fallback: false,
+            suppressed: false,
+            over_frequency_cap: None,
+            leased: Leased { id: 42, token: 7 },
+            secrets_moved: false,
+        }
+    }
+
+    fn templates() -> Templates {
+        HashMap::from([
+            (
+                ("welcome".to_string(), "email".to_string(), "en".to_string()),
+                (Some("Hi {{ profile.first_name }}".to_string()), "Code {{ payload.coupon }}, ref {{ message.id }}".to_string(), None),
+            ),
+            (
+                ("welcome".to_string(), "email".to_string(), "fr".to_string()),
+                (Some("Salut {{ profile.first_name }}".to_string()), "Code {{ payload.coupon }}".to_string(), None),
+            ),
+        ])
+    }
+
+    fn sent(p: Prepared) -> Outgoing {
+        match p {
+            Prepared::Send(leased, msg) => {
+                assert_eq!((leased.id, leased.token), (42, 7), "the lease travels with the message");
+                msg
+            }
+            Prepared::Fail(_, e) => panic!("failed: {}", e.message),
+            Prepared::Defer(_, at) => panic!("deferred to {at}"),
+            Prepared::Suppress(_, reason, detail) => panic!("suppressed ({reason}): {detail}"),
+        }
+    }
+
+    fn failed(p: Prepared) -> SendError {
+        match p {
+            Prepared::Fail(_, e) => e,
+            _ => panic!("expected a failure"),
+        }
+    }
+
+    fn suppressed(p: Prepared) -> (&'static str, String) {
+        match p {
+            Prepared::Suppress(_, reason, detail) => (reason, detail),
+            _ => panic!("expected a suppression"),
+        }
+    }
+
+    #[test]
+    fn a_webhook_goes_to_the_channel_url_with_the_message_document() {
+        let msg = sent(claimed("webhook").prepare(&templates()));
+        assert_eq!((msg.outbox_id, msg.kind.as_str(), msg.to.as_str()), (42, "webhook", "https://hooks.example.com/in"));
+        assert_eq!(
+            msg.document,
+            json!({"id": "msg_42", "type": "cart", "customer_id": "c1",
+                   "event": {"name": "cart_updated", "properties": {"value": 120}, "occurred_at": "2026-01-01T10:00:00+00:00"},
+                   "payload": {"coupon": "SAVE10"}}),
+            "no template: no rendered part"
+        );
+    }
+
+    #[test]
+    fn each_channel_takes_its_address_from_the_profile_and_a_missing_one_is_permanent() {
+        assert_eq!(sent(claimed("email").prepare(&templates())).to, "ada@example.com");
+        assert_eq!(sent(claimed("sms").prepare(&templates())).to, "+15550000001");
+        assert_eq!(sent(claimed("whatsapp").prepare(&templates())).to, "+15550000001");
+        let e = failed(claimed("push").prepare(&templates()));
+        assert!(!e.retryable && e.message == "no push address for customer c1", "{}", e.message);
+        let mut empty = claimed("email");
+        empty.email = Some(String::new());
+        assert_eq!(failed(empty.prepare(&templates())).message, "no email address for customer c1");
+    }
+
+    #[test]
+    fn the_template_of_the_customers_locale_is_rendered_else_english_else_it_fails() {
+        let mut french = claimed("email");
+        french.template = Some("welcome".into());
+        french.locale = "fr".into();
+        let msg = sent(french.prepare(&templates()));
+        assert_eq!((msg.subject.as_str(), msg.text.as_str()), ("Salut Ada", "Code SAVE10"));
+        assert_eq!(msg.document["rendered"], json!({"subject": "Salut Ada", "body": "Code SAVE10"}));
+
+        let mut german = claimed("email");
+        german.template = Some("welcome".into());
+        let msg = sent(german.prepare(&templates()));
+        assert_eq!((msg.subject.as_str(), msg.text.as_str()), ("Hi Ada", "Code SAVE10, ref msg_42"), "no de: the en one");
+
+        let mut unknown = claimed("email");
+        unknown.template = Some("goodbye".into());
+        let e = failed(unknown.prepare(&templates()));
+        assert!(!e.retryable && e.message.contains("no template \"goodbye\" for channel email (locale de)"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_suppression_list_and_consent_refuse_a_marketing_message_or_move_it_to_its_fallback() {
+        let mut listed = claimed("email");
+        listed.suppressed = true;
+        assert_eq!(suppressed(listed.prepare(&templates())).0, "suppression");
+        let mut listed = claimed("email");
+        listed.suppressed = true;
+        listed.has_fallback = true;
+        let e = failed(listed.prepare(&templates()));
+        assert!(!e.retryable, "a refusal with a fallback fails permanently, so fail() moves it on: {}", e.message);
+
+        let mut opted_out = claimed("email");
+        opted_out.consent = json!({"email": false});
+        assert_eq!(suppressed(opted_out.prepare(&templates())), ("consent", "customer has not consented to marketing on email".into()));
+        let mut transactional = claimed("email");
+        transactional.consent = json!({"email": false});
+        transactional.transactional = true;
+        sent(transactional.prepare(&templates()));
+
+        let mut opt_in = claimed("sms");
+        opt_in.requires_opt_in = true;
+        assert_eq!(suppressed(opt_in.prepare(&templates())).0, "consent", "a channel that requires opt-in");
+        let mut opted_in = claimed("sms");
+        opted_in.requires_opt_in = true;
+        opted_in.consent = json!({"sms": true});
+        sent(opted_in.prepare(&templates()));
+    }
+
+    #[test]
+    fn a_frequency_cap_suppresses_marketing_only() {
+        let mut capped = claimed("email");
+        capped.over_frequency_cap = Some("3 messages per 1 day".into());
+        assert_eq!(suppressed(capped.prepare(&templates())), ("frequency", "3 messages per 1 day".into()));
+        let mut transactional = claimed("email");
+        transactional.over_frequency_cap = Some("3 messages per 1 day".into());
+        transactional.transactional = true;
+        sent(transactional.prepare(&templates()));
+    }
+
+    #[test]
+    fn the_channel_must_be_configured_enabled_and_still_where_its_secrets_were_written() {
+        let mut unconfigured = claimed("webhook");
+        unconfigured.config = None;
+        let e = failed(unconfigured.prepare(&templates()));
+        assert!(!e.retryable && e.message.contains("not configured"), "{}", e.message);
+        let mut disabled = claimed("webhook");
+        disabled.enabled = false;
+        let e = failed(disabled.prepare(&templates()));
+        assert!(e.retryable, "a disabled channel is retried later: {}", e.message);
+        let mut moved = claimed("webhook");
+        moved.secrets_moved = true;
+        let e = failed(moved.prepare(&templates()));
+        assert!(!e.retryable && e.message.contains("points elsewhere"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_channels_rate_limit_reaches_the_sender() {
+        let mut paced = claimed("webhook");
+        paced.rate = Some(2.5);
+        assert_eq!(sent(paced.prepare(&templates())).config["rate_limit_per_second"], json!(2.5));
+    }
+}
