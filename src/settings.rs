@@ -116,7 +116,8 @@ unsafe extern "C-unwind" fn check_time_zone(
         value.is_some_and(|zone| zone.parse::<chrono_tz::Tz>().is_ok() && !pgrx::pg_sys::pg_tzset(*newval).is_null());
     if !known {
         pgrx::pg_sys::GUC_check_errhint_string = pgrx::pg_sys::pstrdup(
-            c"engage.default_timezone is an IANA time zone name such as UTC, Europe/Berlin or America/New_York.".as_ptr(),
+            c"engage.default_timezone is an IANA time zone name such as UTC, Europe/Berlin or America/New_York."
+                .as_ptr(),
         );
     }
     known

@@ -5,10 +5,10 @@
 use super::channels::{self, Outgoing, SendError};
 use super::egress::Egress;
 use super::template;
-use crate::workers::{self, Worker};
-use crate::settings;
 use crate::jsonb::Lenient;
 use crate::policy::quiet_hours::{self, QuietHours};
+use crate::settings;
+use crate::workers::{self, Worker};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use serde_json::{json, Value};
@@ -726,7 +726,11 @@ mod prepare_tests {
         HashMap::from([
             (
                 ("welcome".to_string(), "email".to_string(), "en".to_string()),
-                (Some("Hi {{ profile.first_name }}".to_string()), "Code {{ payload.coupon }}, ref {{ message.id }}".to_string(), None),
+                (
+                    Some("Hi {{ profile.first_name }}".to_string()),
+                    "Code {{ payload.coupon }}, ref {{ message.id }}".to_string(),
+                    None,
+                ),
             ),
             (
                 ("welcome".to_string(), "email".to_string(), "fr".to_string()),
@@ -764,7 +768,10 @@ mod prepare_tests {
     #[test]
     fn a_webhook_goes_to_the_channel_url_with_the_message_document() {
         let msg = sent(claimed("webhook").prepare(&templates()));
-        assert_eq!((msg.outbox_id, msg.kind.as_str(), msg.to.as_str()), (42, "webhook", "https://hooks.example.com/in"));
+        assert_eq!(
+            (msg.outbox_id, msg.kind.as_str(), msg.to.as_str()),
+            (42, "webhook", "https://hooks.example.com/in")
+        );
         assert_eq!(
             msg.document,
             json!({"id": "msg_42", "type": "cart", "customer_id": "c1",
@@ -798,12 +805,20 @@ mod prepare_tests {
         let mut german = claimed("email");
         german.template = Some("welcome".into());
         let msg = sent(german.prepare(&templates()));
-        assert_eq!((msg.subject.as_str(), msg.text.as_str()), ("Hi Ada", "Code SAVE10, ref msg_42"), "no de: the en one");
+        assert_eq!(
+            (msg.subject.as_str(), msg.text.as_str()),
+            ("Hi Ada", "Code SAVE10, ref msg_42"),
+            "no de: the en one"
+        );
 
         let mut unknown = claimed("email");
         unknown.template = Some("goodbye".into());
         let e = failed(unknown.prepare(&templates()));
-        assert!(!e.retryable && e.message.contains("no template \"goodbye\" for channel email (locale de)"), "{}", e.message);
+        assert!(
+            !e.retryable && e.message.contains("no template \"goodbye\" for channel email (locale de)"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -819,7 +834,10 @@ mod prepare_tests {
 
         let mut opted_out = claimed("email");
         opted_out.consent = json!({"email": false});
-        assert_eq!(suppressed(opted_out.prepare(&templates())), ("consent", "customer has not consented to marketing on email".into()));
+        assert_eq!(
+            suppressed(opted_out.prepare(&templates())),
+            ("consent", "customer has not consented to marketing on email".into())
+        );
         let mut transactional = claimed("email");
         transactional.consent = json!({"email": false});
         transactional.transactional = true;

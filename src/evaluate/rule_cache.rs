@@ -13,10 +13,10 @@ use crate::policy::FrequencyCap;
 use crate::rule::{self, Channel, Definition, Source};
 use crate::sql_error;
 use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use pgrx::{pg_shmem_init, PgAtomic};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
 /// One enabled trigger, compiled.

@@ -7,9 +7,9 @@
 pub mod duration;
 pub mod error;
 pub mod journey;
+pub mod occasion;
 pub mod pattern;
 pub mod predicate;
-pub mod occasion;
 
 pub use error::DefinitionError;
 pub use predicate::{Facts, Predicate, Source};

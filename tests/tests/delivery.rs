@@ -380,7 +380,8 @@ fn email_over_smtp_is_rendered_with_message_id_and_list_unsubscribe() {
 #[test]
 fn server_errors_and_timeouts_are_retried_with_growing_backoff_until_success() {
     // http_timeout 1 s; the fourth answer comes after 3 s, so that attempt times out.
-    let (cluster, mut c) = start_deliverer("dlv_retry", &[("engage.http_timeout", "'1000ms'"), ("engage.lease", LEASE_SETTING)]);
+    let (cluster, mut c) =
+        start_deliverer("dlv_retry", &[("engage.http_timeout", "'1000ms'"), ("engage.lease", LEASE_SETTING)]);
     let answer_delay = Duration::from_millis(300);
     let receiver = HttpReceiver::scripted(
         vec![

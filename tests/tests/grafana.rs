@@ -63,7 +63,8 @@ fn every_panel_of_the_dashboard_runs_as_the_analyst_and_shows_the_data() {
         let title = panel["title"].as_str().expect("a panel title").to_string();
         let uid = panel["datasource"]["uid"].as_str().unwrap_or_default();
         assert!(DATASOURCES.contains(&format!("uid: {uid}")), "panel {title:?}: data source {uid:?} is provisioned");
-        let targets = panel["targets"].as_array().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{title}: no query"));
+        let targets =
+            panel["targets"].as_array().filter(|t| !t.is_empty()).unwrap_or_else(|| panic!("{title}: no query"));
         for target in targets {
             let sql = expand_macros(target["rawSql"].as_str().unwrap_or_else(|| panic!("{title}: rawSql")));
             let rows = analyst

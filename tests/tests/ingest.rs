@@ -199,7 +199,10 @@ fn the_specs_calls_are_recorded_by_an_app_role() {
     // identify: traits into attributes, addresses and the context's time zone into their columns.
     let (attributes, email, timezone): (Value, Option<String>, Option<String>) = {
         let r = admin
-            .query_one("SELECT attributes, email, timezone FROM engage.profiles WHERE customer_id = '97980cfea0067'", &[])
+            .query_one(
+                "SELECT attributes, email, timezone FROM engage.profiles WHERE customer_id = '97980cfea0067'",
+                &[],
+            )
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
@@ -264,7 +267,10 @@ fn bad_calls_are_reported_each_and_the_rest_recorded() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(names, [("u1".into(), "no time".into()), ("u1".into(), "ok 1".into()), ("anon-1".into(), "ok 2".into())]);
+    assert_eq!(
+        names,
+        [("u1".into(), "no time".into()), ("u1".into(), "ok 1".into()), ("anon-1".into(), "ok 2".into())]
+    );
     let at: String = admin
         .query_one("SELECT (occurred_at AT TIME ZONE 'UTC')::text FROM engage.events WHERE name = 'ok 2'", &[])
         .unwrap()
@@ -312,10 +318,8 @@ fn an_alias_sends_the_anonymous_ids_later_calls_to_the_known_customer() {
         [("anon-7".into(), "viewed".into()), ("user-7".into(), "clicked".into())],
         "events recorded before the alias stay with the anonymous id"
     );
-    let attributes: Value = admin
-        .query_one("SELECT attributes FROM engage.profiles WHERE customer_id = 'user-7'", &[])
-        .unwrap()
-        .get(0);
+    let attributes: Value =
+        admin.query_one("SELECT attributes FROM engage.profiles WHERE customer_id = 'user-7'", &[]).unwrap().get(0);
     assert_eq!(
         attributes,
         json!({"referrer": "ad", "plan": "pro", "email": "u7@example.com"}),

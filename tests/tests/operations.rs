@@ -66,8 +66,7 @@ fn the_operations_views_and_their_prometheus_export_show_the_queue_and_the_worke
     let db = "ops";
     // The deliverer runs but is paused, so the queue stays as the test arranges it; the scheduler
     // ticks every second.
-    let (cluster, mut c) =
-        start_deliverer(db, &[("engage.worker_enabled", "off"), ("engage.tick_interval", "1")]);
+    let (cluster, mut c) = start_deliverer(db, &[("engage.worker_enabled", "off"), ("engage.tick_interval", "1")]);
     c.batch_execute(
         "INSERT INTO engage.channels (kind, config, max_attempts) \
          VALUES ('webhook', '{\"url\": \"http://127.0.0.1:9/unused\"}', 3)",
@@ -141,10 +140,7 @@ fn the_operations_views_and_their_prometheus_export_show_the_queue_and_the_worke
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
     health.sort();
-    assert_eq!(
-        health,
-        [("webhook".into(), "claimed".into(), 1, 0, 1), ("webhook".into(), "pending".into(), 3, 2, 0)]
-    );
+    assert_eq!(health, [("webhook".into(), "claimed".into(), 1, 0, 1), ("webhook".into(), "pending".into(), 3, 2, 0)]);
 
     // A change of definitions makes backends load the rule set again: the counter moves.
     update_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}, "priority": 3}));

@@ -29,7 +29,8 @@ fn pg_cron_runs_the_ticks_when_the_built_in_scheduler_is_off() {
     drop(c);
     cluster.restart();
     let mut c = cluster.connect(db);
-    c.batch_execute("CREATE EXTENSION pg_cron").unwrap_or_else(|e| panic!("CREATE EXTENSION pg_cron: {}", error_text(&e)));
+    c.batch_execute("CREATE EXTENSION pg_cron")
+        .unwrap_or_else(|e| panic!("CREATE EXTENSION pg_cron: {}", error_text(&e)));
 
     c.batch_execute(
         "INSERT INTO engage.channels (kind, config) VALUES ('webhook', '{\"url\": \"http://127.0.0.1:9/unused\"}')",
@@ -68,7 +69,9 @@ fn pg_cron_runs_the_ticks_when_the_built_in_scheduler_is_off() {
         .dbname(db)
         .connect(NoTls)
         .unwrap_or_else(|e| panic!("connect as ops: {e}"));
-    for (name, command) in [("engage-tick", "SELECT engage.tick()"), ("engage-metrics", "SELECT engage.refresh_metrics()")] {
+    for (name, command) in
+        [("engage-tick", "SELECT engage.tick()"), ("engage-metrics", "SELECT engage.refresh_metrics()")]
+    {
         ops.query_one("SELECT cron.schedule($1, '* * * * *', $2)", &[&name, &command])
             .unwrap_or_else(|e| panic!("cron.schedule({name}) as ops: {}", error_text(&e)));
     }
@@ -110,9 +113,7 @@ fn pg_cron_runs_the_ticks_when_the_built_in_scheduler_is_off() {
         1,
         "the tick fired c1's lapse"
     );
-    let lag: f64 = c
-        .query_one("SELECT extract(epoch FROM tick_lag)::float8 FROM engage.operations", &[])
-        .unwrap()
-        .get(0);
+    let lag: f64 =
+        c.query_one("SELECT extract(epoch FROM tick_lag)::float8 FROM engage.operations", &[]).unwrap().get(0);
     assert!((0.0..120.0).contains(&lag), "engage.operations sees pg_cron's tick: lag {lag} s");
 }
