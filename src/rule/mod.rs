@@ -639,7 +639,8 @@ fn parse_same(map: &Map<String, Value>, path: &str) -> Result<Vec<Vec<String>>, 
     }
 }
 
-/// Parses an event name (a non-empty string) at `path`.
+/// Parses an event name (a non-empty string) at `path`: the one definition, for every part of the
+/// language that names an event.
 fn parse_event_name(value: &Value, path: &str) -> Result<String, DefinitionError> {
     match value {
         Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),

@@ -7,7 +7,7 @@
 //! the insert path then decides it like any other event: `where`, caps, policy, holdout, wait.
 
 use super::error::{show, DefinitionError};
-use super::{duration, object, predicate, reject_unknown, required};
+use super::{duration, object, parse_event_name, predicate, reject_unknown, required};
 use serde_json::Value;
 
 /// The top-level fields that name a time-based or threshold trigger.
@@ -89,7 +89,7 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Occasion>, D
         "inactive" => {
             reject_unknown(spec, &path, INACTIVE_FIELDS)?;
             Occasion::Inactive {
-                event: event_name(required(spec, &path, "event")?, &format!("{path}.event"))?,
+                event: parse_event_name(required(spec, &path, "event")?, &format!("{path}.event"))?,
                 for_micros: duration::parse(required(spec, &path, "for")?, &format!("{path}.for"))?,
             }
         }
@@ -145,7 +145,7 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Occasion>, D
                             .with_hint("a windowed sum falls as time passes, not when an event arrives: use \"at_least\""));
                     }
                     Measure::Sum {
-                        event: event_name(e, &format!("{path}.event"))?,
+                        event: parse_event_name(e, &format!("{path}.event"))?,
                         value: predicate::parse_path(required(spec, &path, "sum")?, &format!("{path}.sum"))?,
                         within_micros: duration::parse(required(spec, &path, "within")?, &format!("{path}.within"))?,
                     }
@@ -177,19 +177,12 @@ pub fn parse(map: &serde_json::Map<String, Value>) -> Result<Option<Occasion>, D
             };
             let event = match spec.get("event") {
                 None => "purchase".to_string(),
-                Some(e) => event_name(e, &format!("{path}.event"))?,
+                Some(e) => parse_event_name(e, &format!("{path}.event"))?,
             };
             Occasion::Predicted { event, threshold, min_purchases }
         }
     };
     Ok(Some(occasion))
-}
-
-fn event_name(value: &Value, path: &str) -> Result<String, DefinitionError> {
-    match value {
-        Value::String(s) if !s.trim().is_empty() => Ok(s.clone()),
-        other => Err(DefinitionError::new(path, format!("expected an event name, got {}", show(other)))),
-    }
 }
 
 fn number(value: &Value, path: &str) -> Result<f64, DefinitionError> {
