@@ -412,15 +412,18 @@ const CLAIM: &str =
 /// queued a message could be missed: the claim function sees that transaction, the outer query's
 /// older snapshot would not).
 const CLAIMED: &str = "\
-SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
+SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.lease,
        t.name AS trigger_name,
-       e.name AS event_name, e.properties, e.occurred_at::text,
-       p.attributes, p.email, p.phone, p.push_token, coalesce(p.locale, 'en'), p.consent,
-       ch.config, coalesce(s.secrets, '{}'), ch.enabled, ch.rate_limit_per_second::float8,
-       p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS'), to_char(ch.quiet_hours_end, 'HH24:MI:SS'),
-       c.category <> 'marketing', coalesce(ch.requires_opt_in, false), cardinality(c.fallback) > 0,
+       e.name AS event_name, e.properties, e.occurred_at::text AS occurred_at,
+       p.attributes, p.email, p.phone, p.push_token, coalesce(p.locale, 'en') AS locale, p.consent,
+       ch.config, coalesce(s.secrets, '{}') AS secrets, coalesce(ch.enabled, false) AS enabled,
+       ch.rate_limit_per_second::float8 AS rate,
+       p.timezone, to_char(ch.quiet_hours_start, 'HH24:MI:SS') AS quiet_start,
+       to_char(ch.quiet_hours_end, 'HH24:MI:SS') AS quiet_end,
+       c.category <> 'marketing' AS transactional, coalesce(ch.requires_opt_in, false) AS requires_opt_in,
+       cardinality(c.fallback) > 0 AS has_fallback,
        c.category <> 'escalation' AND EXISTS (SELECT 1 FROM engage.suppressions x
-                WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)),
+                WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)) AS suppressed,
        CASE WHEN c.category = 'marketing' THEN
          (SELECT format('frequency cap: %s messages per %s%s', f.max_messages, f.per, ' on ' || f.channel)
             FROM engage.frequency_caps f
@@ -430,10 +433,9 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.trigger_id,
                                        AND (f.channel IS NULL OR m.channel = f.channel)
                                        AND m.sent_at > now() - f.per)
            ORDER BY f.id LIMIT 1)
-       END,
-       c.lease,
+       END AS over_frequency_cap,
        s.kind IS NOT NULL AND c.channel <> 'webhook'
-         AND s.destination IS DISTINCT FROM engage.channel_destination(c.channel, ch.config)
+         AND s.destination IS DISTINCT FROM engage.channel_destination(c.channel, ch.config) AS secrets_moved
   FROM engage.outbox c
   LEFT JOIN engage.triggers t ON t.id = c.trigger_id
   LEFT JOIN engage.events e ON e.id = c.event_id
@@ -456,9 +458,9 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
         let mut last: Option<(TimestampWithTimeZone, i64)> = None;
         let args = [batch_size.into(), lease_seconds.into(), after.map(|a| a.0).into(), after.map(|a| a.1).into()];
         for row in client.update(CLAIM, None, &args)? {
-            let id = row.get::<i64>(1)?.unwrap_or_default();
+            let id = row.get_by_name::<i64, _>("id")?.unwrap_or_default();
             ids.push(id);
-            if let Some(due_at) = row.get::<TimestampWithTimeZone>(3)? {
+            if let Some(due_at) = row.get_by_name::<TimestampWithTimeZone, _>("due_at")? {
                 if last.is_none_or(|l| (due_at, id) > l) {
                     last = Some((due_at, id));
                 }
@@ -471,38 +473,43 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
         let rows = client.update(CLAIMED, None, &[ids.into()])?;
         let mut claimed = Vec::new();
         for row in rows {
+            // Columns by the names CLAIMED gives them, which are the fields'.
+            let id: i64 = row.get_by_name("id")?.unwrap_or_default();
+            let text = |name: &str| row.get_by_name::<String, _>(name);
+            let json = |name: &str| row.get_by_name::<Lenient, _>(name).map(json_value);
+            let flag = |name: &str| row.get_by_name::<bool, _>(name).map(|b| b.unwrap_or(false));
             claimed.push(Claimed {
-                id: row.get(1)?.unwrap_or_default(),
-                customer_id: row.get(2)?.unwrap_or_default(),
-                channel: row.get(3)?.unwrap_or_default(),
-                template: row.get(4)?,
-                payload: json_value(row.get(5)?),
-                trigger_name: row.get(7)?.unwrap_or_default(),
-                event_name: row.get(8)?.unwrap_or_default(),
-                properties: json_value(row.get(9)?),
-                occurred_at: row.get(10)?.unwrap_or_default(),
-                attributes: json_value(row.get(11)?),
-                email: row.get(12)?,
-                phone: row.get(13)?,
-                push_token: row.get(14)?,
-                locale: row.get(15)?.unwrap_or_else(|| "en".into()),
-                consent: json_value(row.get(16)?),
-                config: row.get::<Lenient>(17)?.map(|j| j.0),
-                secrets: json_value(row.get(18)?),
-                enabled: row.get(19)?.unwrap_or(false),
-                rate: row.get(20)?,
-                timezone: row.get(21)?,
-                quiet: match (row.get::<String>(22)?, row.get::<String>(23)?) {
+                id,
+                customer_id: text("customer_id")?.unwrap_or_default(),
+                channel: text("channel")?.unwrap_or_default(),
+                template: text("template")?,
+                payload: json("payload")?,
+                trigger_name: text("trigger_name")?.unwrap_or_default(),
+                event_name: text("event_name")?.unwrap_or_default(),
+                properties: json("properties")?,
+                occurred_at: text("occurred_at")?.unwrap_or_default(),
+                attributes: json("attributes")?,
+                email: text("email")?,
+                phone: text("phone")?,
+                push_token: text("push_token")?,
+                locale: text("locale")?.unwrap_or_else(|| "en".into()),
+                consent: json("consent")?,
+                config: row.get_by_name::<Lenient, _>("config")?.map(|j| j.0),
+                secrets: json("secrets")?,
+                enabled: flag("enabled")?,
+                rate: row.get_by_name("rate")?,
+                timezone: text("timezone")?,
+                quiet: match (text("quiet_start")?, text("quiet_end")?) {
                     (Some(start), Some(end)) => QuietHours::parse(&start, &end),
                     _ => None,
                 },
-                transactional: row.get(24)?.unwrap_or(false),
-                requires_opt_in: row.get(25)?.unwrap_or(false),
-                has_fallback: row.get(26)?.unwrap_or(false),
-                suppressed: row.get(27)?.unwrap_or(false),
-                over_frequency_cap: row.get(28)?,
-                leased: Leased { id: row.get(1)?.unwrap_or_default(), token: row.get(29)?.unwrap_or_default() },
-                secrets_moved: row.get(30)?.unwrap_or(false),
+                transactional: flag("transactional")?,
+                requires_opt_in: flag("requires_opt_in")?,
+                has_fallback: flag("has_fallback")?,
+                suppressed: flag("suppressed")?,
+                over_frequency_cap: text("over_frequency_cap")?,
+                leased: Leased { id, token: row.get_by_name("lease")?.unwrap_or_default() },
+                secrets_moved: flag("secrets_moved")?,
             });
         }
         if claimed.is_empty() {
@@ -510,9 +517,13 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
         }
         let mut templates = Templates::new();
         for row in client.select(TEMPLATES, None, &[])? {
-            let key =
-                (row.get(1)?.unwrap_or_default(), row.get(2)?.unwrap_or_default(), row.get(3)?.unwrap_or_default());
-            templates.insert(key, (row.get(4)?, row.get(5)?.unwrap_or_default(), row.get(6)?));
+            let text = |name: &str| row.get_by_name::<String, _>(name);
+            let key = (
+                text("name")?.unwrap_or_default(),
+                text("channel")?.unwrap_or_default(),
+                text("locale")?.unwrap_or_default(),
+            );
+            templates.insert(key, (text("subject")?, text("body")?.unwrap_or_default(), text("html")?));
         }
         Ok((claimed, templates, last))
     })
