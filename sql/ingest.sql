@@ -75,13 +75,26 @@ DECLARE
     pos bigint;
     kind text;
     customer text;
+    anonymous text;
     name_ text;
     props jsonb;
     at_field text;
     at_ timestamptz;
     key_ text;
     traits jsonb;
+    earlier text;
     seen_keys text[];
+    -- Identify and alias calls, in order: applied after the checks, outside the per-call
+    -- subtransactions (a subtransaction that writes takes a transaction id, and more than 64 of
+    -- them in one transaction slow down every snapshot on the server).
+    op_pos integer[] := '{}';
+    op_kind text[] := '{}';
+    op_customer text[] := '{}';
+    op_previous text[] := '{}';
+    op_traits jsonb[] := '{}';
+    -- This batch's aliases, so that its later calls with the anonymous id see them.
+    alias_previous text[] := '{}';
+    alias_customer text[] := '{}';
     ev_pos integer[] := '{}';
     ev_customer text[] := '{}';
     ev_name text[] := '{}';
@@ -89,6 +102,7 @@ DECLARE
     ev_at timestamptz[] := '{}';
     ev_key text[] := '{}';
     ev_type text[] := '{}';
+    i integer;
 BEGIN
     items := CASE pg_catalog.jsonb_typeof(calls)
                  WHEN 'array' THEN calls
@@ -103,6 +117,8 @@ BEGIN
     seen_keys := engage.stored_keys(ARRAY(
         SELECT c.value ->> 'messageId' FROM pg_catalog.jsonb_array_elements(items) c
          WHERE pg_catalog.jsonb_typeof(c.value) = 'object' AND c.value ? 'messageId'));
+    -- 1. Check every call and sort it: an error per bad call, the rest collected. Nothing is
+    -- written here.
     FOR call, pos IN SELECT c.value, c.ordinality FROM pg_catalog.jsonb_array_elements(items) WITH ORDINALITY c LOOP
         item := pos;
         type := NULL;
@@ -123,18 +139,31 @@ BEGIN
                 RAISE EXCEPTION 'type: expected track, identify, page, screen, group or alias, got %',
                                 coalesce(call -> 'type', 'null');
             END IF;
-            customer := coalesce(call ->> 'userId', engage.aliased(call ->> 'anonymousId'), call ->> 'anonymousId');
+            anonymous := call ->> 'anonymousId';
+            customer := coalesce(call ->> 'userId',
+                                 alias_customer[pg_catalog.array_position(alias_previous, anonymous)],
+                                 engage.aliased(anonymous), anonymous);
             IF customer IS NULL OR customer = '' THEN
                 RAISE EXCEPTION 'userId or anonymousId: one is required';
             END IF;
             customer_id := customer;
             IF kind = 'alias' THEN
-                IF call ->> 'userId' IS NULL OR call ->> 'previousId' IS NULL THEN
-                    RAISE EXCEPTION 'alias: previousId and userId are required';
+                IF call ->> 'userId' IS NULL OR call ->> 'previousId' IS NULL
+                   OR call ->> 'userId' = call ->> 'previousId' THEN
+                    RAISE EXCEPTION 'alias: previousId and userId are required, and differ';
                 END IF;
-                PERFORM engage.alias(call ->> 'previousId', call ->> 'userId');
-                outcome := 'ingested';
-                RETURN NEXT;
+                earlier := coalesce(alias_customer[pg_catalog.array_position(alias_previous, call ->> 'previousId')],
+                                    engage.aliased(call ->> 'previousId'));
+                IF earlier <> call ->> 'userId' THEN
+                    RAISE EXCEPTION 'previousId "%" is already an alias of "%"', call ->> 'previousId', earlier;
+                END IF;
+                alias_previous := alias_previous || (call ->> 'previousId');
+                alias_customer := alias_customer || (call ->> 'userId');
+                op_pos := op_pos || pos::integer;
+                op_kind := op_kind || kind;
+                op_customer := op_customer || (call ->> 'userId');
+                op_previous := op_previous || (call ->> 'previousId');
+                op_traits := op_traits || '{}'::jsonb;
                 CONTINUE;
             END IF;
             IF kind = 'identify' THEN
@@ -145,9 +174,11 @@ BEGIN
                 -- Segment keeps the time zone and locale in the context.
                 traits := pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
                               'timezone', call #>> '{context,timezone}', 'locale', call #>> '{context,locale}')) || traits;
-                PERFORM engage.identify(customer, traits);
-                outcome := 'ingested';
-                RETURN NEXT;
+                op_pos := op_pos || pos::integer;
+                op_kind := op_kind || kind;
+                op_customer := op_customer || customer;
+                op_previous := op_previous || NULL::text;
+                op_traits := op_traits || traits;
                 CONTINUE;
             END IF;
             -- An event: track, page, screen or group.
@@ -209,12 +240,24 @@ BEGIN
             RETURN NEXT;
         END;
     END LOOP;
-    -- Every event of the batch in one statement: one run of the insert path, in event time.
+    -- 2. Identify and alias calls, in order, so the events below are decided with the profiles
+    -- they bring.
+    FOR i IN 1 .. coalesce(pg_catalog.array_length(op_pos, 1), 0) LOOP
+        IF op_kind[i] = 'alias' THEN
+            PERFORM engage.alias(op_previous[i], op_customer[i]);
+        ELSE
+            PERFORM engage.identify(op_customer[i], op_traits[i]);
+        END IF;
+    END LOOP;
+    -- 3. Every event of the batch in one statement: one run of the insert path, in event time.
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
     SELECT e.customer_id, e.name, e.properties, e.occurred_at, e.idempotency_key
       FROM unnest(ev_pos, ev_customer, ev_name, ev_props, ev_at, ev_key)
                AS e(pos, customer_id, name, properties, occurred_at, idempotency_key)
      ORDER BY e.pos;
+    RETURN QUERY
+    SELECT o.pos, o.kind, o.customer_id, 'ingested'::text, NULL::text
+      FROM unnest(op_pos, op_kind, op_customer) AS o(pos, kind, customer_id);
     RETURN QUERY
     SELECT e.pos, e.type, e.customer_id, 'ingested'::text, NULL::text
       FROM unnest(ev_pos, ev_type, ev_customer) AS e(pos, type, customer_id);

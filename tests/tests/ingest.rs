@@ -330,3 +330,33 @@ fn an_alias_sends_the_anonymous_ids_later_calls_to_the_known_customer() {
     assert_eq!(out[0].3, "error");
     assert!(out[0].4.as_deref().unwrap_or("").contains("already an alias of \"user-7\""), "{out:#?}");
 }
+
+#[test]
+fn a_batch_of_identify_calls_writes_profiles_without_a_transaction_id_per_call() {
+    // Each call is checked in its own subtransaction; one that wrote would take a transaction id,
+    // and more than 64 of them in one transaction slow down every snapshot on the server. The
+    // profile writes happen after the checks, so 300 identify calls take one id, not 300.
+    let db = "ingest_many";
+    let _admin = shared().create_db(db);
+    let mut app = connect_as_member(shared(), db, "app", &["engage_writer"]);
+    let calls: Vec<Value> = (0..300)
+        .map(|i| json!({"type": "identify", "userId": format!("u{i}"), "traits": {"n": i}}))
+        .chain([json!({"type": "identify", "userId": "bad", "traits": "not an object"})])
+        .collect();
+    let mut tx = app.transaction().unwrap();
+    let before: i64 = tx.query_one("SELECT txid_current()", &[]).unwrap().get(0);
+    let out: Vec<(String, Option<String>)> = tx
+        .query("SELECT outcome, error FROM engage.ingest($1) ORDER BY item", &[&Value::Array(calls)])
+        .unwrap_or_else(|e| panic!("ingest: {}", error_text(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    tx.commit().unwrap();
+    assert_eq!(out.iter().filter(|o| o.0 == "ingested").count(), 300);
+    assert!(out[300].1.as_deref().unwrap_or("").contains("traits"), "{:?}", out[300]);
+    let after: i64 = app.query_one("SELECT txid_current()", &[]).unwrap().get(0);
+    // Other tests of this binary run at the same time and take a few ids of their own.
+    assert!(after - before < 100, "{} transaction ids for one call of 300 identifies", after - before);
+    let mut admin = shared().connect(db);
+    assert_eq!(count(&mut admin, "SELECT count(*) FROM engage.profiles"), 300);
+}
