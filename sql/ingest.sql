@@ -20,14 +20,13 @@ $$;
 COMMENT ON FUNCTION engage.aliased(text) IS
     'The customer an anonymous id was merged into by an alias call, or NULL.';
 
-CREATE FUNCTION engage.stored_keys(keys text[]) RETURNS text[]
+CREATE FUNCTION engage.stored_key(customer_id text, key text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(array_agg(e.idempotency_key), '{}')
-      FROM engage.events e
-     WHERE e.idempotency_key = ANY (stored_keys.keys)
+    SELECT EXISTS (SELECT FROM engage.events e
+                    WHERE e.customer_id = stored_key.customer_id AND e.idempotency_key = stored_key.key)
 $$;
-COMMENT ON FUNCTION engage.stored_keys(text[]) IS
-    'The idempotency keys among keys that are already stored (engage.ingest reports their calls as duplicates; an app learns no more than a skipped insert tells it).';
+COMMENT ON FUNCTION engage.stored_key(text, text) IS
+    'Whether the customer has an event with this idempotency key (engage.ingest reports the call as a duplicate; an app learns no more than a skipped insert tells it).';
 
 CREATE FUNCTION engage.alias(previous_id text, customer_id text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -83,7 +82,7 @@ DECLARE
     key_ text;
     traits jsonb;
     earlier text;
-    seen_keys text[];
+    seen_keys text[] := '{}';
     -- Identify and alias calls, in order: applied after the checks, outside the per-call
     -- subtransactions (a subtransaction that writes takes a transaction id, and more than 64 of
     -- them in one transaction slow down every snapshot on the server).
@@ -113,10 +112,6 @@ BEGIN
                         coalesce(pg_catalog.jsonb_typeof(calls), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Keys already stored, in one look-up (the writer role cannot read events itself).
-    seen_keys := engage.stored_keys(ARRAY(
-        SELECT c.value ->> 'messageId' FROM pg_catalog.jsonb_array_elements(items) c
-         WHERE pg_catalog.jsonb_typeof(c.value) = 'object' AND c.value ? 'messageId'));
     -- 1. Check every call and sort it: an error per bad call, the rest collected. Nothing is
     -- written here.
     FOR call, pos IN SELECT c.value, c.ordinality FROM pg_catalog.jsonb_array_elements(items) WITH ORDINALITY c LOOP
@@ -219,13 +214,16 @@ BEGIN
             IF name_ LIKE 'trigger:%' OR key_ LIKE 'trigger:%' THEN
                 RAISE EXCEPTION 'event and messageId: names and keys beginning with "trigger:" are reserved for pg_engage''s scheduled triggers';
             END IF;
-            IF key_ = ANY (seen_keys) THEN
-                outcome := 'duplicate';
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
+            -- Keys are per customer: stored before (the writer role cannot read events itself,
+            -- hence the definer's look-up), or earlier in this batch.
             IF key_ IS NOT NULL THEN
-                seen_keys := seen_keys || key_;
+                IF pg_catalog.jsonb_build_array(customer, key_)::text = ANY (seen_keys)
+                   OR engage.stored_key(customer, key_) THEN
+                    outcome := 'duplicate';
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+                seen_keys := seen_keys || pg_catalog.jsonb_build_array(customer, key_)::text;
             END IF;
             ev_pos := ev_pos || pos::integer;
             ev_customer := ev_customer || customer;

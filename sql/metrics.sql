@@ -286,13 +286,14 @@ COMMENT ON FUNCTION engage.exposures_of(text[]) IS
     'Computes, for the given customers, each trigger-with-a-goal''s first fired or held-out decision, its group, variant, and the goal events within the window after it (count and value). Backs engage.trigger_exposures.';
 
 CREATE TABLE engage.rollup_messages (
-    message_id bigint PRIMARY KEY, trigger_id integer NOT NULL, customer_id text COLLATE "C" NOT NULL,
+    message_id bigint NOT NULL, trigger_id integer NOT NULL, customer_id text COLLATE "C" NOT NULL,
     channel text NOT NULL, variant text, cost numeric,
     occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz, scheduled_at timestamptz,
     sent_at timestamptz NOT NULL,
     delivered_at timestamptz, opened_at timestamptz, clicked_at timestamptz, replied_at timestamptz,
     bounced_at timestamptz, complained_at timestamptz, unsubscribed_at timestamptz,
-    first_to_customer boolean NOT NULL
+    first_to_customer boolean NOT NULL,
+    PRIMARY KEY (message_id, customer_id)
 );
 CREATE INDEX rollup_messages_customer ON engage.rollup_messages (customer_id);
 CREATE INDEX rollup_messages_trigger_sent ON engage.rollup_messages (trigger_id, sent_at);
@@ -303,7 +304,7 @@ CREATE TABLE engage.rollup_touches (
     value numeric NOT NULL, message_id bigint NOT NULL, trigger_id integer NOT NULL, channel text NOT NULL,
     variant text, sent_at timestamptz NOT NULL, from_last bigint NOT NULL, from_first bigint NOT NULL,
     touches bigint NOT NULL, trigger_touch bigint NOT NULL,
-    PRIMARY KEY (conversion_event_id, message_id)
+    PRIMARY KEY (conversion_event_id, message_id, customer_id)
 );
 CREATE INDEX rollup_touches_customer ON engage.rollup_touches (customer_id);
 CREATE INDEX rollup_touches_trigger ON engage.rollup_touches (trigger_id);

@@ -130,7 +130,7 @@ LANGUAGE sql AS $$
                s.created_at, s.claimed_at, s.sent_at, s.attempts, s.provider_message_id,
                coalesce(c.cost_per_message, 0)
           FROM sent s LEFT JOIN engage.channels c ON c.kind = s.channel
-        ON CONFLICT (outbox_id) DO NOTHING
+        ON CONFLICT (outbox_id, customer_id) DO NOTHING
         RETURNING customer_id
     ), marked AS (
         -- The customers' metrics rollups now miss these messages (sql/metrics.sql, "Rollups").

@@ -4,7 +4,7 @@
 --
 -- 0.2.0: journeys decide re-entry in event time (code only), a minute's calendar tick reads
 -- only the profiles of the zones whose local time it is, Segment-shaped ingestion and the
--- operations views (below).
+-- operations views, and keys ready for distribution by customer (below).
 \echo Use "ALTER EXTENSION pg_engage UPDATE" to load this file. \quit
 
 CREATE FUNCTION engage.known_time_zones(names text[]) RETURNS text[]
@@ -141,14 +141,13 @@ $$;
 COMMENT ON FUNCTION engage.aliased(text) IS
     'The customer an anonymous id was merged into by an alias call, or NULL.';
 
-CREATE FUNCTION engage.stored_keys(keys text[]) RETURNS text[]
+CREATE FUNCTION engage.stored_key(customer_id text, key text) RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(array_agg(e.idempotency_key), '{}')
-      FROM engage.events e
-     WHERE e.idempotency_key = ANY (stored_keys.keys)
+    SELECT EXISTS (SELECT FROM engage.events e
+                    WHERE e.customer_id = stored_key.customer_id AND e.idempotency_key = stored_key.key)
 $$;
-COMMENT ON FUNCTION engage.stored_keys(text[]) IS
-    'The idempotency keys among keys that are already stored (engage.ingest reports their calls as duplicates; an app learns no more than a skipped insert tells it).';
+COMMENT ON FUNCTION engage.stored_key(text, text) IS
+    'Whether the customer has an event with this idempotency key (engage.ingest reports the call as a duplicate; an app learns no more than a skipped insert tells it).';
 
 CREATE FUNCTION engage.alias(previous_id text, customer_id text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -204,7 +203,7 @@ DECLARE
     key_ text;
     traits jsonb;
     earlier text;
-    seen_keys text[];
+    seen_keys text[] := '{}';
     -- Identify and alias calls, in order: applied after the checks, outside the per-call
     -- subtransactions (a subtransaction that writes takes a transaction id, and more than 64 of
     -- them in one transaction slow down every snapshot on the server).
@@ -234,10 +233,6 @@ BEGIN
                         coalesce(pg_catalog.jsonb_typeof(calls), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- Keys already stored, in one look-up (the writer role cannot read events itself).
-    seen_keys := engage.stored_keys(ARRAY(
-        SELECT c.value ->> 'messageId' FROM pg_catalog.jsonb_array_elements(items) c
-         WHERE pg_catalog.jsonb_typeof(c.value) = 'object' AND c.value ? 'messageId'));
     -- 1. Check every call and sort it: an error per bad call, the rest collected. Nothing is
     -- written here.
     FOR call, pos IN SELECT c.value, c.ordinality FROM pg_catalog.jsonb_array_elements(items) WITH ORDINALITY c LOOP
@@ -340,13 +335,16 @@ BEGIN
             IF name_ LIKE 'trigger:%' OR key_ LIKE 'trigger:%' THEN
                 RAISE EXCEPTION 'event and messageId: names and keys beginning with "trigger:" are reserved for pg_engage''s scheduled triggers';
             END IF;
-            IF key_ = ANY (seen_keys) THEN
-                outcome := 'duplicate';
-                RETURN NEXT;
-                CONTINUE;
-            END IF;
+            -- Keys are per customer: stored before (the writer role cannot read events itself,
+            -- hence the definer's look-up), or earlier in this batch.
             IF key_ IS NOT NULL THEN
-                seen_keys := seen_keys || key_;
+                IF pg_catalog.jsonb_build_array(customer, key_)::text = ANY (seen_keys)
+                   OR engage.stored_key(customer, key_) THEN
+                    outcome := 'duplicate';
+                    RETURN NEXT;
+                    CONTINUE;
+                END IF;
+                seen_keys := seen_keys || pg_catalog.jsonb_build_array(customer, key_)::text;
             END IF;
             ev_pos := ev_pos || pos::integer;
             ev_customer := ev_customer || customer;
@@ -452,10 +450,62 @@ ALTER FUNCTION engage.aliased(text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.ingest(jsonb) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.alias(text, text) SECURITY DEFINER;
 ALTER FUNCTION engage.aliased(text) SECURITY DEFINER;
-ALTER FUNCTION engage.stored_keys(text[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.stored_keys(text[]) SECURITY DEFINER;
-REVOKE EXECUTE ON FUNCTION engage.alias(text, text), engage.aliased(text), engage.stored_keys(text[]), engage.ingest(jsonb)
+ALTER FUNCTION engage.stored_key(text, text) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.stored_key(text, text) SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION engage.alias(text, text), engage.aliased(text), engage.stored_key(text, text), engage.ingest(jsonb)
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION engage.ingest(jsonb), engage.alias(text, text), engage.aliased(text), engage.stored_keys(text[])
+GRANT EXECUTE ON FUNCTION engage.ingest(jsonb), engage.alias(text, text), engage.aliased(text), engage.stored_key(text, text)
     TO engage_writer;
 GRANT SELECT ON engage.aliases TO engage_admin;
+
+-- Keys that a table distributed by customer can enforce (README, "Scaling out"): every primary
+-- key and unique index of a customer's table holds customer_id, and idempotency keys are per
+-- customer. The keys stored so far were unique on their own, so they are unique per customer.
+ALTER TABLE engage.events DROP CONSTRAINT events_pkey, ADD PRIMARY KEY (id, customer_id);
+DROP INDEX engage.events_idempotency_key;
+CREATE UNIQUE INDEX events_idempotency_key ON engage.events (customer_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+COMMENT ON COLUMN engage.events.idempotency_key IS
+    'Optional: an event whose key is already stored for the same customer is skipped (not stored, not decided). Keys are per customer.';
+ALTER TABLE engage.outbox DROP CONSTRAINT outbox_pkey, ADD PRIMARY KEY (id, customer_id);
+ALTER TABLE engage.escalations DROP CONSTRAINT escalations_pkey, ADD PRIMARY KEY (event_id, trigger_id, customer_id);
+ALTER TABLE engage.messages DROP CONSTRAINT messages_pkey, ADD PRIMARY KEY (outbox_id, customer_id);
+ALTER TABLE engage.rollup_messages DROP CONSTRAINT rollup_messages_pkey, ADD PRIMARY KEY (message_id, customer_id);
+ALTER TABLE engage.rollup_touches DROP CONSTRAINT rollup_touches_pkey,
+    ADD PRIMARY KEY (conversion_event_id, message_id, customer_id);
+-- Its ON CONFLICT names the new key of engage.messages.
+CREATE OR REPLACE FUNCTION engage.complete_many(message_ids bigint[], leases bigint[], provider_message_ids text[])
+RETURNS bigint
+LANGUAGE sql AS $$
+    -- Marks claimed messages sent and logs them in engage.messages, in one statement: the i-th
+    -- message with the i-th lease token and provider id. Only the current lease completes:
+    -- completing after another deliverer took a message over (an expired lease), or twice, does
+    -- nothing. Returns how many were completed.
+    WITH done AS (
+        SELECT u.id, u.lease, u.provider_message_id
+          FROM unnest(complete_many.message_ids, complete_many.leases, complete_many.provider_message_ids)
+               AS u(id, lease, provider_message_id)
+    ), sent AS (
+        UPDATE engage.outbox o
+           SET status = 'sent', sent_at = now(), lease_until = NULL,
+               provider_message_id = d.provider_message_id, last_error = NULL
+          FROM done d
+         WHERE o.id = d.id AND o.status = 'claimed' AND o.lease = d.lease
+        RETURNING o.*
+    ), logged AS (
+        INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, category,
+                                     variant, queued_at, claimed_at, sent_at, attempts, provider_message_id, cost)
+        SELECT s.id, s.event_id, s.trigger_id, s.customer_id, s.channel, s.template, s.category, s.variant,
+               s.created_at, s.claimed_at, s.sent_at, s.attempts, s.provider_message_id,
+               coalesce(c.cost_per_message, 0)
+          FROM sent s LEFT JOIN engage.channels c ON c.kind = s.channel
+        ON CONFLICT (outbox_id, customer_id) DO NOTHING
+        RETURNING customer_id
+    ), marked AS (
+        -- The customers' metrics rollups now miss these messages (sql/metrics.sql, "Rollups").
+        INSERT INTO engage.metrics_dirty (customer_id) SELECT customer_id FROM logged
+    )
+    SELECT count(*) FROM logged
+$$;
+ALTER FUNCTION engage.complete_many(bigint[], bigint[], text[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.complete_many(bigint[], bigint[], text[]) SECURITY DEFINER;

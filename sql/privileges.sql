@@ -52,7 +52,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA engage FROM PUBLIC;
 ALTER FUNCTION engage.identify(text, jsonb) SECURITY DEFINER;
 ALTER FUNCTION engage.alias(text, text) SECURITY DEFINER;
 ALTER FUNCTION engage.aliased(text) SECURITY DEFINER;
-ALTER FUNCTION engage.stored_keys(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.stored_key(text, text) SECURITY DEFINER;
 -- The triggers on engage.events decide as the owner: an app needs INSERT on events and nothing else.
 ALTER FUNCTION engage.evaluate_events() SECURITY DEFINER;
 ALTER FUNCTION engage.skip_duplicate_event() SECURITY DEFINER;
@@ -92,7 +92,7 @@ GRANT INSERT, SELECT (id) ON engage.events TO engage_writer;
 GRANT EXECUTE ON FUNCTION engage.track(text, text, jsonb, timestamptz, text), engage.identify(text, jsonb),
                           engage.subscribe(text, text), engage.unsubscribe(text, text),
                           engage.ingest(jsonb), engage.alias(text, text), engage.aliased(text),
-                          engage.stored_keys(text[])
+                          engage.stored_key(text, text)
     TO engage_writer;
 
 -- engage_analyst: every metrics view and the decision log; no secrets, no addresses.

@@ -9,7 +9,7 @@ COMMENT ON DOMAIN engage.trigger_definition IS
     'A trigger definition: a JSON object checked by engage.validate_trigger (see the README language reference).';
 
 CREATE TABLE engage.events (
-    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint      GENERATED ALWAYS AS IDENTITY,
     customer_id     text        COLLATE "C" NOT NULL,
     name            text        COLLATE "C" NOT NULL,
     properties      jsonb       NOT NULL DEFAULT '{}',
@@ -19,7 +19,10 @@ CREATE TABLE engage.events (
     -- Event times are finite and within years 1 to 9999, so event time plus any duration of the
     -- trigger language (at most 3650 days) is a valid timestamp.
     CONSTRAINT events_occurred_at_in_range
-        CHECK (occurred_at >= '0001-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00')
+        CHECK (occurred_at >= '0001-01-01 00:00:00+00' AND occurred_at < '10000-01-01 00:00:00+00'),
+    -- id is unique on its own (an identity); the key also holds customer_id because a table
+    -- distributed by customer (README, "Scaling out") can only enforce keys that include it.
+    PRIMARY KEY (id, customer_id)
 );
 COMMENT ON TABLE engage.events IS
     'Customer events. INSERT or COPY into it: each statement is decided in the same transaction.';
@@ -27,11 +30,13 @@ COMMENT ON COLUMN engage.events.occurred_at IS
     'Event time: windows and caps use it. Finite, from year 1 to 9999 (constraint events_occurred_at_in_range).';
 COMMENT ON COLUMN engage.events.received_at IS 'Arrival time in the database.';
 COMMENT ON COLUMN engage.events.idempotency_key IS
-    'Optional: an event whose key is already stored is skipped (not stored, not decided).';
+    'Optional: an event whose key is already stored for the same customer is skipped (not stored, not decided). Keys are per customer.';
 -- Per-customer history look-ups (counts, sequences, absence) go through this index.
 CREATE INDEX events_customer_name_time ON engage.events (customer_id, name, occurred_at);
 -- Backstop for the idempotency trigger (e.g. REPEATABLE READ transactions racing on one key).
-CREATE UNIQUE INDEX events_idempotency_key ON engage.events (idempotency_key)
+-- Keys are per customer, as a Segment messageId is per source and user: the key is then
+-- enforceable on a single customer's shard.
+CREATE UNIQUE INDEX events_idempotency_key ON engage.events (customer_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
 CREATE TABLE engage.profiles (
@@ -111,7 +116,7 @@ COMMENT ON COLUMN engage.decisions.reason IS
 COMMENT ON COLUMN engage.decisions.variant IS 'The experiment variant the customer was assigned (stable per customer and trigger), when the trigger has variants.';
 
 CREATE TABLE engage.outbox (
-    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint      GENERATED ALWAYS AS IDENTITY,
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
     customer_id text        COLLATE "C" NOT NULL,
@@ -136,7 +141,9 @@ CREATE TABLE engage.outbox (
     sent_at     timestamptz,
     provider_message_id text,
     last_error  text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- id alone is unique (an identity); customer_id is in the key for distribution by customer.
+    PRIMARY KEY (id, customer_id)
 );
 COMMENT ON TABLE engage.outbox IS
     'Queued messages, one per fired decision, written in the transaction of the event. id is the message id receivers de-duplicate on.';
@@ -170,14 +177,14 @@ CREATE TABLE engage.escalations (
     customer_id text        COLLATE "C" NOT NULL,
     outbox_id   bigint      NOT NULL,
     decided_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (event_id, trigger_id)
+    PRIMARY KEY (event_id, trigger_id, customer_id)
 );
 COMMENT ON TABLE engage.escalations IS
     'Escalation decisions: a trigger''s "escalate" condition held for a match (one that its own cap did not suppress), so a message to a team was queued (outbox_id) besides the customer''s own decision.';
 SELECT pg_catalog.pg_extension_config_dump('engage.escalations', '');
 
 CREATE TABLE engage.messages (
-    outbox_id   bigint      PRIMARY KEY,
+    outbox_id   bigint      NOT NULL,
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
     customer_id text        COLLATE "C" NOT NULL,
@@ -190,7 +197,8 @@ CREATE TABLE engage.messages (
     sent_at     timestamptz NOT NULL,
     attempts    integer     NOT NULL,
     provider_message_id text,
-    cost        numeric(12, 6) NOT NULL DEFAULT 0
+    cost        numeric(12, 6) NOT NULL DEFAULT 0,
+    PRIMARY KEY (outbox_id, customer_id)
 );
 COMMENT ON TABLE engage.messages IS
     'The sent log: one row per delivered message, with its timings, attempts, provider id and cost.';

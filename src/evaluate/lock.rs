@@ -39,9 +39,10 @@ pub fn lock_customers<'a>(customer_ids: impl Iterator<Item = &'a str>) {
     }
 }
 
-/// Blocks until this transaction holds the lock of an idempotency key's slot.
-pub fn lock_idempotency_key(idempotency_key: &str) {
-    lock(IDEMPOTENCY_LOCK_CLASS, key(idempotency_key));
+/// Blocks until this transaction holds the lock of the slot of a customer's idempotency key
+/// (keys are per customer; a NUL, which no text value holds, separates the two).
+pub fn lock_idempotency_key(customer_id: &str, idempotency_key: &str) {
+    lock(IDEMPOTENCY_LOCK_CLASS, key(&format!("{customer_id}\0{idempotency_key}")));
 }
 
 fn lock(class: u16, k: u64) {

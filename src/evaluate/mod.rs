@@ -600,21 +600,23 @@ fn choose_channel(action: &Action, preferred: Option<&str>) -> (Channel, Vec<Cha
 }
 
 /// BEFORE INSERT row trigger on engage.events (only for rows with an idempotency_key): skips the
-/// row when an event with the same key is already stored, by anyone, committed or earlier in
-/// this transaction or statement. The key's advisory lock makes a concurrent insert of the same
-/// key wait until the first one commits or aborts.
+/// row when the customer already has an event with the same key, committed or earlier in this
+/// transaction or statement. Keys are per customer. The key's advisory lock makes a concurrent
+/// insert of the same customer and key wait until the first one commits or aborts.
 #[pg_trigger]
 fn skip_duplicate_event<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgHeapTupleError> {
     let Some(new) = trigger.new() else { return Ok(None) };
-    let key: Option<String> = new
-        .get_by_name("idempotency_key")
-        .unwrap_or_else(|e| crate::sql_error::internal(&format!("engage.events.idempotency_key: {e}")));
-    let Some(key) = key else { return Ok(Some(new)) };
-    lock::lock_idempotency_key(&key);
-    let mut probe = probe::Probe::open(c"events", c"events_idempotency_key", 1);
-    let seen = probe.count(&[probe::Key::text_eq(1, &key)]) > 0;
+    let column = |name: &str| -> Option<String> {
+        new.get_by_name(name).unwrap_or_else(|e| crate::sql_error::internal(&format!("engage.events.{name}: {e}")))
+    };
+    let Some(key) = column("idempotency_key") else { return Ok(Some(new)) };
+    // NOT NULL, so only absent if the table were altered under us; then there is nothing to match.
+    let Some(customer) = column("customer_id") else { return Ok(Some(new)) };
+    lock::lock_idempotency_key(&customer, &key);
+    let mut probe = probe::Probe::open(c"events", c"events_idempotency_key", 2);
+    let seen = probe.count(&[probe::Key::text_eq(1, &customer), probe::Key::text_eq(2, &key)]) > 0;
     Ok(if seen { None } else { Some(new) })
 }
 
