@@ -5,8 +5,11 @@
 use super::channels::{self, Outgoing, SendError};
 use super::egress::Egress;
 use super::template;
+use crate::evaluate::rule_cache;
 use crate::jsonb::Lenient;
 use crate::policy::quiet_hours::{self, QuietHours};
+use crate::policy::{self, FrequencyCap};
+use crate::rule::Channel;
 use crate::settings;
 use crate::workers::{self, Worker};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
@@ -148,14 +151,14 @@ fn claim_batch(scan: &mut ClaimScan) -> Option<Ready> {
     // renders has spent an attempt of its own message (so it ends dead after max_attempts claims)
     // and undoes nothing else.
     let (batch_size, start) = (settings::batch_size(), scan.start());
-    let (claimed, templates, last) =
+    let Claim { claimed, templates, frequency_caps, last } =
         BackgroundWorker::transaction(|| claim(batch_size, settings::lease().as_secs_f64(), start));
     scan.advance(start, claimed.len(), batch_size, last);
     if claimed.is_empty() {
         return None;
     }
     let mut ready = Ready { to_send: Vec::new(), deferred: Vec::new(), suppressed: Vec::new() };
-    for prepared in claimed.into_iter().map(|c| c.prepare(&templates)) {
+    for prepared in claimed.into_iter().map(|c| c.prepare(&templates, &frequency_caps)) {
         match prepared {
             Prepared::Defer(leased, until) => ready.deferred.push((leased, until)),
             Prepared::Suppress(leased, reason, detail) => ready.suppressed.push((leased, reason, detail)),
@@ -424,16 +427,7 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.lease,
        cardinality(c.fallback) > 0 AS has_fallback,
        c.category <> 'escalation' AND EXISTS (SELECT 1 FROM engage.suppressions x
                 WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)) AS suppressed,
-       CASE WHEN c.category = 'marketing' THEN
-         (SELECT format('frequency cap: %s messages per %s%s', f.max_messages, f.per, ' on ' || f.channel)
-            FROM engage.frequency_caps f
-           WHERE (f.channel IS NULL OR f.channel = c.channel)
-             AND f.max_messages <= (SELECT count(*) FROM engage.messages m
-                                     WHERE m.customer_id = c.customer_id AND m.category = 'marketing'
-                                       AND (f.channel IS NULL OR m.channel = f.channel)
-                                       AND m.sent_at > now() - f.per)
-           ORDER BY f.id LIMIT 1)
-       END AS over_frequency_cap,
+       sent.channels AS sent_channels, sent.ago AS sent_ago,
        s.kind IS NOT NULL AND c.channel <> 'webhook'
          AND s.destination IS DISTINCT FROM engage.channel_destination(c.channel, ch.config) AS secrets_moved
   FROM engage.outbox c
@@ -442,13 +436,28 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.lease,
   LEFT JOIN engage.profiles p ON p.customer_id = c.customer_id
   LEFT JOIN engage.channels ch ON ch.kind = c.channel
   LEFT JOIN engage.channel_secrets s ON s.kind = c.channel
+  -- For a marketing message, the customer's marketing messages sent within the longest
+  -- frequency cap: their channels, and how long ago (microseconds).
+  LEFT JOIN LATERAL (
+       SELECT array_agg(m.channel ORDER BY m.sent_at) AS channels,
+              array_agg((extract(epoch FROM now() - m.sent_at) * 1000000)::int8 ORDER BY m.sent_at) AS ago
+         FROM engage.messages m
+        WHERE c.category = 'marketing' AND m.customer_id = c.customer_id AND m.category = 'marketing'
+          AND m.sent_at > now() - (SELECT max(f.per) FROM engage.frequency_caps f)) sent ON true
  WHERE c.id = ANY ($1) AND c.status = 'claimed'
  ORDER BY c.due_at, c.id";
 
 const TEMPLATES: &str = "SELECT name, channel, locale, subject, body, html FROM engage.templates";
 
-/// The claimed messages, the templates, and the (due_at, id) of the last claimed in due order.
-type Claim = (Vec<Claimed>, Templates, Option<(TimestampWithTimeZone, i64)>);
+/// A claimed batch and what preparing it needs.
+#[derive(Default)]
+struct Claim {
+    claimed: Vec<Claimed>,
+    templates: Templates,
+    frequency_caps: Vec<FrequencyCap>,
+    /// The (due_at, id) of the last claimed message in due order.
+    last: Option<(TimestampWithTimeZone, i64)>,
+}
 
 /// Claims a batch (continuing after `after` in due order, if given) and reads what sending it
 /// needs: the claimed messages and the templates.
@@ -467,7 +476,7 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
             }
         }
         if ids.is_empty() {
-            return Ok((Vec::new(), Templates::new(), None));
+            return Ok(Claim::default());
         }
         // `update`, not `select`: a fresh snapshot that sees the claim (SPI read-only mode keeps the old one).
         let rows = client.update(CLAIMED, None, &[ids.into()])?;
@@ -507,13 +516,17 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
                 requires_opt_in: flag("requires_opt_in")?,
                 has_fallback: flag("has_fallback")?,
                 suppressed: flag("suppressed")?,
-                over_frequency_cap: text("over_frequency_cap")?,
+                sent_marketing: {
+                    let channels = row.get_by_name::<Vec<String>, _>("sent_channels")?.unwrap_or_default();
+                    let ago = row.get_by_name::<Vec<i64>, _>("sent_ago")?.unwrap_or_default();
+                    channels.iter().zip(ago).filter_map(|(c, ago)| Some((Channel::parse(c)?, -ago))).collect()
+                },
                 leased: Leased { id, token: row.get_by_name("lease")?.unwrap_or_default() },
                 secrets_moved: flag("secrets_moved")?,
             });
         }
         if claimed.is_empty() {
-            return Ok((Vec::new(), Templates::new(), last));
+            return Ok(Claim { last, ..Claim::default() });
         }
         let mut templates = Templates::new();
         for row in client.select(TEMPLATES, None, &[])? {
@@ -525,7 +538,8 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
             );
             templates.insert(key, (text("subject")?, text("body")?.unwrap_or_default(), text("html")?));
         }
-        Ok((claimed, templates, last))
+        let frequency_caps = rule_cache::frequency_caps(client)?;
+        Ok(Claim { claimed, templates, frequency_caps, last })
     })
     .unwrap_or_else(|e| error!("pg_engage deliverer could not claim messages: {e}"))
 }
@@ -568,8 +582,9 @@ struct Claimed {
     has_fallback: bool,
     /// On the suppression list for this channel or all.
     suppressed: bool,
-    /// The frequency cap that sending now would exceed, described.
-    over_frequency_cap: Option<String>,
+    /// The customer's marketing messages sent within the longest frequency cap: channel and
+    /// when, in microseconds relative to the re-check (negative: before it).
+    sent_marketing: Vec<(Channel, i64)>,
     leased: Leased,
     /// The channel points elsewhere than when its secrets were written: they are not sent.
     secrets_moved: bool,
@@ -581,11 +596,11 @@ type Templates = HashMap<(String, String, String), (Option<String>, String, Opti
 impl Claimed {
     /// The send-time re-check, then rendering. A message whose channel is no longer allowed moves
     /// to its next fallback channel, or is suppressed when it has none.
-    fn prepare(self, templates: &Templates) -> Prepared {
+    fn prepare(self, templates: &Templates, frequency_caps: &[FrequencyCap]) -> Prepared {
         let marketing = !self.transactional;
         let refused = if self.suppressed {
             Some(("suppression", format!("customer is on the suppression list for {}", self.channel)))
-        } else if marketing && !crate::policy::consents(&self.consent, &self.channel, self.requires_opt_in) {
+        } else if marketing && !policy::consents(&self.consent, &self.channel, self.requires_opt_in) {
             Some(("consent", format!("customer has not consented to marketing on {}", self.channel)))
         } else {
             None
@@ -603,8 +618,12 @@ impl Claimed {
                 return Prepared::Defer(self.leased, until.to_rfc3339());
             }
         }
-        if let (true, Some(cap)) = (marketing, &self.over_frequency_cap) {
-            return Prepared::Suppress(self.leased, "frequency", cap.clone());
+        // The insert path's frequency rule, now with the messages actually sent.
+        let channel = Channel::parse(&self.channel);
+        if let (true, Some(channel)) = (marketing, channel) {
+            if let Some(cap) = policy::over_frequency_cap(frequency_caps, channel, 0, &self.sent_marketing) {
+                return Prepared::Suppress(self.leased, "frequency", cap.describe());
+            }
         }
         match self.try_prepare(templates) {
             Ok(msg) => Prepared::Send(self.leased, msg),
@@ -727,7 +746,7 @@ mod prepare_tests {
             requires_opt_in: false,
             has_fallback: false,
             suppressed: false,
-            over_frequency_cap: None,
+            sent_marketing: Vec::new(),
             leased: Leased { id: 42, token: 7 },
             secrets_moved: false,
         }
@@ -778,7 +797,7 @@ mod prepare_tests {
 
     #[test]
     fn a_webhook_goes_to_the_channel_url_with_the_message_document() {
-        let msg = sent(claimed("webhook").prepare(&templates()));
+        let msg = sent(claimed("webhook").prepare(&templates(), &[]));
         assert_eq!(
             (msg.outbox_id, msg.kind.as_str(), msg.to.as_str()),
             (42, "webhook", "https://hooks.example.com/in")
@@ -794,14 +813,14 @@ mod prepare_tests {
 
     #[test]
     fn each_channel_takes_its_address_from_the_profile_and_a_missing_one_is_permanent() {
-        assert_eq!(sent(claimed("email").prepare(&templates())).to, "ada@example.com");
-        assert_eq!(sent(claimed("sms").prepare(&templates())).to, "+15550000001");
-        assert_eq!(sent(claimed("whatsapp").prepare(&templates())).to, "+15550000001");
-        let e = failed(claimed("push").prepare(&templates()));
+        assert_eq!(sent(claimed("email").prepare(&templates(), &[])).to, "ada@example.com");
+        assert_eq!(sent(claimed("sms").prepare(&templates(), &[])).to, "+15550000001");
+        assert_eq!(sent(claimed("whatsapp").prepare(&templates(), &[])).to, "+15550000001");
+        let e = failed(claimed("push").prepare(&templates(), &[]));
         assert!(!e.retryable && e.message == "no push address for customer c1", "{}", e.message);
         let mut empty = claimed("email");
         empty.email = Some(String::new());
-        assert_eq!(failed(empty.prepare(&templates())).message, "no email address for customer c1");
+        assert_eq!(failed(empty.prepare(&templates(), &[])).message, "no email address for customer c1");
     }
 
     #[test]
@@ -809,13 +828,13 @@ mod prepare_tests {
         let mut french = claimed("email");
         french.template = Some("welcome".into());
         french.locale = "fr".into();
-        let msg = sent(french.prepare(&templates()));
+        let msg = sent(french.prepare(&templates(), &[]));
         assert_eq!((msg.subject.as_str(), msg.text.as_str()), ("Salut Ada", "Code SAVE10"));
         assert_eq!(msg.document["rendered"], json!({"subject": "Salut Ada", "body": "Code SAVE10"}));
 
         let mut german = claimed("email");
         german.template = Some("welcome".into());
-        let msg = sent(german.prepare(&templates()));
+        let msg = sent(german.prepare(&templates(), &[]));
         assert_eq!(
             (msg.subject.as_str(), msg.text.as_str()),
             ("Hi Ada", "Code SAVE10, ref msg_42"),
@@ -824,7 +843,7 @@ mod prepare_tests {
 
         let mut unknown = claimed("email");
         unknown.template = Some("goodbye".into());
-        let e = failed(unknown.prepare(&templates()));
+        let e = failed(unknown.prepare(&templates(), &[]));
         assert!(
             !e.retryable && e.message.contains("no template \"goodbye\" for channel email (locale de)"),
             "{}",
@@ -836,57 +855,78 @@ mod prepare_tests {
     fn the_suppression_list_and_consent_refuse_a_marketing_message_or_move_it_to_its_fallback() {
         let mut listed = claimed("email");
         listed.suppressed = true;
-        assert_eq!(suppressed(listed.prepare(&templates())).0, "suppression");
+        assert_eq!(suppressed(listed.prepare(&templates(), &[])).0, "suppression");
         let mut listed = claimed("email");
         listed.suppressed = true;
         listed.has_fallback = true;
-        let e = failed(listed.prepare(&templates()));
+        let e = failed(listed.prepare(&templates(), &[]));
         assert!(!e.retryable, "a refusal with a fallback fails permanently, so fail() moves it on: {}", e.message);
 
         let mut opted_out = claimed("email");
         opted_out.consent = json!({"email": false});
         assert_eq!(
-            suppressed(opted_out.prepare(&templates())),
+            suppressed(opted_out.prepare(&templates(), &[])),
             ("consent", "customer has not consented to marketing on email".into())
         );
         let mut transactional = claimed("email");
         transactional.consent = json!({"email": false});
         transactional.transactional = true;
-        sent(transactional.prepare(&templates()));
+        sent(transactional.prepare(&templates(), &[]));
 
         let mut opt_in = claimed("sms");
         opt_in.requires_opt_in = true;
-        assert_eq!(suppressed(opt_in.prepare(&templates())).0, "consent", "a channel that requires opt-in");
+        assert_eq!(suppressed(opt_in.prepare(&templates(), &[])).0, "consent", "a channel that requires opt-in");
         let mut opted_in = claimed("sms");
         opted_in.requires_opt_in = true;
         opted_in.consent = json!({"sms": true});
-        sent(opted_in.prepare(&templates()));
+        sent(opted_in.prepare(&templates(), &[]));
     }
 
     #[test]
-    fn a_frequency_cap_suppresses_marketing_only() {
-        let mut capped = claimed("email");
-        capped.over_frequency_cap = Some("3 messages per 1 day".into());
-        assert_eq!(suppressed(capped.prepare(&templates())), ("frequency", "3 messages per 1 day".into()));
-        let mut transactional = claimed("email");
-        transactional.over_frequency_cap = Some("3 messages per 1 day".into());
+    fn a_frequency_cap_counts_the_messages_sent_in_its_window_and_spares_transactional_ones() {
+        const HOUR: i64 = 3_600_000_000;
+        let caps = [
+            FrequencyCap { channel: Some(Channel::Email), max: 2, per_micros: 24 * HOUR },
+            FrequencyCap { channel: None, max: 3, per_micros: 24 * HOUR },
+        ];
+        let with_sent = |channel: &str, sent: &[(Channel, i64)]| {
+            let mut c = claimed(channel);
+            c.sent_marketing = sent.to_vec();
+            c
+        };
+        let two_emails = [(Channel::Email, -2 * HOUR), (Channel::Sms, -HOUR), (Channel::Email, -23 * HOUR)];
+        assert_eq!(
+            suppressed(with_sent("email", &two_emails).prepare(&templates(), &caps)),
+            ("frequency", "frequency cap: 2 messages per 1 day on email".into())
+        );
+        // An email a day ago has left the window.
+        sent(
+            with_sent("email", &[(Channel::Email, -2 * HOUR), (Channel::Email, -24 * HOUR)])
+                .prepare(&templates(), &caps),
+        );
+        // Three messages on any channels reach the cap on all channels.
+        assert_eq!(
+            suppressed(with_sent("sms", &two_emails).prepare(&templates(), &caps)),
+            ("frequency", "frequency cap: 3 messages per 1 day".into())
+        );
+        let mut transactional = with_sent("email", &two_emails);
         transactional.transactional = true;
-        sent(transactional.prepare(&templates()));
+        sent(transactional.prepare(&templates(), &caps));
     }
 
     #[test]
     fn the_channel_must_be_configured_enabled_and_still_where_its_secrets_were_written() {
         let mut unconfigured = claimed("webhook");
         unconfigured.config = None;
-        let e = failed(unconfigured.prepare(&templates()));
+        let e = failed(unconfigured.prepare(&templates(), &[]));
         assert!(!e.retryable && e.message.contains("not configured"), "{}", e.message);
         let mut disabled = claimed("webhook");
         disabled.enabled = false;
-        let e = failed(disabled.prepare(&templates()));
+        let e = failed(disabled.prepare(&templates(), &[]));
         assert!(e.retryable, "a disabled channel is retried later: {}", e.message);
         let mut moved = claimed("webhook");
         moved.secrets_moved = true;
-        let e = failed(moved.prepare(&templates()));
+        let e = failed(moved.prepare(&templates(), &[]));
         assert!(!e.retryable && e.message.contains("points elsewhere"), "{}", e.message);
     }
 
@@ -894,6 +934,6 @@ mod prepare_tests {
     fn the_channels_rate_limit_reaches_the_sender() {
         let mut paced = claimed("webhook");
         paced.rate = Some(2.5);
-        assert_eq!(sent(paced.prepare(&templates())).config["rate_limit_per_second"], json!(2.5));
+        assert_eq!(sent(paced.prepare(&templates(), &[])).config["rate_limit_per_second"], json!(2.5));
     }
 }

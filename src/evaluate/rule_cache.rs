@@ -210,6 +210,24 @@ pub(super) struct TriggerRow {
     pub goal_event: Option<String>,
 }
 
+/// The rows of engage.frequency_caps, in id order: for the insert path's rule set, and for the
+/// deliverer's send-time re-check.
+pub fn frequency_caps(client: &pgrx::spi::SpiClient) -> Result<Vec<FrequencyCap>, pgrx::spi::Error> {
+    let mut caps = Vec::new();
+    for row in client.select(
+        "SELECT channel, max_messages, (extract(epoch FROM per) * 1000000)::int8 FROM engage.frequency_caps ORDER BY id",
+        None,
+        &[],
+    )? {
+        caps.push(FrequencyCap {
+            channel: row.get::<String>(1)?.as_deref().and_then(Channel::parse),
+            max: i64::from(row.get::<i32>(2)?.unwrap_or(1)),
+            per_micros: row.get(3)?.unwrap_or(0),
+        });
+    }
+    Ok(caps)
+}
+
 fn load() -> RuleSet {
     let mut set = RuleSet::default();
     let rows = Spi::connect(|client| -> Result<Vec<TriggerRow>, pgrx::spi::Error> {
@@ -236,17 +254,7 @@ fn load() -> RuleSet {
             };
             set.channels.insert(kind, ChannelPolicy { quiet_hours, requires_opt_in: row.get(4)?.unwrap_or(false) });
         }
-        for row in client.select(
-            "SELECT channel, max_messages, (extract(epoch FROM per) * 1000000)::int8 FROM engage.frequency_caps ORDER BY id",
-            None,
-            &[],
-        )? {
-            set.frequency_caps.push(FrequencyCap {
-                channel: row.get::<String>(1)?.as_deref().and_then(Channel::parse),
-                max: i64::from(row.get::<i32>(2)?.unwrap_or(1)),
-                per_micros: row.get(3)?.unwrap_or(0),
-            });
-        }
+        set.frequency_caps = frequency_caps(client)?;
         client
             .select(
                 "SELECT id, version, name, definition::text, enabled, priority, \

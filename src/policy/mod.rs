@@ -141,6 +141,47 @@ pub struct FrequencyCap {
     pub per_micros: i64,
 }
 
+impl FrequencyCap {
+    /// As a suppression's detail: "frequency cap: 3 messages per 1 day on sms".
+    pub fn describe(&self) -> String {
+        const UNITS: [(i64, &str); 4] =
+            [(86_400_000_000, "day"), (3_600_000_000, "hour"), (60_000_000, "minute"), (1_000_000, "second")];
+        let per = UNITS
+            .iter()
+            .find(|(unit, _)| self.per_micros % unit == 0)
+            .map(|&(unit, name)| {
+                let n = self.per_micros / unit;
+                format!("{n} {name}{}", if n == 1 { "" } else { "s" })
+            })
+            .unwrap_or_else(|| format!("{} microseconds", self.per_micros));
+        let on = self.channel.map(|c| format!(" on {}", c.as_str())).unwrap_or_default();
+        format!("frequency cap: {} messages per {per}{on}", self.max)
+    }
+}
+
+/// The first frequency cap (in the order given) that one more marketing message on `channel` at
+/// `at` would break: a cap on its channel or on all channels with `max` messages already within
+/// `per` of `at`, before or after it, among `others` (channel and time of the customer's other
+/// marketing messages). The one rule of frequency caps: the insert path asks it with the messages
+/// sent, queued and fired earlier in the statement, each at its send time; the deliverer asks it
+/// again at send time with the messages actually sent before.
+pub fn over_frequency_cap<'a>(
+    caps: &'a [FrequencyCap],
+    channel: Channel,
+    at: i64,
+    others: &[(Channel, i64)],
+) -> Option<&'a FrequencyCap> {
+    caps.iter().filter(|cap| cap.channel.is_none_or(|ch| ch == channel)).find(|cap| {
+        let within = others
+            .iter()
+            .filter(|&&(other, when)| {
+                cap.channel.is_none_or(|ch| ch == other) && when.abs_diff(at) < cap.per_micros.unsigned_abs()
+            })
+            .count() as i64;
+        within >= cap.max
+    })
+}
+
 /// One (event, trigger) match, as the policy sees it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -282,34 +323,24 @@ pub fn decide(
         }
     }
 
-    // Frequency caps, in the same rank order.
+    // Frequency caps, in the same rank order: each customer's messages sent or queued (those not
+    // replaced), then the candidates fired so far.
     if !frequency_caps.is_empty() {
-        let mut sent: Vec<(usize, Channel, i64)> = queued
-            .iter()
-            .filter(|q| q.rival.is_none_or(|r| !replaced[r]))
-            .map(|q| (q.customer, q.channel, q.at))
-            .collect();
+        let mut messages: HashMap<usize, Vec<(Channel, i64)>> = HashMap::new();
+        for q in queued.iter().filter(|q| q.rival.is_none_or(|r| !replaced[r])) {
+            messages.entry(q.customer).or_default().push((q.channel, q.at));
+        }
         for entry in &order {
             let Ok(i) = *entry else { continue };
             if outcomes[i] != Outcome::Fired {
                 continue;
             }
             let c = &candidates[i];
-            let over = frequency_caps.iter().filter(|cap| cap.channel.is_none_or(|ch| ch == c.channel)).any(|cap| {
-                let within = sent
-                    .iter()
-                    .filter(|&&(who, channel, at)| {
-                        who == c.customer
-                            && cap.channel.is_none_or(|ch| ch == channel)
-                            && (at - c.send_at).abs() < cap.per_micros
-                    })
-                    .count() as i64;
-                within >= cap.max
-            });
-            if over {
+            let others = messages.entry(c.customer).or_default();
+            if over_frequency_cap(frequency_caps, c.channel, c.send_at, others).is_some() {
                 outcomes[i] = Outcome::Suppressed(Reason::Frequency);
             } else {
-                sent.push((c.customer, c.channel, c.send_at));
+                others.push((c.channel, c.send_at));
             }
         }
     }
@@ -478,6 +509,26 @@ mod tests {
         let later = [queued(3 * 60 * MINUTE, Channel::Email), queued(4 * 60 * MINUTE, Channel::Email)];
         let v = decide(&[at(0, 1, Channel::Email), high], &[], &later, &caps, 0);
         assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Frequency), Outcome::Fired]);
+    }
+
+    #[test]
+    fn the_frequency_rule_counts_both_sides_of_the_send_time_and_names_the_cap() {
+        let hour = 60 * MINUTE;
+        let caps = [
+            FrequencyCap { channel: Some(Channel::Push), max: 1, per_micros: 90 * MINUTE },
+            FrequencyCap { channel: None, max: 2, per_micros: 6 * hour },
+        ];
+        // One push 80 minutes later breaks the push cap; 90 minutes later does not.
+        assert_eq!(over_frequency_cap(&caps, Channel::Push, 0, &[(Channel::Push, 80 * MINUTE)]), Some(&caps[0]));
+        assert_eq!(over_frequency_cap(&caps, Channel::Push, 0, &[(Channel::Push, 90 * MINUTE)]), None);
+        // Other channels count toward the cap on all channels only.
+        let others = [(Channel::Email, -5 * hour), (Channel::Sms, 5 * hour)];
+        assert_eq!(over_frequency_cap(&caps, Channel::Push, 0, &others), Some(&caps[1]));
+        assert_eq!(over_frequency_cap(&caps, Channel::Push, 0, &others[..1]), None);
+        assert_eq!(caps[0].describe(), "frequency cap: 1 messages per 90 minutes on push");
+        assert_eq!(caps[1].describe(), "frequency cap: 2 messages per 6 hours");
+        let odd = FrequencyCap { channel: None, max: 1, per_micros: 1_500_000 };
+        assert_eq!(odd.describe(), "frequency cap: 1 messages per 1500000 microseconds");
     }
 
     #[test]
