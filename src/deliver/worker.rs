@@ -437,12 +437,14 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.lease,
   LEFT JOIN engage.channels ch ON ch.kind = c.channel
   LEFT JOIN engage.channel_secrets s ON s.kind = c.channel
   -- For a marketing message, the customer's marketing messages sent within the longest
-  -- frequency cap: their channels, and how long ago (microseconds).
+  -- frequency cap: their channels, and how long ago (microseconds). Without caps, the sent log
+  -- is not read at all (a one-time filter).
   LEFT JOIN LATERAL (
        SELECT array_agg(m.channel ORDER BY m.sent_at) AS channels,
               array_agg((extract(epoch FROM now() - m.sent_at) * 1000000)::int8 ORDER BY m.sent_at) AS ago
          FROM engage.messages m
-        WHERE c.category = 'marketing' AND m.customer_id = c.customer_id AND m.category = 'marketing'
+        WHERE EXISTS (SELECT FROM engage.frequency_caps)
+          AND c.category = 'marketing' AND m.customer_id = c.customer_id AND m.category = 'marketing'
           AND m.sent_at > now() - (SELECT max(f.per) FROM engage.frequency_caps f)) sent ON true
  WHERE c.id = ANY ($1) AND c.status = 'claimed'
  ORDER BY c.due_at, c.id";
