@@ -1,4 +1,6 @@
 -- Comments on the functions written in Rust (loaded last, once they all exist).
+COMMENT ON FUNCTION engage.compiled_trigger(text, jsonb) IS
+    'The compiled form of a trigger: what SQL reads of its definition, every default filled in (generates engage.triggers.compiled).';
 COMMENT ON FUNCTION engage.validate_trigger(jsonb) IS
     'Returns true for a valid trigger definition, or raises an ERROR naming the JSON path and the problem.';
 COMMENT ON FUNCTION engage.create_trigger(text, jsonb) IS
@@ -26,8 +28,6 @@ COMMENT ON FUNCTION engage.skip_duplicate_event() IS
     'BEFORE INSERT row trigger on engage.events: skips an event whose idempotency_key is already stored.';
 COMMENT ON FUNCTION engage.known_time_zones(text[]) IS
     'The names among its argument that are time zones listed in pg_timezone_names, from a list each session reads once an hour (listing the zones loads every zone file).';
-COMMENT ON FUNCTION engage.duration(text) IS
-    'A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval.';
 COMMENT ON FUNCTION engage.bgnbd_fit(double precision[], double precision[], double precision[]) IS
     'Fits the BG/NBD model (Fader, Hardie & Lee 2005) by maximum likelihood to per-customer summaries: frequency x, recency t_x, age T. Returns r, alpha, a, b, the log-likelihood, iterations and whether it converged.';
 COMMENT ON FUNCTION engage.bgnbd_p_alive(double precision, double precision, double precision, double precision, double precision, double precision, double precision) IS

@@ -19,16 +19,9 @@ CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
 CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
     WHERE properties ? 'message_id';
 
--- Trigger-language paths and the numbers at them, as SQL reads them (goals, crossings).
--- These two are inlined into the views' queries, so they pin nothing (a SET clause would stop
--- the inlining): every name in them is qualified instead.
-CREATE FUNCTION engage.json_path(path text) RETURNS text[]
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT pg_catalog.string_to_array(pg_catalog.regexp_replace(path, '^\$\.', ''), '.')
-$$;
-COMMENT ON FUNCTION engage.json_path(text) IS
-    'A trigger-language path ("plan.renews_on" or "$.plan.renews_on") as a text[] for #> and #>>.';
-
+-- The number at a path (a compiled trigger's key array) of a JSON document (goals, crossings).
+-- Inlined into the views' queries, so it pins nothing (a SET clause would stop the inlining):
+-- every name in it is qualified instead.
 CREATE FUNCTION engage.json_number(document jsonb, path text[]) RETURNS numeric
 LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN pg_catalog.jsonb_typeof(document OPERATOR(pg_catalog.#>) path) OPERATOR(pg_catalog.=) 'number'
@@ -37,15 +30,16 @@ $$;
 COMMENT ON FUNCTION engage.json_number(jsonb, text[]) IS
     'The number at a path of a JSON document; NULL when absent or not a number.';
 
--- Goals, read out of the definitions once per query.
+-- Goals, from the compiled definitions.
 CREATE VIEW engage.trigger_goals AS
 SELECT t.id AS trigger_id,
        t.name AS trigger,
-       t.definition -> 'goal' ->> 'event' AS goal_event,
-       engage.duration(t.definition -> 'goal' ->> 'within') AS within,
-       engage.json_path(t.definition -> 'goal' ->> 'value') AS value_path
+       t.compiled -> 'goal' ->> 'event' AS goal_event,
+       (t.compiled -> 'goal' ->> 'within_micros')::bigint * interval '1 microsecond' AS within,
+       CASE WHEN t.compiled -> 'goal' -> 'value' <> 'null'
+            THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text(t.compiled -> 'goal' -> 'value')) END AS value_path
   FROM engage.triggers t
- WHERE t.definition ? 'goal';
+ WHERE t.compiled -> 'goal' <> 'null';
 COMMENT ON VIEW engage.trigger_goals IS
     'Each trigger''s conversion goal: goal event name, attribution window, and the property path of its value.';
 
@@ -409,10 +403,10 @@ $$;
 COMMENT ON FUNCTION engage.mark_goal_change() IS
     'Row trigger on engage.triggers: when a goal changes or a trigger with one is dropped, marks the customers it decided for in engage.metrics_dirty.';
 CREATE TRIGGER mark_goal_change AFTER UPDATE ON engage.triggers
-    FOR EACH ROW WHEN (OLD.definition -> 'goal' IS DISTINCT FROM NEW.definition -> 'goal')
+    FOR EACH ROW WHEN (OLD.compiled -> 'goal' IS DISTINCT FROM NEW.compiled -> 'goal')
     EXECUTE FUNCTION engage.mark_goal_change();
 CREATE TRIGGER mark_goal_drop AFTER DELETE ON engage.triggers
-    FOR EACH ROW WHEN (OLD.definition ? 'goal')
+    FOR EACH ROW WHEN (OLD.compiled -> 'goal' <> 'null')
     EXECUTE FUNCTION engage.mark_goal_change();
 
 -- 3. Responses --------------------------------------------------------------------------------
@@ -646,8 +640,8 @@ COMMENT ON VIEW engage.holdout_uplift IS
 
 CREATE VIEW engage.variant_results AS
 WITH arms AS (
-    SELECT t.id AS trigger_id, v.value ->> 'name' AS variant, v.ordinality AS position
-      FROM engage.triggers t, jsonb_array_elements(t.definition -> 'variants') WITH ORDINALITY AS v
+    SELECT t.id AS trigger_id, v.name AS variant, v.position
+      FROM engage.triggers t, jsonb_array_elements_text(t.compiled -> 'variants') WITH ORDINALITY AS v(name, position)
 ), groups AS (
     SELECT x.trigger_id, x.trigger, x.variant,
            count(*) AS n, count(*) FILTER (WHERE x.converted) AS conv,

@@ -14,7 +14,7 @@ BEGIN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'engage'::regnamespace
-           AND p.proname NOT IN ('json_path', 'json_number', 'profile_date')
+           AND p.proname NOT IN ('json_number', 'profile_date')
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -104,7 +104,7 @@ GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volu
                 engage.customer_predictions, engage.decisions, engage.triggers,
                 engage.queue_health, engage.operations
     TO engage_analyst;
-GRANT EXECUTE ON FUNCTION engage.json_path(text), engage.json_number(jsonb, text[]), engage.duration(text),
+GRANT EXECUTE ON FUNCTION engage.json_number(jsonb, text[]),
                           engage.message_facts_of(text[]), engage.touches_of(text[]), engage.exposures_of(text[]),
                           engage.trigger_volume_in(interval, timestamptz), engage.trigger_latency_in(timestamptz),
                           engage.purchase_summaries(text, date, interval),
@@ -138,7 +138,8 @@ GRANT SELECT ON engage.events, engage.profiles, engage.aliases, engage.outbox, e
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA engage TO engage_admin;
 GRANT EXECUTE ON FUNCTION engage.create_trigger(text, jsonb), engage.update_trigger(text, jsonb),
                           engage.enable_trigger(text), engage.disable_trigger(text), engage.drop_trigger(text),
-                          engage.validate_trigger(jsonb), engage.validate_template(text), engage.redrive(bigint),
+                          engage.validate_trigger(jsonb), engage.compiled_trigger(text, jsonb),
+                          engage.validate_template(text), engage.redrive(bigint),
                           engage.worker_status(), engage.ingest_provider_event(text, jsonb),
                           engage.tick(timestamptz, boolean), engage.set_tick_progress(text, timestamptz), engage.refresh_metrics(integer), engage.rebuild_metrics(),
                           engage.fit_purchase_model(text, date, interval),

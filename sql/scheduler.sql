@@ -54,11 +54,11 @@ DECLARE
     t record;
     fired bigint;
 BEGIN
-    SELECT tr.name, tr.definition -> 'inactive' ->> 'event' AS event,
-           engage.duration(tr.definition -> 'inactive' ->> 'for') AS span
+    SELECT tr.compiled ->> 'event_name' AS event_name, tr.compiled -> 'occasion' ->> 'event' AS event,
+           (tr.compiled -> 'occasion' ->> 'for_micros')::bigint * interval '1 microsecond' AS span
       INTO t FROM engage.triggers tr WHERE tr.id = fire_inactive.trigger_id;
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
-    SELECT e.customer_id, 'trigger:' || t.name,
+    SELECT e.customer_id, t.event_name,
            jsonb_build_object('kind', 'inactive', 'event', t.event, 'last_event_at', e.occurred_at,
                               'inactive_for', t.span::text),
            e.occurred_at + t.span,
@@ -120,11 +120,10 @@ DECLARE
     default_due boolean;
     due_zones text[];
 BEGIN
-    SELECT tr.name, tr.definition ? 'anniversary' AS yearly,
-           engage.json_path(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'date') AS path,
-           coalesce(coalesce(tr.definition -> 'anniversary', tr.definition -> 'date') ->> 'at', '09:00')::time AS local_time,
-           coalesce(-engage.duration(tr.definition -> 'date' ->> 'before'),
-                    engage.duration(tr.definition -> 'date' ->> 'after'), interval '0') AS shift
+    SELECT tr.compiled ->> 'event_name' AS event_name, (tr.compiled -> 'occasion' ->> 'yearly')::boolean AS yearly,
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(tr.compiled -> 'occasion' -> 'date')) AS path,
+           (tr.compiled -> 'occasion' ->> 'at')::time AS local_time,
+           (tr.compiled -> 'occasion' ->> 'offset_micros')::bigint * interval '1 microsecond' AS shift
       INTO t FROM engage.triggers tr WHERE tr.id = fire_calendar.trigger_id;
     -- Only profiles whose date can fall in the window are looked at: for anniversaries, the
     -- window's month-days (and 29 February when the 28th is one of them); for dates, the window
@@ -152,7 +151,7 @@ BEGIN
         RETURN 0;
     END IF;
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
-    SELECT o.customer_id, 'trigger:' || t.name,
+    SELECT o.customer_id, t.event_name,
            jsonb_build_object('kind', CASE WHEN t.yearly THEN 'anniversary' ELSE 'date' END,
                               'date', o.raw_date, 'occasion', o.local_day, 'time_zone', o.zone),
            o.due, 'trigger:' || fire_calendar.trigger_id || ':' || o.customer_id || ':' || o.local_day
@@ -196,16 +195,16 @@ DECLARE
     m engage.purchase_models;
     fired bigint;
 BEGIN
-    SELECT tr.name, coalesce(tr.definition -> 'predicted' ->> 'event', 'purchase') AS event,
-           (tr.definition -> 'predicted' ->> 'p_alive_below')::float8 AS threshold,
-           coalesce((tr.definition -> 'predicted' ->> 'min_purchases')::integer, 1) AS min_purchases
+    SELECT tr.compiled ->> 'event_name' AS event_name, tr.compiled -> 'occasion' ->> 'event' AS event,
+           (tr.compiled -> 'occasion' ->> 'p_alive_below')::float8 AS threshold,
+           (tr.compiled -> 'occasion' ->> 'min_purchases')::integer AS min_purchases
       INTO t FROM engage.triggers tr WHERE tr.id = fire_predicted.trigger_id;
     SELECT * INTO m FROM engage.purchase_models pm WHERE pm.event = t.event ORDER BY pm.id DESC LIMIT 1;
     IF m.id IS NULL THEN
         RETURN 0; -- no model fitted yet (engage.fit_purchase_model)
     END IF;
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
-    SELECT s.customer_id, 'trigger:' || t.name,
+    SELECT s.customer_id, t.event_name,
            jsonb_build_object('kind', 'predicted', 'p_alive', round(s.p_alive::numeric, 4),
                               'purchase_days', s.frequency + 1, 'model_id', m.id),
            moment,
@@ -243,12 +242,11 @@ BEGIN
     PERFORM FROM engage.locks WHERE name = 'tick' FOR UPDATE;
     FOR t IN
         SELECT tr.id, tr.name, tr.enabled, tr.created_at, p.ticked_until,
-               (SELECT k FROM unnest(ARRAY['inactive', 'anniversary', 'date', 'predicted']) k
-                 WHERE tr.definition ? k) AS kind,
-               coalesce((tr.definition ->> 'backfill')::boolean, false) AS backfill
+               tr.compiled -> 'occasion' ->> 'kind' AS kind,
+               coalesce((tr.compiled -> 'occasion' ->> 'backfill')::boolean, false) AS backfill
           FROM engage.triggers tr
           LEFT JOIN engage.tick_progress p ON p.trigger_id = tr.id
-         WHERE tr.definition ?| ARRAY['inactive', 'anniversary', 'date', 'predicted']
+         WHERE tr.compiled -> 'occasion' ->> 'kind' IN ('inactive', 'anniversary', 'date', 'predicted')
          ORDER BY tr.id
     LOOP
         -- A new trigger starts at its creation, or, with backfill, at the beginning of time.
@@ -295,43 +293,52 @@ $$;
 COMMENT ON FUNCTION engage.set_tick_progress(text, timestamptz) IS
     'Moves a scheduled trigger''s progress (engage.tick_progress) to ticked_until; false if the trigger has none. Occasions already fired do not fire again.';
 
+-- The enabled triggers on a profile attribute crossing a level, from their compiled form.
+CREATE FUNCTION engage.profile_crossing_triggers()
+RETURNS TABLE (name text, event_name text, path text[], level numeric, upward boolean)
+LANGUAGE sql STABLE AS $$
+    SELECT t.name, t.compiled ->> 'event_name',
+           ARRAY(SELECT pg_catalog.jsonb_array_elements_text(t.compiled -> 'occasion' -> 'profile')),
+           (t.compiled -> 'occasion' ->> 'level')::numeric, (t.compiled -> 'occasion' ->> 'upward')::boolean
+      FROM engage.triggers t
+     WHERE t.enabled AND t.compiled -> 'occasion' -> 'profile' <> 'null'
+$$;
+COMMENT ON FUNCTION engage.profile_crossing_triggers() IS
+    'The enabled "crosses" triggers on a profile attribute: name, the event they fire through, the attribute''s path, the level and the direction.';
+
 -- Crossings of a profile attribute, from the statement that changed the profiles. A profile
 -- created above the level counts as crossing upward (it had no value below); one created below
 -- does not count as falling.
 CREATE FUNCTION engage.profile_crossings() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM engage.triggers WHERE enabled AND definition -> 'crosses' ? 'profile') THEN
+    IF NOT EXISTS (SELECT FROM engage.triggers WHERE enabled AND compiled -> 'occasion' -> 'profile' <> 'null') THEN
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE' THEN
         INSERT INTO engage.events (customer_id, name, properties, occurred_at)
-        SELECT c.customer_id, 'trigger:' || c.name,
-               jsonb_build_object('kind', 'crosses', 'attribute', c.attribute, 'level', c.level,
-                                  'before', c.before, 'after', c.after),
+        SELECT c.customer_id, c.event_name,
+               jsonb_build_object('kind', 'crosses', 'attribute', pg_catalog.array_to_string(c.path, '.'),
+                                  'level', c.level, 'before', c.before, 'after', c.after),
                now()
-          FROM (SELECT n.customer_id, t.name, t.definition -> 'crosses' ->> 'profile' AS attribute,
-                       coalesce(t.definition -> 'crosses' -> 'at_least', t.definition -> 'crosses' -> 'below') AS level,
-                       t.definition -> 'crosses' ? 'at_least' AS upward,
-                       engage.json_number(o.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile')) AS before,
-                       engage.json_number(n.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile')) AS after
+          FROM (SELECT n.customer_id, t.name, t.event_name, t.path, t.level, t.upward,
+                       engage.json_number(o.attributes, t.path) AS before,
+                       engage.json_number(n.attributes, t.path) AS after
                   FROM new_rows n
                   JOIN old_rows o ON o.customer_id = n.customer_id
-                  JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile') c
-         WHERE CASE WHEN c.upward THEN coalesce(c.before < c.level::numeric, true) AND c.after >= c.level::numeric
-                    ELSE c.before >= c.level::numeric AND c.after < c.level::numeric END
+                  CROSS JOIN engage.profile_crossing_triggers() t) c
+         WHERE CASE WHEN c.upward THEN coalesce(c.before < c.level, true) AND c.after >= c.level
+                    ELSE c.before >= c.level AND c.after < c.level END
          ORDER BY c.customer_id, c.name;
     ELSE
         INSERT INTO engage.events (customer_id, name, properties, occurred_at)
-        SELECT n.customer_id, 'trigger:' || t.name,
-               jsonb_build_object('kind', 'crosses', 'attribute', t.definition -> 'crosses' ->> 'profile',
-                                  'level', t.definition -> 'crosses' -> 'at_least', 'before', NULL,
-                                  'after', n.attributes #> engage.json_path(t.definition -> 'crosses' ->> 'profile')),
+        SELECT n.customer_id, t.event_name,
+               jsonb_build_object('kind', 'crosses', 'attribute', pg_catalog.array_to_string(t.path, '.'),
+                                  'level', t.level, 'before', NULL, 'after', n.attributes #> t.path),
                now()
           FROM new_rows n
-          JOIN engage.triggers t ON t.enabled AND t.definition -> 'crosses' ? 'profile' AND t.definition -> 'crosses' ? 'at_least'
-         WHERE engage.json_number(n.attributes, engage.json_path(t.definition -> 'crosses' ->> 'profile'))
-               >= (t.definition -> 'crosses' ->> 'at_least')::numeric
+          CROSS JOIN engage.profile_crossing_triggers() t
+         WHERE t.upward AND engage.json_number(n.attributes, t.path) >= t.level
          ORDER BY n.customer_id, t.name;
     END IF;
     RETURN NULL;
@@ -356,16 +363,16 @@ DECLARE
     fired bigint;
 BEGIN
     INSERT INTO engage.events (customer_id, name, properties, occurred_at, idempotency_key)
-    SELECT n.customer_id, 'trigger:' || c.name,
+    SELECT n.customer_id, c.event_name,
            jsonb_build_object('kind', 'crosses', 'event', c.event, 'level', c.level, 'before', s.before,
                               'after', s.after, 'crossing_event_id', n.id),
            n.occurred_at, 'trigger:' || c.id || ':' || n.customer_id || ':' || n.id
-      FROM (SELECT t.id, t.name, t.definition -> 'crosses' ->> 'event' AS event,
-                   (t.definition -> 'crosses' ->> 'at_least')::numeric AS level,
-                   engage.duration(t.definition -> 'crosses' ->> 'within') AS within,
-                   engage.json_path(t.definition -> 'crosses' ->> 'sum') AS path
+      FROM (SELECT t.id, t.compiled ->> 'event_name' AS event_name, t.compiled -> 'occasion' ->> 'event' AS event,
+                   (t.compiled -> 'occasion' ->> 'level')::numeric AS level,
+                   (t.compiled -> 'occasion' ->> 'within_micros')::bigint * interval '1 microsecond' AS within,
+                   ARRAY(SELECT pg_catalog.jsonb_array_elements_text(t.compiled -> 'occasion' -> 'sum')) AS path
               FROM engage.triggers t
-             WHERE t.enabled AND t.definition -> 'crosses' ? 'event') c
+             WHERE t.enabled AND t.compiled -> 'occasion' -> 'sum' <> 'null') c
       JOIN engage.events n ON n.id = ANY (event_ids) AND n.name = c.event
       CROSS JOIN LATERAL (
           SELECT coalesce(sum(engage.json_number(e.properties, c.path))

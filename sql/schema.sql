@@ -62,7 +62,10 @@ CREATE TABLE engage.triggers (
     name        text        NOT NULL UNIQUE,
     definition  engage.trigger_definition NOT NULL,
     enabled     boolean     NOT NULL DEFAULT true,
-    priority    integer     GENERATED ALWAYS AS (coalesce((definition ->> 'priority')::integer, 0)) STORED,
+    priority    integer     GENERATED ALWAYS AS ((engage.compiled_trigger(name, definition) ->> 'priority')::integer) STORED,
+    -- What SQL reads of a definition (src/rule/compiled.rs): every default filled in, durations in
+    -- microseconds, paths as key arrays. SQL reads this, never the definition itself.
+    compiled    jsonb       GENERATED ALWAYS AS (engage.compiled_trigger(name, definition)) STORED,
     version     integer     NOT NULL DEFAULT 1,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
@@ -70,6 +73,8 @@ CREATE TABLE engage.triggers (
 COMMENT ON TABLE engage.triggers IS
     'Trigger definitions. Manage with engage.create_trigger / update_trigger / enable_trigger / disable_trigger / drop_trigger.';
 COMMENT ON COLUMN engage.triggers.priority IS 'From the definition: the highest wins when triggers collide.';
+COMMENT ON COLUMN engage.triggers.compiled IS
+    'The definition as SQL reads it, every default filled in (engage.compiled_trigger): priority, category, event_name (the events an occasion fires through), occasion, goal, variants.';
 
 -- The value sets of the insert path's hot tables are domains rather than table CHECKs: a table's
 -- CHECKs are parsed again for every statement that writes it (a tenth of a single-row INSERT

@@ -51,6 +51,7 @@ extension_sql_file!(
     name = "schema",
     requires = [
         triggers::validate_trigger,
+        triggers::compiled_trigger,
         deliver::template::validate_template,
         evaluate::evaluate_events,
         evaluate::rules_changed,
@@ -61,7 +62,7 @@ extension_sql_file!(
 );
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["schema"]);
 extension_sql_file!("../sql/ingest.sql", name = "ingest", requires = ["schema"]);
-extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox", triggers::duration]);
+extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["outbox"]);
 extension_sql_file!("../sql/predict.sql", name = "predict", requires = ["schema", predict::bgnbd_fit]);
 extension_sql_file!(
     "../sql/scheduler.sql",
@@ -80,12 +81,12 @@ extension_sql_file!(
     requires = [
         "operations",
         triggers::validate_trigger,
+        triggers::compiled_trigger,
         triggers::create_trigger,
         triggers::update_trigger,
         triggers::enable_trigger,
         triggers::disable_trigger,
         triggers::drop_trigger,
-        triggers::duration,
         scheduler::zones::known_time_zones,
         evaluate::evaluate_events,
         evaluate::rules_changed,

@@ -28,19 +28,21 @@ fn checked_name(name: Option<&str>) -> &str {
 /// for a NULL, an unreadable value (a number beyond double range, nesting beyond 64 levels) or a
 /// definition the language refuses. Returns the argument, to store as given.
 fn checked_definition<'a, 'f>(name: Option<&str>, definition: &'a Option<jsonb::Strict<'f>>) -> &'a jsonb::Strict<'f> {
+    parsed_definition(name, definition);
+    let Some(definition) = definition else { sql_error::null_argument("definition") };
+    definition
+}
+
+/// The definition argument, parsed, with the errors of `checked_definition`.
+fn parsed_definition(name: Option<&str>, definition: &Option<jsonb::Strict>) -> rule::Definition {
     let Some(definition) = definition else { sql_error::null_argument("definition") };
     match &definition.value {
         Err(unreadable) => sql_error::invalid_definition(
             name,
             &rule::DefinitionError::new(&unreadable.path, unreadable.problem.clone()),
         ),
-        Ok(value) => {
-            if let Err(e) = rule::parse(value) {
-                sql_error::invalid_definition(name, &e);
-            }
-        }
+        Ok(value) => rule::parse(value).unwrap_or_else(|e| sql_error::invalid_definition(name, &e)),
     }
-    definition
 }
 
 /// Runs a statement returning at most one int4, raising `undefined_trigger` when it returns none.
@@ -56,6 +58,14 @@ fn one_int(query: &str, args: &[DatumWithOid]) -> Option<i32> {
     .unwrap_or_else(|e| sql_error::internal(&format!("{e}")))
 }
 
+/// The compiled form of a trigger (`rule::compiled`): what SQL reads of it, every default filled
+/// in. `engage.triggers.compiled` and `priority` are generated with it.
+#[pg_extern(immutable, parallel_safe)]
+fn compiled_trigger(name: &str, definition: jsonb::Strict) -> pgrx::JsonB {
+    let definition = Some(definition);
+    pgrx::JsonB(rule::compiled::compile(name, &parsed_definition(Some(name), &definition)))
+}
+
 /// Validates a trigger definition: returns true, or raises an ERROR naming the JSON path and the
 /// problem. engage.trigger_definition uses it as its CHECK.
 #[pg_extern(immutable, parallel_safe)]
@@ -64,9 +74,11 @@ fn validate_trigger(definition: jsonb::Strict) -> bool {
     true
 }
 
-/// A duration of the trigger language ("90s", "2h", "7d", "1h 30m") as an interval; the
-/// analytics views use it to read windows out of definitions.
-#[pg_extern(immutable, parallel_safe, strict)]
+/// `engage.duration(text)` of 0.1.0, which read durations out of definitions in SQL (0.2.0 reads
+/// them compiled, see `compiled_trigger`, and drops the SQL function). Its symbol stays in the
+/// library for 0.1.0 databases until `ALTER EXTENSION pg_engage UPDATE` (and for installing
+/// 0.1.0 at all): no SQL is generated for it.
+#[pg_extern(sql = false, immutable, parallel_safe, strict)]
 fn duration(text: &str) -> Interval {
     let value = serde_json::Value::String(text.to_string());
     match rule::duration::parse(&value, "duration") {

@@ -624,7 +624,7 @@ fn skip_duplicate_event<'a>(
 mod tests {
     //! The pure stages of the insert path: planning a match and building its rows.
     use super::*;
-    use crate::evaluate::rule_cache::{ChannelPolicy, Contender, RuleSet, TriggerRow};
+    use crate::evaluate::rule_cache::{ChannelPolicy, RuleSet, TriggerRow};
     use crate::policy::quiet_hours::QuietHours;
     use serde_json::json;
 
@@ -642,8 +642,7 @@ mod tests {
                     name: name.to_string(),
                     definition: definition.to_string(),
                     enabled: true,
-                    contender: Contender { priority: 0, transactional: false },
-                    goal_event: None,
+                    priority: 0,
                 })
                 .collect(),
         );

@@ -206,8 +206,8 @@ pub(super) struct TriggerRow {
     pub name: String,
     pub definition: String,
     pub enabled: bool,
-    pub contender: Contender,
-    pub goal_event: Option<String>,
+    /// The priority column: ranks a disabled trigger whose definition no longer parses.
+    pub priority: i32,
 }
 
 /// The rows of engage.frequency_caps, in id order: for the insert path's rule set, and for the
@@ -257,10 +257,7 @@ fn load() -> RuleSet {
         set.frequency_caps = frequency_caps(client)?;
         client
             .select(
-                "SELECT id, version, name, definition::text, enabled, priority, \
-                        definition ->> 'category' IS NOT DISTINCT FROM 'transactional', \
-                        definition -> 'goal' ->> 'event' \
-                   FROM engage.triggers ORDER BY id",
+                "SELECT id, version, name, definition::text, enabled, priority FROM engage.triggers ORDER BY id",
                 None,
                 &[],
             )?
@@ -271,11 +268,7 @@ fn load() -> RuleSet {
                     name: row.get(3)?.unwrap_or_default(),
                     definition: row.get(4)?.unwrap_or_default(),
                     enabled: row.get(5)?.unwrap_or(false),
-                    contender: Contender {
-                        priority: row.get(6)?.unwrap_or(0),
-                        transactional: row.get(7)?.unwrap_or(false),
-                    },
-                    goal_event: row.get(8)?,
+                    priority: row.get(6)?.unwrap_or(0),
                 })
             })
             .collect()
@@ -295,21 +288,33 @@ impl RuleSet {
             self.metric_events.extend(RESPONSE_EVENTS.iter().map(|e| e.to_string()));
         }
         for row in rows {
-            self.contenders.insert(row.id, row.contender);
-            if let Some(goal) = row.goal_event {
-                self.metric_events.insert(goal);
+            // Every trigger, enabled or not, ranks in conflicts (its queued messages are rivals)
+            // and counts for metrics with its goal.
+            let definition = serde_json::from_str(&row.definition)
+                .map_err(|e| rule::DefinitionError::new("$", e.to_string()))
+                .and_then(|value| rule::parse(&value));
+            let definition = match (definition, row.enabled) {
+                (Ok(d), _) => d,
+                (Err(e), true) => return Err((row.name, e)),
+                (Err(_), false) => {
+                    self.contenders.insert(row.id, Contender { priority: row.priority, transactional: false });
+                    continue;
+                }
+            };
+            self.contenders.insert(
+                row.id,
+                Contender {
+                    priority: definition.priority,
+                    transactional: definition.category == rule::Category::Transactional,
+                },
+            );
+            if let Some(goal) = &definition.goal {
+                self.metric_events.insert(goal.event.clone());
                 self.with_goal.insert(row.id);
             }
             if !row.enabled {
                 continue;
             }
-            let definition = serde_json::from_str(&row.definition)
-                .map_err(|e| rule::DefinitionError::new("$", e.to_string()))
-                .and_then(|value| rule::parse(&value));
-            let definition = match definition {
-                Ok(d) => d,
-                Err(e) => return Err((row.name, e)),
-            };
             let index = self.rules.len();
             for event in &definition.events {
                 self.by_event.entry(event.clone()).or_default().push(index);

@@ -4,6 +4,7 @@
 //! the exact JSON path and what was expected there; serde's derive would report Rust-shaped
 //! messages. Nothing here touches the database, so `cargo test` covers it directly.
 
+pub mod compiled;
 pub mod duration;
 pub mod error;
 pub mod journey;
@@ -186,6 +187,9 @@ pub struct Definition {
     pub exit: Vec<CancelOn>,
     pub reentry: journey::Reentry,
     pub escalate: Option<Escalation>,
+    /// An inactive or predicted trigger also fires for customers already in that state when it
+    /// is created (the scheduler starts it at the beginning of time).
+    pub backfill: bool,
 }
 
 impl Definition {
@@ -424,6 +428,7 @@ pub fn parse(value: &Value) -> Result<Definition, DefinitionError> {
         exit,
         reentry,
         escalate,
+        backfill: map.get("backfill").and_then(Value::as_bool).unwrap_or(false),
     })
 }
 

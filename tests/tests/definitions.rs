@@ -494,3 +494,66 @@ fn long_names_are_quoted_as_excerpts() {
         assert!(message.contains("nnnn..."), "{sql}: {message}");
     }
 }
+
+/// SQL reads a definition only through its compiled form (`engage.triggers.compiled`, generated
+/// by `engage.compiled_trigger` from the Rust parser, every default filled in): no function, view,
+/// trigger condition or column default of the extension applies a JSON operator to a definition.
+#[test]
+fn sql_reads_definitions_only_in_their_compiled_form() {
+    let mut c = shared().create_db("definitions_compiled");
+    let readers: Vec<String> = c
+        .query(
+            r"SELECT x.what FROM (
+                SELECT 'function ' || p.oid::regprocedure::text AS what, p.prosrc AS body
+                  FROM pg_proc p WHERE p.pronamespace = 'engage'::regnamespace
+                UNION ALL
+                SELECT 'view ' || v.oid::regclass::text, pg_get_viewdef(v.oid)
+                  FROM pg_class v WHERE v.relnamespace = 'engage'::regnamespace AND v.relkind IN ('v', 'm')
+                UNION ALL
+                SELECT 'trigger ' || t.tgname, pg_get_triggerdef(t.oid)
+                  FROM pg_trigger t JOIN pg_class r ON r.oid = t.tgrelid
+                 WHERE r.relnamespace = 'engage'::regnamespace AND NOT t.tgisinternal
+                UNION ALL
+                SELECT 'column ' || d.adrelid::regclass::text || '.' || d.adnum, pg_get_expr(d.adbin, d.adrelid)
+                  FROM pg_attrdef d JOIN pg_class r ON r.oid = d.adrelid
+                 WHERE r.relnamespace = 'engage'::regnamespace
+              ) x
+             WHERE x.body ~ 'definition\s*(->|#>|\?|@>)'
+             ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(readers.is_empty(), "SQL reading definitions directly: {readers:?}");
+
+    // The compiled form: the language's defaults filled in, recomputed by update_trigger.
+    create_trigger(
+        &mut c,
+        "bday",
+        json!({"anniversary": {"date": "profile.birthday"}, "action": {"channel": "email", "template": "birthday"}}),
+    );
+    let compiled = |c: &mut Client| -> (Value, i32) {
+        let row = c.query_one("SELECT compiled, priority FROM engage.triggers WHERE name = 'bday'", &[]).unwrap();
+        (row.get(0), row.get(1))
+    };
+    let (form, priority) = compiled(&mut c);
+    assert_eq!(form["event_name"], "trigger:bday");
+    assert_eq!(
+        form["occasion"],
+        json!({"kind": "anniversary", "date": ["profile", "birthday"], "at": "09:00:00", "offset_micros": 0, "yearly": true})
+    );
+    assert_eq!(priority, 0);
+    update_trigger(
+        &mut c,
+        "bday",
+        json!({"anniversary": {"date": "birthday", "at": "18:00"}, "priority": 4, "action": {"channel": "email", "template": "birthday"}}),
+    );
+    let (form, priority) = compiled(&mut c);
+    assert_eq!(
+        (form["occasion"]["at"].clone(), form["occasion"]["date"].clone()),
+        (json!("18:00:00"), json!(["birthday"]))
+    );
+    assert_eq!((priority, form["priority"].clone()), (4, json!(4)));
+}
