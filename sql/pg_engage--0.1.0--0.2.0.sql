@@ -395,6 +395,21 @@ COMMENT ON FUNCTION engage.rule_cache_loads() IS
 -- the index costs nothing on the insert path.
 CREATE INDEX outbox_dead ON engage.outbox (claimed_at) WHERE status = 'dead';
 
+-- One definition of the channels, the domain engage.channel (Rust: rule::Channel), which every
+-- channel column's CHECK casts to, instead of a list per table; outbox and messages had none.
+CREATE DOMAIN engage.channel AS text CHECK (VALUE IN ('email', 'sms', 'whatsapp', 'push', 'webhook'));
+COMMENT ON DOMAIN engage.channel IS 'A delivery channel: email, sms, whatsapp, push or webhook.';
+ALTER TABLE engage.channels DROP CONSTRAINT channels_kind_check,
+    ADD CONSTRAINT channels_kind_check CHECK (kind::engage.channel = kind);
+ALTER TABLE engage.templates DROP CONSTRAINT templates_channel_check,
+    ADD CONSTRAINT templates_channel_check CHECK (channel::engage.channel = channel);
+ALTER TABLE engage.frequency_caps DROP CONSTRAINT frequency_caps_channel_check,
+    ADD CONSTRAINT frequency_caps_channel_check CHECK (channel::engage.channel = channel);
+ALTER TABLE engage.suppressions DROP CONSTRAINT suppressions_channel_check,
+    ADD CONSTRAINT suppressions_channel_check CHECK (CASE WHEN channel = 'all' THEN true ELSE channel::engage.channel = channel END);
+ALTER TABLE engage.outbox ADD CONSTRAINT outbox_channel_check CHECK (channel::engage.channel = channel);
+ALTER TABLE engage.messages ADD CONSTRAINT messages_channel_check CHECK (channel::engage.channel = channel);
+
 CREATE VIEW engage.queue_health AS
 SELECT o.channel,
        o.status::text AS status,

@@ -85,6 +85,11 @@ CREATE DOMAIN engage.suppression_reason AS text
 CREATE DOMAIN engage.message_category AS text CHECK (VALUE IN ('marketing', 'transactional', 'escalation'));
 CREATE DOMAIN engage.message_status AS text
     CHECK (VALUE IN ('pending', 'claimed', 'sent', 'dead', 'cancelled', 'suppressed'));
+-- The channels, one definition (Rust: rule::Channel; a pg_test compares the two). Columns stay
+-- text, checked by a cast to it: a column of a domain type is refused by drivers that map types
+-- strictly (a text parameter or result for engage.channel).
+CREATE DOMAIN engage.channel AS text CHECK (VALUE IN ('email', 'sms', 'whatsapp', 'push', 'webhook'));
+COMMENT ON DOMAIN engage.channel IS 'A delivery channel: email, sms, whatsapp, push or webhook.';
 COMMENT ON DOMAIN engage.decision_outcome IS 'What a decision was: fired, held_out (control group) or suppressed.';
 COMMENT ON DOMAIN engage.suppression_reason IS 'Why a candidate was suppressed (see engage.decisions.reason).';
 COMMENT ON DOMAIN engage.message_category IS 'marketing, transactional or escalation (see engage.outbox.category).';
@@ -125,7 +130,7 @@ CREATE TABLE engage.outbox (
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
     customer_id text        COLLATE "C" NOT NULL,
-    channel     text        NOT NULL,
+    channel     text        NOT NULL CHECK (channel::engage.channel = channel),
     template    text,
     payload     jsonb       NOT NULL DEFAULT '{}',
     due_at      timestamptz NOT NULL,
@@ -193,7 +198,7 @@ CREATE TABLE engage.messages (
     event_id    bigint      NOT NULL,
     trigger_id  integer     NOT NULL,
     customer_id text        COLLATE "C" NOT NULL,
-    channel     text        NOT NULL,
+    channel     text        NOT NULL CHECK (channel::engage.channel = channel),
     template    text,
     category    text        NOT NULL DEFAULT 'marketing',
     variant     text,
@@ -219,7 +224,7 @@ COMMENT ON TABLE engage.metrics_dirty IS
     'Customers whose rollup rows are out of date (one row per change; engage.refresh_metrics() clears them). The metrics views compute these customers live.';
 
 CREATE TABLE engage.channels (
-    kind                  text    PRIMARY KEY CHECK (kind IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    kind                  text    PRIMARY KEY CHECK (kind::engage.channel = kind),
     config                jsonb   NOT NULL DEFAULT '{}',
     enabled               boolean NOT NULL DEFAULT true,
     rate_limit_per_second numeric CHECK (rate_limit_per_second >= 0.001),
@@ -279,7 +284,7 @@ CREATE TRIGGER bind_channel_secrets BEFORE INSERT OR UPDATE OF secrets ON engage
 
 CREATE TABLE engage.templates (
     name     text NOT NULL,
-    channel  text NOT NULL CHECK (channel IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    channel  text NOT NULL CHECK (channel::engage.channel = channel),
     locale   text NOT NULL DEFAULT 'en',
     subject  text CHECK (engage.validate_template(subject)),
     body     text NOT NULL CHECK (engage.validate_template(body)),
@@ -292,7 +297,7 @@ COMMENT ON TABLE engage.templates IS
 CREATE TABLE engage.suppressions (
     customer_id text        COLLATE "C" NOT NULL,
     channel     text        NOT NULL DEFAULT 'all'
-                            CHECK (channel IN ('all', 'email', 'sms', 'whatsapp', 'push', 'webhook')),
+                            CHECK (CASE WHEN channel = 'all' THEN true ELSE channel::engage.channel = channel END),
     reason      text        NOT NULL CHECK (reason IN ('hard_bounce', 'complaint', 'legal', 'manual')),
     note        text,
     created_at  timestamptz NOT NULL DEFAULT now(),
@@ -303,7 +308,7 @@ COMMENT ON TABLE engage.suppressions IS
 
 CREATE TABLE engage.frequency_caps (
     id           integer  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    channel      text     CHECK (channel IN ('email', 'sms', 'whatsapp', 'push', 'webhook')),
+    channel      text     CHECK (channel::engage.channel = channel),
     max_messages integer  NOT NULL CHECK (max_messages >= 1),
     per          interval NOT NULL CHECK (per > interval '0')
 );

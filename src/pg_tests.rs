@@ -253,6 +253,49 @@ mod tests {
         assert_eq!(missing, None);
     }
 
+    /// The value sets Rust and SQL share have one SQL definition each, a domain listing exactly
+    /// the values of the Rust enum, and every column holding a channel is checked against it.
+    #[pg_test]
+    fn each_shared_value_set_is_one_domain_listing_the_rust_enum() {
+        fn domain_values(domain: &str) -> Vec<String> {
+            let check = text(&format!(
+                "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c WHERE c.contypid = 'engage.{domain}'::regtype"
+            ))
+            .unwrap_or_default();
+            let mut values: Vec<String> = check.split('\'').skip(1).step_by(2).map(str::to_string).collect();
+            values.sort();
+            values
+        }
+        fn sorted(values: impl Iterator<Item = &'static str>) -> Vec<String> {
+            let mut v: Vec<String> = values.map(str::to_string).collect();
+            v.sort();
+            v
+        }
+        assert_eq!(domain_values("channel"), sorted(crate::rule::Channel::ALL.iter().map(|c| c.as_str())));
+        assert_eq!(domain_values("suppression_reason"), sorted(crate::policy::Reason::ALL.iter().map(|r| r.as_str())));
+        let checked = text(
+            "SELECT string_agg(c.conrelid::regclass::text, ', ' ORDER BY c.conrelid::regclass::text) FROM pg_constraint c
+              WHERE c.contype = 'c' AND c.connamespace = 'engage'::regnamespace
+                AND pg_get_constraintdef(c.oid) LIKE '%::engage.channel%'",
+        );
+        assert_eq!(
+            checked.as_deref(),
+            Some(
+                "engage.channels, engage.frequency_caps, engage.messages, engage.outbox, engage.suppressions, \
+                 engage.templates"
+            )
+        );
+        // The suppression list takes a channel or "all", checked by the domain.
+        run("INSERT INTO engage.suppressions (customer_id, channel, reason) VALUES ('c1', 'all', 'manual'), ('c1', 'sms', 'manual')");
+        let refused = PgTryBuilder::new(|| {
+            run("INSERT INTO engage.suppressions (customer_id, channel, reason) VALUES ('c2', 'fax', 'manual')");
+            false
+        })
+        .catch_others(|_| true)
+        .execute();
+        assert!(refused, "a suppression on an unknown channel is refused");
+    }
+
     /// "customer:outcome-or-reason:channel" per decision of trigger `t`, in customer order.
     fn outcomes() -> Option<String> {
         text(

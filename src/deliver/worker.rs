@@ -425,8 +425,9 @@ SELECT c.id, c.customer_id, c.channel, c.template, c.payload, c.lease,
        to_char(ch.quiet_hours_end, 'HH24:MI:SS') AS quiet_end,
        c.category <> 'marketing' AS transactional, coalesce(ch.requires_opt_in, false) AS requires_opt_in,
        cardinality(c.fallback) > 0 AS has_fallback,
-       c.category <> 'escalation' AND EXISTS (SELECT 1 FROM engage.suppressions x
-                WHERE x.customer_id = c.customer_id AND x.channel IN ('all', c.channel)) AS suppressed,
+       -- An escalation goes to a team, not the customer: the suppression list is not theirs.
+       CASE WHEN c.category <> 'escalation' THEN
+         ARRAY(SELECT x.channel FROM engage.suppressions x WHERE x.customer_id = c.customer_id) END AS suppressed,
        sent.channels AS sent_channels, sent.ago AS sent_ago,
        s.kind IS NOT NULL AND c.channel <> 'webhook'
          AND s.destination IS DISTINCT FROM engage.channel_destination(c.channel, ch.config) AS secrets_moved
@@ -517,7 +518,7 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
                 transactional: flag("transactional")?,
                 requires_opt_in: flag("requires_opt_in")?,
                 has_fallback: flag("has_fallback")?,
-                suppressed: flag("suppressed")?,
+                suppressed: row.get_by_name::<Vec<String>, _>("suppressed")?.unwrap_or_default(),
                 sent_marketing: {
                     let channels = row.get_by_name::<Vec<String>, _>("sent_channels")?.unwrap_or_default();
                     let ago = row.get_by_name::<Vec<i64>, _>("sent_ago")?.unwrap_or_default();
@@ -582,8 +583,8 @@ struct Claimed {
     transactional: bool,
     requires_opt_in: bool,
     has_fallback: bool,
-    /// On the suppression list for this channel or all.
-    suppressed: bool,
+    /// The channels (or "all") the customer is on the suppression list for; none for an escalation.
+    suppressed: Vec<String>,
     /// The customer's marketing messages sent within the longest frequency cap: channel and
     /// when, in microseconds relative to the re-check (negative: before it).
     sent_marketing: Vec<(Channel, i64)>,
@@ -600,13 +601,15 @@ impl Claimed {
     /// to its next fallback channel, or is suppressed when it has none.
     fn prepare(self, templates: &Templates, frequency_caps: &[FrequencyCap]) -> Prepared {
         let marketing = !self.transactional;
-        let refused = if self.suppressed {
-            Some(("suppression", format!("customer is on the suppression list for {}", self.channel)))
-        } else if marketing && !policy::consents(&self.consent, &self.channel, self.requires_opt_in) {
-            Some(("consent", format!("customer has not consented to marketing on {}", self.channel)))
-        } else {
-            None
-        };
+        // The insert path's routing rule, asked again with today's list and consent.
+        let refused = policy::refusal(&self.channel, &self.suppressed, &self.consent, self.requires_opt_in, marketing)
+            .map(|reason| {
+                let detail = match reason {
+                    policy::Reason::Suppression => format!("customer is on the suppression list for {}", self.channel),
+                    _ => format!("customer has not consented to marketing on {}", self.channel),
+                };
+                (reason.as_str(), detail)
+            });
         if let Some((reason, detail)) = refused {
             return if self.has_fallback {
                 Prepared::Fail(self.leased, SendError { retryable: false, message: detail })
@@ -747,7 +750,7 @@ mod prepare_tests {
             transactional: false,
             requires_opt_in: false,
             has_fallback: false,
-            suppressed: false,
+            suppressed: Vec::new(),
             sent_marketing: Vec::new(),
             leased: Leased { id: 42, token: 7 },
             secrets_moved: false,
@@ -856,10 +859,13 @@ mod prepare_tests {
     #[test]
     fn the_suppression_list_and_consent_refuse_a_marketing_message_or_move_it_to_its_fallback() {
         let mut listed = claimed("email");
-        listed.suppressed = true;
+        listed.suppressed = vec!["email".into()];
         assert_eq!(suppressed(listed.prepare(&templates(), &[])).0, "suppression");
+        let mut other = claimed("email");
+        other.suppressed = vec!["sms".into()];
+        sent(other.prepare(&templates(), &[]));
         let mut listed = claimed("email");
-        listed.suppressed = true;
+        listed.suppressed = vec!["all".into()];
         listed.has_fallback = true;
         let e = failed(listed.prepare(&templates(), &[]));
         assert!(!e.retryable, "a refusal with a fallback fails permanently, so fail() moves it on: {}", e.message);

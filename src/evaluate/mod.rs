@@ -519,20 +519,8 @@ fn route(
     let mut blocked = None;
     let mut channel = None;
     for (position, option) in options.enumerate() {
-        let refusal = if profile.suppressed.iter().any(|s| s == "all" || s == option.as_str()) {
-            Some(policy::Reason::Suppression)
-        } else if marketing
-            && !policy::consents(
-                &profile.consent,
-                option.as_str(),
-                rules.channels.get(&option).is_some_and(|p| p.requires_opt_in),
-            )
-        {
-            Some(policy::Reason::Consent)
-        } else {
-            None
-        };
-        match refusal {
+        let requires_opt_in = rules.channels.get(&option).is_some_and(|p| p.requires_opt_in);
+        match policy::refusal(option.as_str(), &profile.suppressed, &profile.consent, requires_opt_in, marketing) {
             Some(reason) => {
                 blocked.get_or_insert(reason);
             }

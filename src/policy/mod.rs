@@ -30,6 +30,11 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason; SQL's domain engage.suppression_reason lists the same (a pg_test compares them).
+    #[cfg(any(test, feature = "pg_test"))]
+    pub const ALL: [Reason; 6] =
+        [Reason::Cap, Reason::Conflict, Reason::Frequency, Reason::Consent, Reason::Suppression, Reason::Reentry];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Cap => "cap",
@@ -85,6 +90,25 @@ pub fn variant_index(trigger_name: &str, customer_id: &str, weights: &[f64]) -> 
         point -= w;
     }
     weights.len().saturating_sub(1)
+}
+
+/// Why the customer may not receive a message on `channel`, if they may not: on the suppression
+/// list (`suppressed`: channels, or "all") for it, or, for a marketing message, without consent
+/// for it. The insert path routes with it; the deliverer asks it again at send time.
+pub fn refusal(
+    channel: &str,
+    suppressed: &[String],
+    consent: &serde_json::Value,
+    requires_opt_in: bool,
+    marketing: bool,
+) -> Option<Reason> {
+    if suppressed.iter().any(|s| s == "all" || s == channel) {
+        Some(Reason::Suppression)
+    } else if marketing && !consents(consent, channel, requires_opt_in) {
+        Some(Reason::Consent)
+    } else {
+        None
+    }
 }
 
 /// Marketing consent for a channel: the customer's answer for that channel, else their answer for
@@ -509,6 +533,19 @@ mod tests {
         let later = [queued(3 * 60 * MINUTE, Channel::Email), queued(4 * 60 * MINUTE, Channel::Email)];
         let v = decide(&[at(0, 1, Channel::Email), high], &[], &later, &caps, 0);
         assert_eq!(v.outcomes, vec![Outcome::Suppressed(Reason::Frequency), Outcome::Fired]);
+    }
+
+    #[test]
+    fn a_channel_is_refused_for_the_suppression_list_or_for_marketing_without_consent() {
+        let listed = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let out = serde_json::json!({"email": false});
+        assert_eq!(refusal("email", &listed(&["sms"]), &out, false, true), Some(Reason::Consent));
+        assert_eq!(refusal("email", &listed(&["email"]), &out, false, true), Some(Reason::Suppression));
+        assert_eq!(refusal("push", &listed(&["all"]), &serde_json::json!({}), false, false), Some(Reason::Suppression));
+        // Transactional messages need no consent; an opt-in channel needs a yes for marketing.
+        assert_eq!(refusal("email", &[], &out, false, false), None);
+        assert_eq!(refusal("sms", &[], &serde_json::json!({}), true, true), Some(Reason::Consent));
+        assert_eq!(refusal("sms", &[], &serde_json::json!({"sms": true}), true, true), None);
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub enum Channel {
 }
 
 impl Channel {
-    const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Whatsapp, Channel::Push, Channel::Webhook];
+    /// Every channel; SQL's domain engage.channel lists the same (a pg_test compares them).
+    pub const ALL: [Channel; 5] = [Channel::Email, Channel::Sms, Channel::Whatsapp, Channel::Push, Channel::Webhook];
 
     pub fn parse(name: &str) -> Option<Channel> {
         Channel::ALL.into_iter().find(|c| c.as_str() == name)

@@ -189,8 +189,10 @@ pub fn past_every_lease(cluster: &Cluster, client: &mut Client, lease: Duration)
     std::thread::sleep(lease);
     let barrier: i64 = client
         .query_one(
-            "INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, due_at, scheduled_at) \
-             VALUES (0, 0, '~barrier', '~barrier', now(), now()) RETURNING id",
+            // A transactional SMS to a customer without a profile: no phone number (or no SMS
+            // channel at all), so it goes dead at its first claim.
+            "INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, category, due_at, scheduled_at) \
+             VALUES (0, 0, '~barrier', 'sms', 'transactional', now(), now()) RETURNING id",
             &[],
         )
         .unwrap_or_else(|e| panic!("queue the barrier message: {}", error_text(&e)))
