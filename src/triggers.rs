@@ -140,3 +140,32 @@ fn drop_trigger(name: &str) {
     one_int("DELETE FROM engage.triggers WHERE name = $1 RETURNING id", &[name.into()])
         .unwrap_or_else(|| sql_error::undefined_trigger(name));
 }
+
+/// In-database tests of definition errors (`cargo pgrx test`).
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::pg_tests::run;
+    use pgrx::prelude::*;
+
+    #[pg_test(
+        error = "trigger \"bad\": at $.cap.per: expected a duration like \"30m\", \"2h\" or \"7d\", got \"soon\""
+    )]
+    fn a_bad_duration_is_an_error_naming_its_path() {
+        run(
+            r#"SELECT engage.create_trigger('bad', '{"event": "x", "action": {"channel": "email", "template": "t"}, "cap": {"max": 1, "per": "soon"}}')"#,
+        );
+    }
+
+    #[pg_test(error = "invalid trigger definition: at $.where: unknown operator \"greater\"")]
+    fn a_direct_insert_of_a_bad_definition_is_rejected_by_the_domain() {
+        run(
+            r#"INSERT INTO engage.triggers (name, definition) VALUES ('bad', '{"event": "x", "where": {"property": "a", "greater": 1}, "action": {"channel": "webhook"}}')"#,
+        );
+    }
+
+    #[pg_test(error = "trigger \"nope\" does not exist")]
+    fn dropping_an_unknown_trigger_is_an_error() {
+        run("SELECT engage.drop_trigger('nope')");
+    }
+}

@@ -6,6 +6,8 @@
 
 pub mod channels;
 pub mod egress;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 pub mod template;
 pub mod wake;
 mod worker;

@@ -13,6 +13,8 @@ mod history;
 mod lock;
 mod membership;
 mod pattern;
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 mod probe;
 mod profile;
 pub mod rule_cache;

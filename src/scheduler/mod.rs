@@ -5,6 +5,8 @@
 //! Registered only when pg_engage is in `shared_preload_libraries`, like the deliverer. Without
 //! it, schedule the same calls with pg_cron; a tick is idempotent, so both may run.
 
+#[cfg(any(test, feature = "pg_test"))]
+mod pg_tests;
 pub mod zones;
 
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
