@@ -155,7 +155,8 @@ fn fuzz_definitions_parse_or_name_the_problem_and_evaluate_without_panicking() {
                     prop_assert!(e.to_string().len() < 1_000, "a long message: {e}");
                 }
                 Ok(definition) => {
-                    let facts = Facts { properties: &properties, profile: &profile, occurred_at: at };
+                    let occurred_at = crate::instant::UnixMicros::from_pg(at);
+                    let facts = Facts { properties: &properties, profile: &profile, occurred_at };
                     let _ = definition.matches(&facts);
                     if let Some(p) = &definition.pattern {
                         let history = [

@@ -22,6 +22,7 @@ use pgrx::prelude::*;
 
 mod deliver;
 mod evaluate;
+mod instant;
 mod jsonb;
 mod policy;
 mod predict;

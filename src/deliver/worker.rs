@@ -548,8 +548,7 @@ fn claim(batch_size: i32, lease_seconds: f64, after: Option<(TimestampWithTimeZo
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
-    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64);
-    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_default()
+    chrono::DateTime::from(std::time::SystemTime::now())
 }
 
 /// A jsonb column; a value JSON cannot hold (a number beyond double range) reads as missing.

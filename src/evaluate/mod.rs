@@ -22,8 +22,8 @@ mod store;
 mod transition;
 mod write;
 
+use crate::instant::UnixMicros;
 use crate::policy::{self, quiet_hours, Candidate, Outcome};
-use crate::rule::predicate::PG_EPOCH_OFFSET_MICROS;
 use crate::rule::{Action, Category, Channel, ChannelChoice, Facts};
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -125,7 +125,7 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rule_cache::RuleSet) {
         let facts = Facts {
             properties: &events[event].properties,
             profile: &null,
-            occurred_at: row.occurred_at + PG_EPOCH_OFFSET_MICROS,
+            occurred_at: UnixMicros::from_pg(row.occurred_at),
         };
         for &r in candidates {
             let rule = &rules.rules[r];
@@ -148,7 +148,7 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rule_cache::RuleSet) {
             let facts = Facts {
                 properties: &event.properties,
                 profile: &null,
-                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
+                occurred_at: UnixMicros::from_pg(event.occurred_at),
             };
             if rules.rules[r].uses_profile {
                 needs_profile.push((e, r));
@@ -169,11 +169,8 @@ unsafe fn evaluate(data: &pg_sys::TriggerData, rules: &rule_cache::RuleSet) {
         for (e, r) in needs_profile {
             let event = &events[e];
             let profile = profiles.get(&customers[event.customer]).map_or(&null, |p| &p.attributes);
-            let facts = Facts {
-                properties: &event.properties,
-                profile,
-                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
-            };
+            let facts =
+                Facts { properties: &event.properties, profile, occurred_at: UnixMicros::from_pg(event.occurred_at) };
             if rules.rules[r].definition.matches(&facts) {
                 matched.push((e, r));
             }
@@ -408,7 +405,7 @@ fn rows<'a>(
             let facts = Facts {
                 properties: &event.properties,
                 profile: &m.profile.attributes,
-                occurred_at: event.occurred_at + PG_EPOCH_OFFSET_MICROS,
+                occurred_at: UnixMicros::from_pg(event.occurred_at),
             };
             // A team hears of every match its trigger's own cap lets through, whatever the
             // customer's consent or the other policies say about messaging the customer.
@@ -536,9 +533,8 @@ fn route(
     if let (true, Some((c, _))) = (marketing, &channel) {
         if let Some(quiet) = rules.channels.get(c).and_then(|p| p.quiet_hours) {
             let zone = quiet_hours::zone(profile.timezone.as_deref(), default_zone);
-            let unix = send_at + PG_EPOCH_OFFSET_MICROS;
-            if let Some(until) = chrono::DateTime::from_timestamp_micros(unix).and_then(|t| quiet.deferral(t, zone)) {
-                send_at = until.timestamp_micros() - PG_EPOCH_OFFSET_MICROS;
+            if let Some(until) = UnixMicros::from_pg(send_at).to_chrono().and_then(|t| quiet.deferral(t, zone)) {
+                send_at = UnixMicros::from_chrono(&until).to_pg();
             }
         }
     }

@@ -12,8 +12,9 @@
 //! path (src/evaluate/pattern.rs) feeds it each anchor's window read from the events index.
 
 use super::error::{show, DefinitionError};
-use super::predicate::{self, Facts, Predicate, Source, PG_EPOCH_OFFSET_MICROS};
+use super::predicate::{self, Facts, Predicate, Source};
 use super::{duration, object, parse_event_name, parse_same, reject_unknown, required};
+use crate::instant::UnixMicros;
 use serde_json::{Map, Value};
 
 const FIELDS: &[&str] = &["count", "all_of", "any_of", "sequence", "within", "same", "unless", "not_followed_by"];
@@ -81,7 +82,7 @@ impl Condition {
                 p.holds(&Facts {
                     properties: e.properties,
                     profile: &Value::Null,
-                    occurred_at: e.at + PG_EPOCH_OFFSET_MICROS,
+                    occurred_at: UnixMicros::from_pg(e.at),
                 })
             })
     }

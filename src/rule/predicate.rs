@@ -5,11 +5,9 @@
 
 use super::duration;
 use super::error::{show, type_name, DefinitionError};
+use crate::instant::UnixMicros;
 use serde_json::Value;
 use std::cmp::Ordering;
-
-/// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 const OPERATORS: &[&str] = &["eq", "ne", "in", "lt", "lte", "gt", "gte", "exists", "contains"];
 const OPERATOR_HINT: &str = "operators are eq, ne, in, lt, lte, gt, gte, exists, contains";
@@ -58,8 +56,8 @@ pub enum Comparison {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Operand {
     Number(f64),
-    /// An absolute instant, microseconds since the Unix epoch.
-    Timestamp(i64),
+    /// An absolute instant, on the Unix clock.
+    Timestamp(UnixMicros),
     /// The event's `occurred_at` minus this many microseconds.
     Ago(i64),
 }
@@ -68,8 +66,8 @@ pub enum Operand {
 pub struct Facts<'a> {
     pub properties: &'a Value,
     pub profile: &'a Value,
-    /// The event's `occurred_at`, microseconds since the Unix epoch.
-    pub occurred_at: i64,
+    /// The event's `occurred_at`.
+    pub occurred_at: UnixMicros,
 }
 
 impl Predicate {
@@ -153,9 +151,9 @@ fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-/// An RFC 3339 timestamp as microseconds since the Unix epoch.
-pub fn parse_timestamp(text: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+/// An RFC 3339 timestamp.
+pub fn parse_timestamp(text: &str) -> Option<UnixMicros> {
+    UnixMicros::parse_rfc3339(text)
 }
 
 /// Parses a predicate at `path` (for example `$.where`).
