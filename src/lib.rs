@@ -31,6 +31,7 @@ mod rule;
 mod scheduler;
 mod settings;
 mod sql_error;
+mod stored;
 mod triggers;
 mod workers;
 

@@ -11,6 +11,7 @@ use super::probe::{Key, Probe};
 use super::rule_cache::RuleSet;
 use crate::policy::{Candidate, Queued, Rival};
 use crate::rule::Channel;
+use crate::stored::{MessageCategory, MessageStatus, StoredOutcome};
 use std::collections::HashMap;
 
 /// Fills `stored_fired` of capped candidates: the event times of stored decisions of the same
@@ -35,9 +36,9 @@ pub fn read_stored_fired(candidates: &mut [Candidate], customers: &[String], hol
         ];
         let mut stored = Vec::new();
         probe.for_each(&keys, |row| {
-            let counts = match row.text(outcome).as_deref() {
-                Some("fired") => true,
-                Some("held_out") => holdouts[i],
+            let counts = match row.text(outcome).as_deref().and_then(StoredOutcome::parse) {
+                Some(StoredOutcome::Fired) => true,
+                Some(StoredOutcome::HeldOut) => holdouts[i],
                 _ => false,
             };
             if let (true, Some(at)) = (counts, row.timestamptz(occurred_at)) {
@@ -96,26 +97,52 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
     spans.sort_unstable();
 
     let mut decisions = Probe::open(c"decisions", c"decisions_rivals", 3);
-    let d = (
-        decisions.column(c"trigger_id"),
-        decisions.column(c"event_id"),
-        decisions.column(c"occurred_at"),
-        decisions.column(c"outcome"),
-    );
+    // The columns each probe reads, by name (attribute numbers).
+    struct DecisionColumns {
+        trigger_id: i16,
+        event_id: i16,
+        occurred_at: i16,
+        outcome: i16,
+    }
+    struct OutboxColumns {
+        id: i16,
+        event_id: i16,
+        trigger_id: i16,
+        status: i16,
+        category: i16,
+        channel: i16,
+        scheduled_at: i16,
+    }
+    struct SentColumns {
+        outbox_id: i16,
+        channel: i16,
+        category: i16,
+        sent_at: i16,
+    }
+    let d = DecisionColumns {
+        trigger_id: decisions.column(c"trigger_id"),
+        event_id: decisions.column(c"event_id"),
+        occurred_at: decisions.column(c"occurred_at"),
+        outcome: decisions.column(c"outcome"),
+    };
     let mut outbox = Probe::open(c"outbox", c"outbox_open_by_customer", 1);
-    let o = (
-        outbox.column(c"id"),
-        outbox.column(c"event_id"),
-        outbox.column(c"trigger_id"),
-        outbox.column(c"status"),
-        outbox.column(c"category"),
-        outbox.column(c"channel"),
-        outbox.column(c"scheduled_at"),
-    );
+    let o = OutboxColumns {
+        id: outbox.column(c"id"),
+        event_id: outbox.column(c"event_id"),
+        trigger_id: outbox.column(c"trigger_id"),
+        status: outbox.column(c"status"),
+        category: outbox.column(c"category"),
+        channel: outbox.column(c"channel"),
+        scheduled_at: outbox.column(c"scheduled_at"),
+    };
     let mut messages = longest_cap.map(|_| {
         let probe = Probe::open(c"messages", c"messages_by_customer", 2);
-        let columns =
-            (probe.column(c"outbox_id"), probe.column(c"channel"), probe.column(c"category"), probe.column(c"sent_at"));
+        let columns = SentColumns {
+            outbox_id: probe.column(c"outbox_id"),
+            channel: probe.column(c"channel"),
+            category: probe.column(c"category"),
+            sent_at: probe.column(c"sent_at"),
+        };
         (probe, columns)
     });
 
@@ -132,13 +159,13 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
             ],
             |row| {
                 let (Some(trigger_id), Some(event_id), Some(occurred_at)) =
-                    (row.int4(d.0), row.int8(d.1), row.timestamptz(d.2))
+                    (row.int4(d.trigger_id), row.int8(d.event_id), row.timestamptz(d.occurred_at))
                 else {
                     return;
                 };
-                let fired = match row.text(d.3).as_deref() {
-                    Some("fired") => true,
-                    Some("held_out") => false,
+                let fired = match row.text(d.outcome).as_deref().and_then(StoredOutcome::parse) {
+                    Some(StoredOutcome::Fired) => true,
+                    Some(StoredOutcome::HeldOut) => false,
                     _ => return,
                 };
                 // A dropped trigger no longer takes part; transactional ones never do.
@@ -167,15 +194,15 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
         let mut open: Vec<Open> = Vec::new();
         outbox.for_each(&[Key::text_eq(1, id)], |row| {
             let (Some(message), Some(event_id), Some(trigger_id), Some(scheduled_at)) =
-                (row.int8(o.0), row.int8(o.1), row.int4(o.2), row.timestamptz(o.6))
+                (row.int8(o.id), row.int8(o.event_id), row.int4(o.trigger_id), row.timestamptz(o.scheduled_at))
             else {
                 return;
             };
-            let category = row.text(o.4);
-            if category.as_deref() == Some("escalation") {
+            let category = row.text(o.category).as_deref().and_then(MessageCategory::parse);
+            if category == Some(MessageCategory::Escalation) {
                 return; // a message to a team: neither a rival's message nor the customer's
             }
-            let pending = row.text(o.3).as_deref() == Some("pending");
+            let pending = row.text(o.status).as_deref().and_then(MessageStatus::parse) == Some(MessageStatus::Pending);
             if let Some(seen) = open.iter_mut().find(|m| m.id == message) {
                 seen.pending &= pending;
                 return;
@@ -185,8 +212,8 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
                 event_id,
                 trigger_id,
                 pending,
-                marketing: category.as_deref() == Some("marketing"),
-                channel: row.text(o.5).as_deref().and_then(Channel::parse),
+                marketing: category == Some(MessageCategory::Marketing),
+                channel: row.text(o.channel).as_deref().and_then(Channel::parse),
                 scheduled_at,
             });
         });
@@ -211,10 +238,11 @@ pub fn read(candidates: &[Candidate], customers: &[String], rules: &RuleSet, con
             let rival = (first_rival..history.rivals.len()).find(|&r| history.rival_messages[r] == Some(m.id));
             history.queued.push(Queued { customer, channel, at: m.scheduled_at, rival });
         }
-        let (sent_id, sent_channel, sent_category, sent_at) = *m;
+        let SentColumns { outbox_id: sent_id, channel: sent_channel, category: sent_category, sent_at } = *m;
         messages.for_each(&[Key::text_eq(1, id), Key::timestamptz_gt(2, first_send.saturating_sub(longest))], |row| {
             let counted_as_open = row.int8(sent_id).is_some_and(|sent| open.iter().any(|m| m.id == sent));
-            if counted_as_open || row.text(sent_category).as_deref() != Some("marketing") {
+            let category = row.text(sent_category).as_deref().and_then(MessageCategory::parse);
+            if counted_as_open || category != Some(MessageCategory::Marketing) {
                 return;
             }
             if let (Some(channel), Some(at)) =

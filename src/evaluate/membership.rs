@@ -18,6 +18,7 @@ use super::probe::{Key, Probe};
 use super::Match;
 use crate::policy::{Candidate, Reason};
 use crate::rule::CancelOn;
+use crate::stored::StoredOutcome;
 use std::collections::HashMap;
 
 /// An entry into a journey, made or possible: its event, and where its membership ends, as a
@@ -122,9 +123,11 @@ pub fn read(matches: &[Match], customers: &[String]) -> Memberships {
     groups.sort_unstable();
 
     let mut decisions = Probe::open(c"decisions", c"decisions_counted", 4);
-    let d = (decisions.column(c"event_id"), decisions.column(c"occurred_at"), decisions.column(c"outcome"));
+    let (event_id, occurred_at, outcome) =
+        (decisions.column(c"event_id"), decisions.column(c"occurred_at"), decisions.column(c"outcome"));
     let mut events = Probe::open(c"events", c"events_customer_name_time", 4).skipping_in_flight();
-    let e = (events.column(c"id"), events.column(c"occurred_at"), events.column(c"properties"));
+    let (id_column, occurred_at_column, properties_column) =
+        (events.column(c"id"), events.column(c"occurred_at"), events.column(c"properties"));
     // Entry events' properties, only for exits correlated by `same`.
     let mut by_id = groups
         .iter()
@@ -157,8 +160,8 @@ pub fn read(matches: &[Match], customers: &[String]) -> Memberships {
                 Key::timestamptz_le(3, to),
             ];
             events.for_each(&keys, |row| {
-                let (Some(id), Some(at)) = (row.int8(e.0), row.timestamptz(e.1)) else { return };
-                let properties = if correlated { row.json(e.2) } else { serde_json::Value::Null };
+                let (Some(id), Some(at)) = (row.int8(id_column), row.timestamptz(occurred_at_column)) else { return };
+                let properties = if correlated { row.json(properties_column) } else { serde_json::Value::Null };
                 exits.push(Exit { id, name: name.to_string(), at, properties });
             });
         }
@@ -173,8 +176,9 @@ pub fn read(matches: &[Match], customers: &[String]) -> Memberships {
             Key::timestamptz_le(3, to),
         ];
         decisions.for_each(&keys, |row| {
-            if let (Some(id), Some(at), Some("fired" | "held_out")) =
-                (row.int8(d.0), row.timestamptz(d.1), row.text(d.2).as_deref())
+            let counted = row.text(outcome).as_deref().and_then(StoredOutcome::parse);
+            if let (Some(id), Some(at), Some(StoredOutcome::Fired | StoredOutcome::HeldOut)) =
+                (row.int8(event_id), row.timestamptz(occurred_at), counted)
             {
                 stored.push((id, at));
             }

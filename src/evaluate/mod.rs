@@ -25,6 +25,7 @@ mod write;
 use crate::instant::UnixMicros;
 use crate::policy::{self, quiet_hours, Candidate, Outcome};
 use crate::rule::{Action, Category, Channel, ChannelChoice, Facts};
+use crate::stored::{MessageCategory, StoredOutcome};
 use pgrx::prelude::*;
 use std::collections::HashMap;
 
@@ -422,7 +423,7 @@ fn rows<'a>(
                     payload: &escalation.action.payload,
                     due_at: event.occurred_at,
                     cancel_on: None,
-                    category: "escalation",
+                    category: MessageCategory::Escalation,
                     variant: None,
                     step: 0,
                 });
@@ -432,9 +433,9 @@ fn rows<'a>(
             marked.push(customer_id.to_string());
         }
         let (verdict, reason) = match outcome {
-            Outcome::Fired => ("fired", None),
-            Outcome::HeldOut => ("held_out", None),
-            Outcome::Suppressed(reason) => ("suppressed", Some(reason.as_str())),
+            Outcome::Fired => (StoredOutcome::Fired, None),
+            Outcome::HeldOut => (StoredOutcome::HeldOut, None),
+            Outcome::Suppressed(reason) => (StoredOutcome::Suppressed, Some(reason)),
         };
         decisions.push(write::Decision {
             event_id: event.id,
@@ -459,7 +460,7 @@ fn rows<'a>(
                     payload: &action.payload,
                     due_at,
                     cancel_on: cancel_conditions(cancel_on, &event.properties),
-                    category: definition.category.as_str(),
+                    category: definition.category.into(),
                     variant: if step == 0 { m.variant } else { None },
                     step,
                 }
@@ -654,6 +655,36 @@ mod tests {
     }
 
     #[test]
+    fn cancel_conditions_carry_the_triggering_events_values_at_the_same_paths() {
+        let cancel = |event: &str, same: &[&[&str]]| crate::rule::CancelOn {
+            event: event.to_string(),
+            same: same.iter().map(|p| p.iter().map(|k| k.to_string()).collect()).collect(),
+        };
+        let properties = json!({"cart": {"id": "c9", "value": 40}, "sku": "s1"});
+        assert_eq!(cancel_conditions(&[], &properties), None);
+        let conditions = cancel_conditions(
+            &[
+                cancel("purchase", &[&["cart", "id"], &["sku"]]),
+                cancel("unsubscribe", &[]),
+                cancel("x", &[&["missing"]]),
+            ],
+            &properties,
+        )
+        .unwrap_or_default();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&conditions).unwrap_or_default(),
+            json!([
+                {"event": "purchase", "same": {"cart": {"id": "c9"}, "sku": "s1"}},
+                {"event": "unsubscribe", "same": {}},
+                {"event": "x", "same": {"missing": null}}
+            ])
+        );
+        // Two paths that disagree on shape: the first one's value stands.
+        let clash = correlation(&cancel("p", &[&["a"], &["a", "b"]]), &json!({"a": 1}));
+        assert_eq!(clash, json!({"a": 1}));
+    }
+
+    #[test]
     fn a_match_routes_to_the_first_channel_the_customer_may_receive_and_keeps_the_rest_as_fallback() {
         let set = rules(&[(
             "t",
@@ -712,7 +743,7 @@ mod tests {
                     .map(|m| {
                         format!(
                             "{}:{}:{}:{}:{}",
-                            m.category,
+                            m.category.as_str(),
                             m.step,
                             m.channel,
                             (m.due_at - e.occurred_at) / HOUR,
@@ -720,7 +751,7 @@ mod tests {
                         )
                     })
                     .collect();
-                format!("{}/{} {}", d.outcome, d.reason.unwrap_or("-"), messages.join(" "))
+                format!("{}/{} {}", d.outcome.as_str(), d.reason.map_or("-", |r| r.as_str()), messages.join(" "))
             })
             .collect();
         assert_eq!(

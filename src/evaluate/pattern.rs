@@ -52,7 +52,8 @@ pub fn anchors(
     groups.sort_unstable_by_key(|(key, _)| *key);
 
     let mut probe = Probe::open(c"events", c"events_customer_name_time", 4).skipping_in_flight();
-    let cols = (probe.column(c"id"), probe.column(c"occurred_at"), probe.column(c"properties"));
+    let (id_column, occurred_at_column, properties_column) =
+        (probe.column(c"id"), probe.column(c"occurred_at"), probe.column(c"properties"));
     let mut decided = Probe::open(c"decisions", c"decisions_pkey", 5);
     for ((customer, r), (new_ids, first, last)) in groups {
         let rule = &rules.rules[r];
@@ -69,8 +70,8 @@ pub fn anchors(
                 Key::timestamptz_le(3, last.saturating_add(within)),
             ];
             probe.for_each(&keys, |row| {
-                let (Some(id), Some(at)) = (row.int8(cols.0), row.timestamptz(cols.1)) else { return };
-                let properties = if with_properties { row.json(cols.2) } else { serde_json::Value::Null };
+                let (Some(id), Some(at)) = (row.int8(id_column), row.timestamptz(occurred_at_column)) else { return };
+                let properties = if with_properties { row.json(properties_column) } else { serde_json::Value::Null };
                 stored.push(Stored { id, name: name.clone(), at, properties });
             });
         }

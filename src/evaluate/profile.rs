@@ -23,7 +23,7 @@ pub struct Profile {
 pub fn read(customer_ids: &[&str], with_attributes: bool) -> HashMap<String, Profile> {
     let mut found: HashMap<String, Profile> = HashMap::new();
     let mut profiles = Probe::open_current(c"profiles", c"profiles_pkey", 1);
-    let p = (
+    let (attributes, preferred_channel, consent, timezone) = (
         profiles.column(c"attributes"),
         profiles.column(c"preferred_channel"),
         profiles.column(c"consent"),
@@ -37,10 +37,10 @@ pub fn read(customer_ids: &[&str], with_attributes: bool) -> HashMap<String, Pro
             found.insert(
                 id.to_string(),
                 Profile {
-                    attributes: if with_attributes { row.json(p.0) } else { serde_json::Value::Null },
-                    preferred_channel: row.text(p.1),
-                    consent: row.json(p.2),
-                    timezone: row.text(p.3),
+                    attributes: if with_attributes { row.json(attributes) } else { serde_json::Value::Null },
+                    preferred_channel: row.text(preferred_channel),
+                    consent: row.json(consent),
+                    timezone: row.text(timezone),
                     suppressed: Vec::new(),
                 },
             );

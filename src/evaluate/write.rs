@@ -9,7 +9,9 @@
 //! next value of its identity sequence). A table that gained or lost a column is refused with an
 //! error rather than written wrong. Triggers on these tables do not fire.
 
+use crate::policy::Reason;
 use crate::sql_error;
+use crate::stored::{MessageCategory, MessageStatus, StoredOutcome};
 use pgrx::pg_sys::PgBuiltInOids as T;
 use pgrx::prelude::*;
 use std::collections::HashMap;
@@ -23,9 +25,9 @@ pub struct Decision<'a> {
     pub customer_id: &'a str,
     /// The event's time, microseconds since 2000-01-01.
     pub occurred_at: i64,
-    /// fired, held_out or suppressed.
-    pub outcome: &'static str,
-    pub reason: Option<&'static str>,
+    pub outcome: StoredOutcome,
+    /// Why it was suppressed (engage.suppression_reason).
+    pub reason: Option<Reason>,
     pub variant: Option<&'a str>,
 }
 
@@ -44,8 +46,7 @@ pub struct Message<'a> {
     pub due_at: i64,
     /// The resolved cancel conditions, JSON text.
     pub cancel_on: Option<String>,
-    /// marketing, transactional or escalation.
-    pub category: &'static str,
+    pub category: MessageCategory,
     pub variant: Option<&'a str>,
     pub step: i32,
 }
@@ -118,8 +119,8 @@ pub fn write(decisions: &[Decision], messages: &[Message]) -> Vec<i64> {
                         text(d.customer_id),
                         Some(pg_sys::Datum::from(d.occurred_at)),
                         Some(now),
-                        text(d.outcome),
-                        d.reason.and_then(text),
+                        text(d.outcome.as_str()),
+                        d.reason.map(|r| r.as_str()).and_then(text),
                         d.variant.and_then(text),
                     ]
                 })
@@ -158,10 +159,10 @@ pub fn write(decisions: &[Decision], messages: &[Message]) -> Vec<i64> {
                     at,
                     m.cancel_on.as_deref().and_then(jsonb),
                     None,
-                    text(m.category),
+                    text(m.category.as_str()),
                     m.variant.and_then(text),
                     Some(pg_sys::Datum::from(m.step)),
-                    text("pending"),
+                    text(MessageStatus::Pending.as_str()),
                     None,
                     m.fallback.clone().into_datum(),
                     Some(pg_sys::Datum::from(0i32)),
@@ -181,7 +182,7 @@ pub fn write(decisions: &[Decision], messages: &[Message]) -> Vec<i64> {
         let escalations: Vec<Vec<Option<pg_sys::Datum>>> = messages
             .iter()
             .zip(&ids)
-            .filter(|(m, _)| m.category == "escalation")
+            .filter(|(m, _)| m.category == MessageCategory::Escalation)
             .map(|(m, &id)| {
                 vec![
                     Some(pg_sys::Datum::from(m.event_id)),

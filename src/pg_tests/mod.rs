@@ -58,8 +58,12 @@ mod tests {
             v.sort();
             v
         }
+        use crate::stored::{MessageCategory, MessageStatus, StoredOutcome};
         assert_eq!(domain_values("channel"), sorted(crate::rule::Channel::ALL.iter().map(|c| c.as_str())));
         assert_eq!(domain_values("suppression_reason"), sorted(crate::policy::Reason::ALL.iter().map(|r| r.as_str())));
+        assert_eq!(domain_values("decision_outcome"), sorted(StoredOutcome::ALL.iter().map(|o| o.as_str())));
+        assert_eq!(domain_values("message_category"), sorted(MessageCategory::ALL.iter().map(|c| c.as_str())));
+        assert_eq!(domain_values("message_status"), sorted(MessageStatus::ALL.iter().map(|s| s.as_str())));
         let checked = text(
             "SELECT string_agg(c.conrelid::regclass::text, ', ' ORDER BY c.conrelid::regclass::text) FROM pg_constraint c
               WHERE c.contype = 'c' AND c.connamespace = 'engage'::regnamespace

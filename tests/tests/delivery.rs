@@ -716,29 +716,12 @@ fn killed_worker_mid_batch_delivers_everything_at_least_once_with_stable_ids() {
 #[test]
 fn pending_rows_are_delivered_after_a_server_restart() {
     let db = "dlv_restart";
-    let (cluster, mut c) = start_deliverer(db, &[("engage.lease", LEASE_SETTING)]);
+    // The deliverer starts paused (engage.worker_enabled = off), so the rows stay pending.
+    let (cluster, mut c) = start_deliverer(db, &[("engage.lease", LEASE_SETTING), ("engage.worker_enabled", "off")]);
     let receiver = HttpReceiver::new();
     let secret = signing_secret(b"restart key");
     webhook_channel(&mut c, &receiver.url("/restart"), &secret, 8, "200 milliseconds");
     create_trigger(&mut c, "hook", json!({"event": "e", "action": {"channel": "webhook"}}));
-
-    // Pause the deliverer (engage.worker_enabled is reloadable), so the rows stay pending.
-    c.batch_execute("ALTER SYSTEM SET engage.worker_enabled = off").unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    wait_for(
-        "engage.worker_enabled = off after reload",
-        WAIT,
-        || {
-            let v: String = c.query_one("SHOW engage.worker_enabled", &[]).unwrap().get(0);
-            if v == "off" {
-                Ok(())
-            } else {
-                Err(v)
-            }
-        },
-        String::new,
-    );
-    std::thread::sleep(Duration::from_millis(500));
     for (customer, n) in [("a", 1), ("b", 1), ("a", 2), ("c", 1)] {
         insert_event(&mut c, customer, "e", json!({"n": n}));
     }
@@ -747,7 +730,7 @@ fn pending_rows_are_delivered_after_a_server_restart() {
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 4);
 
     // Undo the pause in the configuration only; the restart applies it.
-    c.batch_execute("ALTER SYSTEM RESET engage.worker_enabled").unwrap();
+    c.batch_execute("ALTER SYSTEM SET engage.worker_enabled = on").unwrap();
     drop(c);
     cluster.restart();
     let mut c = reconnect(&cluster, db, Duration::from_secs(30));
@@ -1741,9 +1724,6 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
     assert!(error.contains("non-public address (169.254.169.254)"), "{error}");
 
     // Allowed by the operator: delivered. A redirect is not followed: the attempt fails.
-    c.batch_execute("ALTER SYSTEM SET engage.allowed_hosts = '127.0.0.1'").unwrap();
-    c.batch_execute("SELECT pg_reload_conf()").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
     let redirecting = HttpReceiver::scripted(
         vec![Reply::status(302).with_header("Location", &receiver.url("/stolen"))],
         Reply::status(200),
@@ -1753,8 +1733,24 @@ fn the_deliverer_reaches_only_allowed_hosts_and_follows_no_redirect() {
         &[&redirecting.url("/hook")],
     )
     .unwrap();
-    c.execute("SELECT engage.redrive($1)", &[&id]).unwrap();
-    let rows = wait_settled(&cluster, &mut c, 1, WAIT);
+    c.batch_execute("ALTER SYSTEM SET engage.allowed_hosts = '127.0.0.1'").unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+    // The deliverer applies the reload at its next look: until then an attempt is still refused
+    // by egress (and reaches no receiver), so retry until one is not.
+    let mut rows = Vec::new();
+    wait_for(
+        "the deliverer to apply engage.allowed_hosts",
+        WAIT,
+        || {
+            c.execute("SELECT engage.redrive($1)", &[&id]).map_err(|e| error_text(&e))?;
+            rows = wait_settled(&cluster, &mut c, 1, WAIT);
+            match rows[0].last_error.as_deref() {
+                Some(e) if e.contains("egress:") || e.contains("non-public address") => Err(e.to_string()),
+                _ => Ok(()),
+            }
+        },
+        String::new,
+    );
     assert_eq!(rows[0].status, "dead", "a 3xx answer is a failed attempt");
     assert!(rows[0].last_error.as_deref().is_some_and(|e| e.contains("HTTP 302")), "{:?}", rows[0].last_error);
     assert_eq!(redirecting.requests().len(), 1);
