@@ -244,7 +244,8 @@ const NAMES: &str =
     "ARRAY['product_viewed', 'cart_updated', 'checkout_started', 'order_completed', 'search_performed', 'signed_up']";
 
 /// `events` events, spread over `customers` customers named `<prefix><n>`, over ten minutes of
-/// 2026-03-01, each with a profile; every seventh customer is on the sms suppression list.
+/// 2026-03-01, each with a profile; every seventh customer is on the sms suppression list; half
+/// of the messages the events queued are in the sent log.
 fn history(c: &mut Client, prefix: &str, customers: i32, events: i32) {
     c.batch_execute(&format!(
         "INSERT INTO engage.profiles (customer_id, attributes, email, phone)
@@ -257,7 +258,12 @@ fn history(c: &mut Client, prefix: &str, customers: i32, events: i32) {
          SELECT '{prefix}' || (g % {customers}), ({NAMES})[1 + g % 6],
                 jsonb_build_object('value', g % 200, 'sku', 'sku-' || (g % 3)),
                 '2026-03-01 10:00:00+00'::timestamptz + (g % 600) * interval '1 second'
-           FROM generate_series(0, {events} - 1) g;"
+           FROM generate_series(0, {events} - 1) g;
+         INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, category,
+                                      variant, queued_at, sent_at, attempts)
+         SELECT o.id, o.event_id, o.trigger_id, o.customer_id, o.channel, o.template, o.category, o.variant,
+                o.created_at, '2026-03-01 10:00:00+00'::timestamptz + (o.id % 600) * interval '1 second', 1
+           FROM engage.outbox o WHERE o.customer_id LIKE '{prefix}%' AND o.id % 2 = 0;"
     ))
     .unwrap_or_else(|e| panic!("history of {prefix}: {}", error_text(&e)));
 }
@@ -320,8 +326,10 @@ fn an_insert_reads_and_writes_only_its_own_customers_rows() {
     let alone = insert_counts("citus_alone", 0);
     let among_others = insert_counts("citus_among_others", 2000);
     let touched = |m: &BTreeMap<String, [i64; 6]>| m.values().map(|v| v.iter().sum::<i64>()).sum::<i64>();
-    // The comparison means something: the insert path probed and wrote these tables.
+    // The comparison means something: the insert path probed and wrote these tables, the sent
+    // log (for the frequency cap) included.
     assert!(touched(&alone) > 100, "{alone:#?}");
+    assert!(alone.get("messages_by_customer").is_some_and(|c| c[1] > 0), "the sent log was read: {alone:#?}");
     for (rel, counts) in &among_others {
         assert_eq!(
             Some(counts),
