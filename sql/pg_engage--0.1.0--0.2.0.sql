@@ -89,7 +89,7 @@ BEGIN
     SELECT o.customer_id, t.event_name,
            jsonb_build_object('kind', CASE WHEN t.yearly THEN 'anniversary' ELSE 'date' END,
                               'date', o.raw_date, 'occasion', o.local_day, 'time_zone', o.zone),
-           o.due, 'trigger:' || fire_calendar.trigger_id || ':' || o.customer_id || ':' || o.local_day
+           o.due, engage.occasion_key(fire_calendar.trigger_id, o.customer_id, o.local_day::text)
       FROM (SELECT c.customer_id, c.zone, c.raw_date, local.day AS local_day,
                    ((local.day + t.local_time) + t.shift) AT TIME ZONE c.zone AS due
               FROM (SELECT p.customer_id,
@@ -600,6 +600,19 @@ $$;
 COMMENT ON FUNCTION engage.profile_crossing_triggers() IS
     'The enabled "crosses" triggers on a profile attribute: name, the event they fire through, the attribute''s path, the level and the direction.';
 
+-- The idempotency key of an occasion, in the scheduler's reserved namespace ("trigger:", see
+-- engage.refuse_reserved_names): the trigger, the customer and the episode, so each occasion of a
+-- customer fires once.
+CREATE FUNCTION engage.occasion_key(trigger_id integer, customer_id text, episode text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'trigger:' || occasion_key.trigger_id || ':' || occasion_key.customer_id || ':' || occasion_key.episode
+$$;
+COMMENT ON FUNCTION engage.occasion_key(integer, text, text) IS
+    'The idempotency key of a scheduled or threshold trigger''s occasion: trigger:<trigger id>:<customer>:<episode>.';
+
+ALTER FUNCTION engage.occasion_key(integer, text, text) SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION engage.occasion_key(integer, text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION engage.fire_inactive(trigger_id integer, since timestamptz, moment timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -614,7 +627,7 @@ BEGIN
            jsonb_build_object('kind', 'inactive', 'event', t.event, 'last_event_at', e.occurred_at,
                               'inactive_for', t.span::text),
            e.occurred_at + t.span,
-           'trigger:' || fire_inactive.trigger_id || ':' || e.customer_id || ':' || e.id
+           engage.occasion_key(fire_inactive.trigger_id, e.customer_id, e.id::text)
       FROM engage.events e
      WHERE e.name = t.event
        AND e.occurred_at > since - t.span AND e.occurred_at <= moment - t.span
@@ -648,7 +661,7 @@ BEGIN
            jsonb_build_object('kind', 'predicted', 'p_alive', round(s.p_alive::numeric, 4),
                               'purchase_days', s.frequency + 1, 'model_id', m.id),
            moment,
-           'trigger:' || fire_predicted.trigger_id || ':' || s.customer_id || ':' || (s.frequency + 1)
+           engage.occasion_key(fire_predicted.trigger_id, s.customer_id, (s.frequency + 1)::text)
       FROM (SELECT x.customer_id, x.frequency,
                    engage.bgnbd_p_alive(m.r, m.alpha, m.a, m.b, x.frequency, x.recency, x.age) AS p_alive
               FROM engage.purchase_summaries(t.event, (moment AT TIME ZONE 'UTC')::date, m.unit) x
@@ -759,7 +772,7 @@ BEGIN
     SELECT n.customer_id, c.event_name,
            jsonb_build_object('kind', 'crosses', 'event', c.event, 'level', c.level, 'before', s.before,
                               'after', s.after, 'crossing_event_id', n.id),
-           n.occurred_at, 'trigger:' || c.id || ':' || n.customer_id || ':' || n.id
+           n.occurred_at, engage.occasion_key(c.id, n.customer_id, n.id::text)
       FROM (SELECT t.id, t.compiled ->> 'event_name' AS event_name, t.compiled -> 'occasion' ->> 'event' AS event,
                    (t.compiled -> 'occasion' ->> 'level')::numeric AS level,
                    (t.compiled -> 'occasion' ->> 'within_micros')::bigint * interval '1 microsecond' AS within,

@@ -22,6 +22,17 @@ mod tests {
         .unwrap_or_default()
     }
 
+    /// The idempotency keys of occasions keep the form 0.1.0 stored them in, so an occasion
+    /// fired before an update does not fire again after it.
+    #[pg_test]
+    fn occasion_keys_keep_their_stored_form() {
+        assert_eq!(
+            text("SELECT engage.occasion_key(7, 'c1', date '2026-03-01'::text) || ' ' || engage.occasion_key(7, 'c:2', 42::text)")
+                .as_deref(),
+            Some("trigger:7:c1:2026-03-01 trigger:7:c:2:42")
+        );
+    }
+
     #[pg_test]
     fn inactivity_fires_once_per_episode_at_exactly_the_duration() {
         run(r#"SELECT engage.create_trigger('winback', '{"inactive": {"event": "purchase", "for": "30d"},
