@@ -28,14 +28,13 @@ fn checked_name(name: Option<&str>) -> &str {
 /// for a NULL, an unreadable value (a number beyond double range, nesting beyond 64 levels) or a
 /// definition the language refuses. Returns the argument, to store as given.
 fn checked_definition<'a, 'f>(name: Option<&str>, definition: &'a Option<jsonb::Strict<'f>>) -> &'a jsonb::Strict<'f> {
-    parsed_definition(name, definition);
     let Some(definition) = definition else { sql_error::null_argument("definition") };
+    parsed_definition(name, definition);
     definition
 }
 
-/// The definition argument, parsed, with the errors of `checked_definition`.
-fn parsed_definition(name: Option<&str>, definition: &Option<jsonb::Strict>) -> rule::Definition {
-    let Some(definition) = definition else { sql_error::null_argument("definition") };
+/// A definition, parsed, with the errors of `checked_definition`.
+fn parsed_definition(name: Option<&str>, definition: &jsonb::Strict) -> rule::Definition {
     match &definition.value {
         Err(unreadable) => sql_error::invalid_definition(
             name,
@@ -62,7 +61,6 @@ fn one_int(query: &str, args: &[DatumWithOid]) -> Option<i32> {
 /// in. `engage.triggers.compiled` and `priority` are generated with it.
 #[pg_extern(immutable, parallel_safe)]
 fn compiled_trigger(name: &str, definition: jsonb::Strict) -> pgrx::JsonB {
-    let definition = Some(definition);
     pgrx::JsonB(rule::compiled::compile(name, &parsed_definition(Some(name), &definition)))
 }
 
