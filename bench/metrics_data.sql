@@ -27,7 +27,9 @@ SELECT 'c' || (i::int8 / 7 * 7919 % 499979),
 
 -- Decisions: each cart or sign-up matches one trigger; 80% fired, 5% held out, 15% suppressed.
 INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, decided_at, outcome, reason)
-SELECT e.id, t.id, 1, e.customer_id, e.occurred_at, e.occurred_at + interval '3 ms',
+SELECT e.id, t.id, 1, e.customer_id, e.occurred_at,
+       -- decided 0.1 ms to 100 ms after the event (log-uniform, spread by the event id)
+       e.occurred_at + power(10, (e.id * 7919 % 1000) / 333.0) * interval '0.1 ms',
        -- (the name comes from id % 20, so outcome and trigger use id / 20: independent of it)
        CASE WHEN e.id / 20 % 20 < 16 THEN 'fired' WHEN e.id / 20 % 20 = 16 THEN 'held_out' ELSE 'suppressed' END,
        CASE WHEN e.id / 20 % 20 < 17 THEN NULL WHEN e.id / 20 % 20 = 17 THEN 'cap'
@@ -39,7 +41,8 @@ SELECT e.id, t.id, 1, e.customer_id, e.occurred_at, e.occurred_at + interval '3 
 INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, template, due_at, scheduled_at, status,
                            sent_at, created_at, attempts)
 SELECT d.event_id, d.trigger_id, d.customer_id, 'email', 't', d.occurred_at, d.occurred_at, 'sent',
-       d.occurred_at + interval '40 ms', d.decided_at, 1
+       -- sent 10 ms to 100 s after its decision (log-uniform): latency percentiles see a spread
+       d.decided_at + power(10, (d.event_id * 104729 % 1000) / 250.0) * interval '10 ms', d.decided_at, 1
   FROM engage.decisions d WHERE d.outcome = 'fired';
 INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, template, queued_at, claimed_at,
                              sent_at, attempts, cost)

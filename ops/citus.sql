@@ -12,6 +12,12 @@ SELECT create_reference_table('engage.templates');
 SELECT create_reference_table('engage.frequency_caps');
 SELECT create_reference_table('engage.purchase_models');
 SELECT create_reference_table('engage.locks');
+-- Metrics running totals and latency histograms: per trigger, not per customer, written only by
+-- engage.refresh_metrics on the coordinator (sql/metrics.sql, "Running totals").
+SELECT create_reference_table('engage.totals_messages');
+SELECT create_reference_table('engage.totals_touches');
+SELECT create_reference_table('engage.totals_exposures');
+SELECT create_reference_table('engage.latency_histograms');
 
 -- A customer's rows, co-located by customer: the insert path, the deliverer's per-customer
 -- checks and the rollups of one customer stay on one node.

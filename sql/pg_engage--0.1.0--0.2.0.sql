@@ -805,3 +805,483 @@ ALTER FUNCTION engage.tick(timestamptz, boolean) SECURITY DEFINER;
 ALTER FUNCTION engage.profile_crossings() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.profile_crossings() SECURITY DEFINER;
 ALTER FUNCTION engage.sum_crossings(bigint[]) SET search_path = pg_catalog, pg_temp;
+
+-- Running totals and latency histograms (issue 19; sql/metrics.sql, "Running totals"): the
+-- per-trigger metrics views read totals kept by deltas instead of every rollup row.
+DROP INDEX engage.rollup_messages_trigger_sent;
+CREATE INDEX rollup_messages_sent ON engage.rollup_messages (sent_at);
+CREATE FUNCTION engage.latency_bucket(seconds double precision) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT CASE WHEN pg_catalog.abs(seconds) OPERATOR(pg_catalog.<) 0.000001 THEN 0
+                ELSE (pg_catalog.sign(seconds)
+                      OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.+) pg_catalog.ceil(
+                          8 OPERATOR(pg_catalog.*) pg_catalog.ln(pg_catalog.abs(seconds) OPERATOR(pg_catalog.*) 1000000)
+                            OPERATOR(pg_catalog./) pg_catalog.ln(2::double precision))))::integer END
+$$;
+COMMENT ON FUNCTION engage.latency_bucket(double precision) IS
+    'The latency histogram bucket of a duration in seconds: 0 for zero, else sign x (1 + ceil(8 log2(|microseconds|))), buckets of growth 2^(1/8) (sql/metrics.sql, "Running totals").';
+
+CREATE FUNCTION engage.latency_bucket_value(bucket integer) RETURNS double precision
+LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT pg_catalog.sign(bucket)
+           OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.*) pg_catalog.power(2::double precision,
+               (pg_catalog.abs(bucket) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 8.0::double precision)
+           OPERATOR(pg_catalog./) (pg_catalog.power(2::double precision, 0.125::double precision) OPERATOR(pg_catalog.+) 1)
+           OPERATOR(pg_catalog./) 1000000
+$$;
+COMMENT ON FUNCTION engage.latency_bucket_value(integer) IS
+    'The seconds a latency histogram bucket reads as: within 4.3% of every duration in it (0 for bucket 0).';
+
+CREATE TABLE engage.totals_messages (
+    trigger_id integer NOT NULL, channel text NOT NULL,
+    messages bigint NOT NULL, recipients bigint NOT NULL, cost numeric NOT NULL,
+    delivered bigint NOT NULL, opened bigint NOT NULL, clicked bigint NOT NULL, replied bigint NOT NULL,
+    unsubscribed bigint NOT NULL,
+    PRIMARY KEY (trigger_id, channel)
+);
+COMMENT ON TABLE engage.totals_messages IS
+    'Running totals of engage.rollup_messages per trigger and channel: messages, first messages to a customer (recipients), their cost, and messages with each response.';
+
+CREATE TABLE engage.totals_touches (
+    trigger_id integer PRIMARY KEY,
+    last_touches bigint NOT NULL, last_revenue numeric NOT NULL,
+    first_touches bigint NOT NULL, first_revenue numeric NOT NULL,
+    trigger_touches bigint NOT NULL, linear_credit numeric NOT NULL, linear_revenue numeric NOT NULL
+);
+COMMENT ON TABLE engage.totals_touches IS
+    'Running totals of engage.rollup_touches per trigger: conversions credited by the last and the first touch and their revenue, conversions the trigger touched, and its linear credit and revenue.';
+
+CREATE TABLE engage.totals_exposures (
+    trigger_id integer NOT NULL, control boolean NOT NULL, variant text,
+    customers bigint NOT NULL, converted bigint NOT NULL, revenue numeric NOT NULL, revenue_squared numeric NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (trigger_id, control, variant)
+);
+COMMENT ON TABLE engage.totals_exposures IS
+    'Running totals of engage.rollup_exposures per trigger, group (control) and variant: customers exposed, converted, their revenue and its sum of squares.';
+
+CREATE TABLE engage.latency_histograms (
+    trigger_id integer NOT NULL, channel text NOT NULL, sent_day timestamptz NOT NULL,
+    measure smallint NOT NULL, bucket integer NOT NULL, messages bigint NOT NULL,
+    PRIMARY KEY (sent_day, trigger_id, channel, measure, bucket)
+);
+COMMENT ON TABLE engage.latency_histograms IS
+    'Histograms of engage.rollup_messages per trigger, channel and UTC day of sending: measure 0 counts messages (bucket 0), 1 event to decision, 2 decision to queue, 3 due time to sent, 4 event to sent, in the buckets of engage.latency_bucket.';
+
+-- What one set of rollup rows adds to the totals, minus what another set adds.
+CREATE FUNCTION engage.message_totals_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
+RETURNS TABLE (
+    trigger_id integer, channel text, messages bigint, recipients bigint, cost numeric,
+    delivered bigint, opened bigint, clicked bigint, replied bigint, unsubscribed bigint
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.channel, sum(r.sign),
+           coalesce(sum(r.sign) FILTER (WHERE r.first_to_customer), 0),
+           coalesce(sum(r.sign * r.cost), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.delivered_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.opened_at IS NOT NULL), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.clicked_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.replied_at IS NOT NULL), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.unsubscribed_at IS NOT NULL), 0)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id, r.channel
+$$;
+COMMENT ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
+    'Per trigger and channel, what the added rollup rows contribute to engage.totals_messages minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.touch_totals_delta(removed engage.rollup_touches[], added engage.rollup_touches[])
+RETURNS TABLE (
+    trigger_id integer, last_touches bigint, last_revenue numeric, first_touches bigint, first_revenue numeric,
+    trigger_touches bigint, linear_credit numeric, linear_revenue numeric
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id,
+           coalesce(sum(r.sign) FILTER (WHERE r.from_last = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_last = 1), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.from_first = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_first = 1), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.trigger_touch = 1), 0),
+           sum(r.sign * round(1.0 / r.touches, 6)), sum(r.sign * round(r.value * round(1.0 / r.touches, 6), 6))
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id
+$$;
+COMMENT ON FUNCTION engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]) IS
+    'Per trigger, what the added rollup rows contribute to engage.totals_touches minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.exposure_totals_delta(removed engage.rollup_exposures[], added engage.rollup_exposures[])
+RETURNS TABLE (
+    trigger_id integer, control boolean, variant text,
+    customers bigint, converted bigint, revenue numeric, revenue_squared numeric
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.control, r.variant, sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.conversions > 0), 0),
+           sum(r.sign * r.revenue), sum(r.sign * r.revenue * r.revenue)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id, r.control, r.variant
+$$;
+COMMENT ON FUNCTION engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]) IS
+    'Per trigger, group and variant, what the added rollup rows contribute to engage.totals_exposures minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.latency_histogram_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
+RETURNS TABLE (
+    trigger_id integer, channel text, sent_day timestamptz, measure smallint, bucket integer, messages bigint
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.channel, date_bin('1 day', r.sent_at, timestamptz '2000-01-01 00:00+00'),
+           m.measure, engage.latency_bucket(m.seconds), sum(r.sign)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r,
+           LATERAL (VALUES (0::smallint, 0::double precision),
+                           (1, extract(epoch FROM r.decided_at - r.occurred_at)::double precision),
+                           (2, extract(epoch FROM r.queued_at - r.decided_at)::double precision),
+                           (3, extract(epoch FROM r.sent_at - r.scheduled_at)::double precision),
+                           (4, extract(epoch FROM r.sent_at - r.occurred_at)::double precision)) AS m(measure, seconds)
+     WHERE m.seconds IS NOT NULL
+     GROUP BY 1, 2, 3, 4, 5
+    HAVING sum(r.sign) <> 0
+$$;
+COMMENT ON FUNCTION engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
+    'Per trigger, channel, UTC day of sending, measure and bucket, what the added rollup rows count in engage.latency_histograms minus what the removed ones count.';
+
+-- The rollup rows of marked customers as they stand, and as they are now: what the views swap.
+CREATE VIEW engage.marked_rollups AS
+WITH marked AS (SELECT ARRAY(SELECT DISTINCT d.customer_id FROM engage.metrics_dirty d) AS customers)
+SELECT ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.customer_id = ANY (marked.customers)) AS stale_messages,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_messages FROM engage.message_facts_of(marked.customers) f) AS messages,
+       ARRAY(SELECT r FROM engage.rollup_touches r WHERE r.customer_id = ANY (marked.customers)) AS stale_touches,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_touches FROM engage.touches_of(marked.customers) f) AS touches,
+       ARRAY(SELECT r FROM engage.rollup_exposures r WHERE r.customer_id = ANY (marked.customers)) AS stale_exposures,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_exposures FROM engage.exposures_of(marked.customers) f) AS exposures
+  FROM marked;
+COMMENT ON VIEW engage.marked_rollups IS
+    'For the customers marked in engage.metrics_dirty: their rollup rows as stored (stale_*) and as computed now, one row of arrays.';
+
+CREATE VIEW engage.current_message_totals AS
+SELECT x.trigger_id, x.channel, sum(x.messages)::bigint AS messages, sum(x.recipients)::bigint AS recipients,
+       sum(x.cost) AS cost,
+       sum(x.delivered)::bigint AS delivered, sum(x.opened)::bigint AS opened, sum(x.clicked)::bigint AS clicked,
+       sum(x.replied)::bigint AS replied, sum(x.unsubscribed)::bigint AS unsubscribed
+  FROM (SELECT t.* FROM engage.totals_messages t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.message_totals_delta(m.stale_messages, m.messages) d) x
+ GROUP BY x.trigger_id, x.channel
+HAVING sum(x.messages) > 0;
+COMMENT ON VIEW engage.current_message_totals IS
+    'engage.totals_messages, exact: with marked customers'' rows computed now.';
+
+CREATE VIEW engage.current_touch_totals AS
+SELECT x.trigger_id, sum(x.last_touches)::bigint AS last_touches, sum(x.last_revenue) AS last_revenue,
+       sum(x.first_touches)::bigint AS first_touches, sum(x.first_revenue) AS first_revenue,
+       sum(x.trigger_touches)::bigint AS trigger_touches, sum(x.linear_credit) AS linear_credit,
+       sum(x.linear_revenue) AS linear_revenue
+  FROM (SELECT t.* FROM engage.totals_touches t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.touch_totals_delta(m.stale_touches, m.touches) d) x
+ GROUP BY x.trigger_id
+HAVING sum(x.trigger_touches) > 0;
+COMMENT ON VIEW engage.current_touch_totals IS
+    'engage.totals_touches, exact: with marked customers'' rows computed now.';
+
+CREATE VIEW engage.current_exposure_totals AS
+SELECT x.trigger_id, x.control, x.variant, sum(x.customers)::bigint AS customers,
+       sum(x.converted)::bigint AS converted, sum(x.revenue) AS revenue, sum(x.revenue_squared) AS revenue_squared
+  FROM (SELECT t.* FROM engage.totals_exposures t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.exposure_totals_delta(m.stale_exposures, m.exposures) d) x
+ GROUP BY x.trigger_id, x.control, x.variant
+HAVING sum(x.customers) > 0;
+COMMENT ON VIEW engage.current_exposure_totals IS
+    'engage.totals_exposures, exact: with marked customers'' rows computed now.';
+
+CREATE OR REPLACE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    picked text[];
+    stale_messages engage.rollup_messages[];
+    messages engage.rollup_messages[];
+    stale_touches engage.rollup_touches[];
+    touches engage.rollup_touches[];
+    stale_exposures engage.rollup_exposures[];
+    exposures engage.rollup_exposures[];
+BEGIN
+    -- One refresh at a time; a second caller finds the work taken and returns at once.
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    -- Marks committed after this statement's snapshot are not removed: their customers stay
+    -- marked, and the next refresh takes them (the statements below see at least this much).
+    WITH chosen AS (
+        SELECT DISTINCT customer_id FROM engage.metrics_dirty ORDER BY customer_id LIMIT batch
+    ), removed AS (
+        DELETE FROM engage.metrics_dirty d USING chosen c WHERE d.customer_id = c.customer_id
+        RETURNING d.customer_id
+    )
+    SELECT array_agg(DISTINCT customer_id) INTO picked FROM removed;
+    IF picked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- The customers' rollup rows, replaced; the totals and histograms, moved by the difference.
+    WITH gone AS (DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_messages), '{}') INTO stale_messages FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO messages FROM came;
+    WITH gone AS (DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO touches FROM came;
+    WITH gone AS (DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO exposures FROM came;
+
+    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, messages)
+    ON CONFLICT (trigger_id, channel) DO UPDATE
+       SET messages = t.messages + excluded.messages, recipients = t.recipients + excluded.recipients,
+           cost = t.cost + excluded.cost,
+           delivered = t.delivered + excluded.delivered, opened = t.opened + excluded.opened,
+           clicked = t.clicked + excluded.clicked, replied = t.replied + excluded.replied,
+           unsubscribed = t.unsubscribed + excluded.unsubscribed;
+    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, touches)
+    ON CONFLICT (trigger_id) DO UPDATE
+       SET last_touches = t.last_touches + excluded.last_touches, last_revenue = t.last_revenue + excluded.last_revenue,
+           first_touches = t.first_touches + excluded.first_touches, first_revenue = t.first_revenue + excluded.first_revenue,
+           trigger_touches = t.trigger_touches + excluded.trigger_touches,
+           linear_credit = t.linear_credit + excluded.linear_credit, linear_revenue = t.linear_revenue + excluded.linear_revenue;
+    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, exposures)
+    ON CONFLICT (trigger_id, control, variant) DO UPDATE
+       SET customers = t.customers + excluded.customers, converted = t.converted + excluded.converted,
+           revenue = t.revenue + excluded.revenue, revenue_squared = t.revenue_squared + excluded.revenue_squared;
+    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, messages)
+    ON CONFLICT (sent_day, trigger_id, channel, measure, bucket) DO UPDATE SET messages = t.messages + excluded.messages;
+    RETURN cardinality(picked);
+END
+$$;
+COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
+    'Recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
+
+CREATE OR REPLACE FUNCTION engage.rebuild_metrics() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    done bigint := 0;
+    step integer;
+BEGIN
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
+    -- Mark every customer with a message or a decision, then refresh them in batches.
+    INSERT INTO engage.metrics_dirty (customer_id)
+    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
+    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
+             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms;
+    ANALYZE engage.metrics_dirty;
+    LOOP
+        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
+        EXIT WHEN step = 0;
+        done := done + step;
+    END LOOP;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION engage.rebuild_metrics() IS
+    'Recomputes every metrics rollup, running total and latency histogram from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
+
+CREATE OR REPLACE VIEW engage.trigger_response_rates AS
+SELECT t.name AS trigger,
+       r.trigger_id,
+       r.channel,
+       r.messages AS sent,
+       r.delivered,
+       r.opened,
+       r.clicked,
+       r.replied,
+       r.unsubscribed,
+       round(r.delivered / r.messages::numeric, 4) AS delivery_rate,
+       round(r.opened / r.messages::numeric, 4) AS open_rate,
+       round(r.clicked / r.messages::numeric, 4) AS click_rate,
+       round(r.replied / r.messages::numeric, 4) AS reply_rate,
+       round(r.unsubscribed / r.messages::numeric, 4) AS unsubscribe_rate
+  FROM engage.current_message_totals r
+  JOIN engage.triggers t ON t.id = r.trigger_id;
+COMMENT ON VIEW engage.trigger_response_rates IS
+    'Per trigger and channel: messages sent and the share delivered, opened, clicked, replied to and unsubscribed from (from the running totals).';
+
+CREATE OR REPLACE VIEW engage.trigger_revenue AS
+-- The running totals of the touches (the same figures as grouping engage.attributed_conversions).
+WITH per_trigger AS (
+    SELECT c.trigger_id, c.last_touches AS last_n, c.last_revenue, c.first_touches AS first_n, c.first_revenue,
+           c.trigger_touches AS linear_n, c.linear_credit, c.linear_revenue
+      FROM engage.current_touch_totals c
+)
+SELECT m.model, tg.trigger, p.trigger_id, m.conversions, m.credited AS credited_conversions, m.revenue
+  FROM per_trigger p
+  JOIN engage.trigger_goals tg ON tg.trigger_id = p.trigger_id,
+       LATERAL (VALUES ('last_touch', p.last_n, p.last_n::numeric, round(p.last_revenue, 6)),
+                       ('first_touch', p.first_n, p.first_n::numeric, round(p.first_revenue, 6)),
+                       ('linear', p.linear_n, p.linear_credit, p.linear_revenue))
+           AS m(model, conversions, credited, revenue)
+ WHERE m.conversions > 0;
+COMMENT ON VIEW engage.trigger_revenue IS
+    'Attributed conversions and revenue per trigger, for each attribution model (filter model = ''last_touch'' for the default).';
+
+CREATE OR REPLACE VIEW engage.holdout_uplift AS
+WITH groups AS (
+    SELECT x.trigger_id, tg.trigger,
+           coalesce(sum(x.customers) FILTER (WHERE NOT x.control), 0)::bigint AS n_t,
+           coalesce(sum(x.converted) FILTER (WHERE NOT x.control), 0)::bigint AS conv_t,
+           coalesce(sum(x.revenue) FILTER (WHERE NOT x.control), 0) AS rev_t,
+           coalesce(sum(x.revenue_squared) FILTER (WHERE NOT x.control), 0) AS rev_sq_t,
+           coalesce(sum(x.customers) FILTER (WHERE x.control), 0)::bigint AS n_c,
+           coalesce(sum(x.converted) FILTER (WHERE x.control), 0)::bigint AS conv_c,
+           coalesce(sum(x.revenue) FILTER (WHERE x.control), 0) AS rev_c,
+           coalesce(sum(x.revenue_squared) FILTER (WHERE x.control), 0) AS rev_sq_c
+      FROM engage.current_exposure_totals x
+      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+     GROUP BY x.trigger_id, tg.trigger
+)
+SELECT g.trigger, g.trigger_id,
+       g.n_t AS treated, g.conv_t AS treated_conversions, c.rate_a AS treated_rate,
+       g.n_c AS control, g.conv_c AS control_conversions, c.rate_b AS control_rate,
+       c.uplift, c.relative_uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant,
+       c.revenue_per_customer_a AS treated_revenue_per_customer,
+       c.revenue_per_customer_b AS control_revenue_per_customer,
+       c.revenue_uplift AS revenue_uplift_per_customer, c.revenue_ci_low, c.revenue_ci_high
+  FROM groups g,
+       LATERAL engage.compare_groups(g.n_t, g.conv_t, g.rev_t, g.rev_sq_t, g.n_c, g.conv_c, g.rev_c, g.rev_sq_c) c;
+COMMENT ON VIEW engage.holdout_uplift IS
+    'Per trigger with a goal (control columns are empty without a holdout): conversion rate and revenue per customer, treated vs control (anchored on the triggering event), the absolute and relative uplift with a 95% confidence interval and z, and whether it is significant.';
+
+CREATE OR REPLACE VIEW engage.variant_results AS
+WITH arms AS (
+    SELECT t.id AS trigger_id, v.name AS variant, v.position
+      FROM engage.triggers t, jsonb_array_elements_text(t.compiled -> 'variants') WITH ORDINALITY AS v(name, position)
+), groups AS (
+    SELECT x.trigger_id, tg.trigger, x.variant,
+           sum(x.customers)::bigint AS n, sum(x.converted)::bigint AS conv,
+           sum(x.revenue) AS rev, sum(x.revenue_squared) AS rev_sq
+      FROM engage.current_exposure_totals x
+      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+     WHERE NOT x.control AND x.variant IS NOT NULL
+     GROUP BY x.trigger_id, tg.trigger, x.variant
+)
+SELECT g.trigger, g.trigger_id, g.variant, a.position, g.n AS customers, g.conv AS conversions,
+       c.rate_a AS conversion_rate, c.revenue_per_customer_a AS revenue_per_customer,
+       ref.variant AS compared_with, c.uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant
+  FROM groups g
+  JOIN arms a ON a.trigger_id = g.trigger_id AND a.variant = g.variant
+  JOIN arms r1 ON r1.trigger_id = g.trigger_id AND r1.position = 1
+  LEFT JOIN groups ref ON ref.trigger_id = g.trigger_id AND ref.variant = r1.variant,
+       LATERAL engage.compare_groups(g.n, g.conv, g.rev, g.rev_sq, ref.n, ref.conv, ref.rev, ref.rev_sq) c;
+COMMENT ON VIEW engage.variant_results IS
+    'Per trigger experiment arm (treated customers): conversion rate and revenue per customer, and the difference from the first arm with a 95% confidence interval.';
+
+CREATE OR REPLACE FUNCTION engage.trigger_latency_in(since timestamptz)
+RETURNS TABLE (
+    trigger text, trigger_id integer, channel text, messages bigint,
+    occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
+    due_to_sent_s double precision[], occurred_to_sent_s double precision[]
+)
+LANGUAGE sql STABLE AS $$
+    WITH whole_days AS (
+        -- The histograms hold whole UTC days; the part of a day before the first whole one is
+        -- counted from the rollup rows.
+        SELECT CASE WHEN isfinite(since)
+                    THEN date_bin('1 day', since + interval '1 day' - interval '1 microsecond', timestamptz '2000-01-01 00:00+00')
+                    ELSE since END AS first_day
+    ), counts AS (
+        SELECT h.trigger_id, h.channel, h.measure, h.bucket, h.messages
+          FROM engage.latency_histograms h, whole_days w
+         WHERE h.sent_day >= w.first_day
+        UNION ALL
+        -- The rows of that part of a day, and marked customers' rows as they are now instead of
+        -- as rolled up.
+        SELECT d.trigger_id, d.channel, d.measure, d.bucket, d.messages
+          FROM whole_days w, engage.marked_rollups m,
+               engage.latency_histogram_delta(
+                   ARRAY(SELECT r FROM unnest(m.stale_messages) r WHERE r.sent_at >= since),
+                   ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.sent_at >= since AND r.sent_at < w.first_day)
+                   || ARRAY(SELECT r FROM unnest(m.messages) r WHERE r.sent_at >= since)) d
+    ), merged AS (
+        SELECT c.trigger_id, c.channel, c.measure, c.bucket, sum(c.messages) AS n
+          FROM counts c
+         GROUP BY c.trigger_id, c.channel, c.measure, c.bucket
+        HAVING sum(c.messages) <> 0
+    ), ranked AS (
+        SELECT x.*, sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure ORDER BY x.bucket) AS upto,
+               sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure) AS total
+          FROM merged x
+    ), percentiles AS (
+        -- The bucket holding the element of rank floor(q (n - 1)), counting from 0.
+        SELECT r.trigger_id, r.channel, r.measure, max(r.total)::bigint AS total,
+               ARRAY[engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.50 * (r.total - 1)))),
+                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.95 * (r.total - 1)))),
+                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.99 * (r.total - 1))))] AS p
+          FROM ranked r
+         GROUP BY r.trigger_id, r.channel, r.measure
+    )
+    SELECT t.name, p.trigger_id, p.channel,
+           max(p.total) FILTER (WHERE p.measure = 0),
+           max(p.p) FILTER (WHERE p.measure = 1), max(p.p) FILTER (WHERE p.measure = 2),
+           max(p.p) FILTER (WHERE p.measure = 3), max(p.p) FILTER (WHERE p.measure = 4)
+      FROM percentiles p
+      JOIN engage.triggers t ON t.id = p.trigger_id
+     GROUP BY t.name, p.trigger_id, p.channel
+    HAVING max(p.total) FILTER (WHERE p.measure = 0) > 0
+$$;
+COMMENT ON FUNCTION engage.trigger_latency_in(timestamptz) IS
+    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent; each within 4.3% of the order statistic of rank floor(q (n - 1)), read from the latency histograms (sql/metrics.sql, "Running totals").';
+
+COMMENT ON VIEW engage.trigger_latency IS
+    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three, each within 4.3%).';
+
+CREATE OR REPLACE VIEW engage.trigger_roi AS
+WITH spend AS (
+    SELECT m.trigger_id, sum(m.messages)::bigint AS messages, sum(m.recipients)::bigint AS recipients,
+           sum(m.cost) AS cost
+      FROM engage.current_message_totals m
+     GROUP BY m.trigger_id
+), earned AS (
+    SELECT trigger_id, sum(revenue) AS revenue FROM engage.trigger_revenue WHERE model = 'last_touch' GROUP BY trigger_id
+)
+SELECT t.name AS trigger, t.id AS trigger_id,
+       s.messages, s.recipients, s.cost,
+       coalesce(e.revenue, 0) AS attributed_revenue,
+       coalesce(e.revenue, 0) - s.cost AS net,
+       round((coalesce(e.revenue, 0) - s.cost) / nullif(s.cost, 0), 4) AS roi,
+       round(coalesce(e.revenue, 0) / nullif(s.recipients, 0), 4) AS revenue_per_recipient,
+       u.revenue_uplift_per_customer * u.treated AS incremental_revenue,
+       u.revenue_uplift_per_customer * u.treated - s.cost AS incremental_net
+  FROM spend s
+  JOIN engage.triggers t ON t.id = s.trigger_id
+  LEFT JOIN earned e ON e.trigger_id = s.trigger_id
+  LEFT JOIN engage.holdout_uplift u ON u.trigger_id = s.trigger_id;
+COMMENT ON VIEW engage.trigger_roi IS
+    'Per trigger: messages, recipients, channel cost, last-touch attributed revenue, net and ROI, revenue per recipient; and, with a holdout, the incremental revenue (revenue uplift per customer x treated customers) and incremental net: the figure that survives "would they have bought anyway?".';
+
+-- The totals start as the aggregate of the rollups already stored (their invariant).
+INSERT INTO engage.totals_messages
+SELECT * FROM engage.message_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_messages r));
+INSERT INTO engage.totals_touches
+SELECT * FROM engage.touch_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_touches r));
+INSERT INTO engage.totals_exposures
+SELECT * FROM engage.exposure_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_exposures r));
+INSERT INTO engage.latency_histograms
+SELECT * FROM engage.latency_histogram_delta('{}', ARRAY(SELECT r FROM engage.rollup_messages r));
+
+ALTER FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[]) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.refresh_metrics(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
+ALTER FUNCTION engage.rebuild_metrics() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
+ALTER FUNCTION engage.trigger_latency_in(timestamptz) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION engage.latency_bucket(double precision), engage.latency_bucket_value(integer),
+                           engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
+                           engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
+                           engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]),
+                           engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[])
+    FROM PUBLIC;
+GRANT SELECT ON engage.marked_rollups, engage.current_message_totals, engage.current_touch_totals,
+                engage.current_exposure_totals
+    TO engage_analyst;
+GRANT EXECUTE ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
+                          engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
+                          engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[])
+    TO engage_analyst;

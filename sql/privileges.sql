@@ -4,8 +4,9 @@
 -- it and whatever their own search_path: names resolve in pg_catalog (or are schema-qualified,
 -- as every engage object is), so a function or operator a role creates in public (an overload of
 -- unnest or cardinality, say) can never run in the insert path, the workers or the views. The
--- three small SQL functions that the planner inlines into views' queries are the exception (a
--- SET clause would stop the inlining); every name in them is qualified instead.
+-- small SQL functions that the planner inlines into queries (json_number, profile_date and the
+-- latency buckets) are the exception (a SET clause would stop the inlining); every name in them
+-- is qualified instead.
 DO $pin$
 DECLARE
     f regprocedure;
@@ -14,7 +15,7 @@ BEGIN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'engage'::regnamespace
-           AND p.proname NOT IN ('json_number', 'profile_date')
+           AND p.proname NOT IN ('json_number', 'profile_date', 'latency_bucket', 'latency_bucket_value')
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -98,7 +99,9 @@ GRANT EXECUTE ON FUNCTION engage.track(text, text, jsonb, timestamptz, text), en
 -- engage_analyst: every metrics view and the decision log; no secrets, no addresses.
 GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volume_daily,
                 engage.trigger_fire_rate, engage.current_messages, engage.current_touches,
-                engage.current_exposures, engage.message_responses, engage.trigger_response_rates,
+                engage.current_exposures, engage.marked_rollups, engage.current_message_totals,
+                engage.current_touch_totals, engage.current_exposure_totals,
+                engage.message_responses, engage.trigger_response_rates,
                 engage.attributed_conversions, engage.trigger_revenue, engage.trigger_exposures,
                 engage.holdout_uplift, engage.variant_results, engage.trigger_latency, engage.trigger_roi,
                 engage.customer_predictions, engage.decisions, engage.triggers,
@@ -106,6 +109,9 @@ GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volu
     TO engage_analyst;
 GRANT EXECUTE ON FUNCTION engage.json_number(jsonb, text[]),
                           engage.message_facts_of(text[]), engage.touches_of(text[]), engage.exposures_of(text[]),
+                          engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
+                          engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
+                          engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]),
                           engage.trigger_volume_in(interval, timestamptz), engage.trigger_latency_in(timestamptz),
                           engage.purchase_summaries(text, date, interval),
                           engage.worker_status(), engage.rule_cache_loads(),
