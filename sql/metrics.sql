@@ -332,7 +332,7 @@ COMMENT ON TABLE engage.rollup_exposures IS 'Rollup of engage.exposures_of for c
 -- within 4.3% of that order statistic: the lower neighbour of the interpolated percentile_cont.
 
 CREATE FUNCTION engage.latency_bucket(seconds double precision) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT CASE WHEN pg_catalog.abs(seconds) OPERATOR(pg_catalog.<) 0.000001 THEN 0
                 ELSE (pg_catalog.sign(seconds)
                       OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.+) pg_catalog.ceil(
@@ -343,7 +343,7 @@ COMMENT ON FUNCTION engage.latency_bucket(double precision) IS
     'The latency histogram bucket of a duration in seconds: 0 for zero, else sign x (1 + ceil(8 log2(|microseconds|))), buckets of growth 2^(1/8) (sql/metrics.sql, "Running totals").';
 
 CREATE FUNCTION engage.latency_bucket_value(bucket integer) RETURNS double precision
-LANGUAGE sql IMMUTABLE STRICT AS $$
+LANGUAGE sql IMMUTABLE AS $$
     SELECT pg_catalog.sign(bucket)
            OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.*) pg_catalog.power(2::double precision,
                (pg_catalog.abs(bucket) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 8.0::double precision)

@@ -121,6 +121,51 @@ fn a_0_1_0_database_updates_to_the_catalog_of_a_fresh_install_and_keeps_its_data
     for (customer, name) in [("a", "order"), ("b", "order"), ("a", "order"), ("c", "signed_up")] {
         insert_event(&mut old, customer, name, json!({}));
     }
+    // A sent message with a response and a purchase, as a restore would write them, rolled up.
+    create_trigger(
+        &mut old,
+        "measured",
+        json!({"event": "browsed", "action": {"channel": "webhook"}, "goal": {"event": "purchase", "within": "1d"}}),
+    );
+    old.batch_execute(
+        "SET session_replication_role = replica;
+         INSERT INTO engage.events (customer_id, name, properties, occurred_at) VALUES
+             ('m', 'browsed', '{}', '2026-01-01 10:00+00'), ('m', 'purchase', '{}', '2026-01-01 11:00+00');
+         INSERT INTO engage.decisions (event_id, trigger_id, trigger_version, customer_id, occurred_at, decided_at, outcome)
+         SELECT e.id, t.id, 1, 'm', e.occurred_at, e.occurred_at, 'fired'
+           FROM engage.events e, engage.triggers t WHERE e.name = 'browsed' AND t.name = 'measured';
+         INSERT INTO engage.outbox (event_id, trigger_id, customer_id, channel, due_at, scheduled_at, status, sent_at, created_at)
+         SELECT event_id, trigger_id, 'm', 'webhook', occurred_at, occurred_at, 'sent', occurred_at + interval '2 s', decided_at
+           FROM engage.decisions WHERE customer_id = 'm';
+         INSERT INTO engage.messages (outbox_id, event_id, trigger_id, customer_id, channel, queued_at, sent_at, attempts, cost)
+         SELECT id, event_id, trigger_id, 'm', 'webhook', created_at, sent_at, 1, 0.25 FROM engage.outbox WHERE customer_id = 'm';
+         INSERT INTO engage.events (customer_id, name, properties, occurred_at)
+         SELECT 'm', 'message_opened', jsonb_build_object('message_id', 'msg_' || id), sent_at + interval '1 minute'
+           FROM engage.outbox WHERE customer_id = 'm';
+         SET session_replication_role = origin;
+         SELECT engage.rebuild_metrics();",
+    )
+    .unwrap();
+    let figures = |c: &mut Client| {
+        [
+            "SELECT string_agg(concat_ws('/', trigger, channel, sent, opened, open_rate), ' ') FROM engage.trigger_response_rates",
+            "SELECT string_agg(concat_ws('/', trigger, messages, recipients, cost, attributed_revenue), ' ') FROM engage.trigger_roi",
+            "SELECT string_agg(concat_ws('/', model, trigger, conversions), ' ' ORDER BY model) FROM engage.trigger_revenue",
+            "SELECT string_agg(concat_ws('/', trigger, channel, messages), ' ') FROM engage.trigger_latency_in('-infinity')",
+        ]
+        .map(|sql| c.query_one(sql, &[]).unwrap().get::<_, Option<String>>(0).unwrap_or_default())
+    };
+    let measured = figures(&mut old);
+    assert_eq!(
+        measured,
+        [
+            "measured/webhook/1/1/1.0000",
+            "measured/1/1/0.250000/0.000000",
+            "first_touch/measured/1 last_touch/measured/1 linear/measured/1",
+            "measured/webhook/1"
+        ],
+        "the metrics at 0.1.0"
+    );
     let facts = |c: &mut Client| {
         [
             "SELECT count(*) FROM engage.events",
@@ -133,7 +178,7 @@ fn a_0_1_0_database_updates_to_the_catalog_of_a_fresh_install_and_keeps_its_data
         .map(|sql| count(c, sql))
     };
     let before = facts(&mut old);
-    assert_eq!(before, [4, 3, 1, 4, 1, 2], "events, fired, capped, pending, profiles, triggers at 0.1.0");
+    assert_eq!(before, [7, 4, 1, 4, 1, 3], "events, fired, capped, pending, profiles, triggers at 0.1.0");
 
     old.batch_execute("ALTER EXTENSION pg_engage UPDATE").unwrap_or_else(|e| panic!("UPDATE: {}", error_text(&e)));
     let mut fresh = cluster.connect("fresh");
@@ -151,9 +196,11 @@ fn a_0_1_0_database_updates_to_the_catalog_of_a_fresh_install_and_keeps_its_data
     );
     assert_eq!(updated, installed);
 
-    // The data is all there, the insert path decides with it (the cap still counts a's order),
-    // and this release's calendar pass runs on the updated tables.
+    // The data is all there, the metrics read the same from the running totals the update built
+    // out of the rollups, the insert path decides with the data (the cap still counts a's
+    // order), and this release's calendar pass runs on the updated tables.
     assert_eq!(facts(&mut old), before);
+    assert_eq!(figures(&mut old), measured, "the metrics after the update");
     insert_event(&mut old, "a", "order", json!({}));
     assert_eq!(count(&mut old, "SELECT count(*) FROM engage.decisions WHERE reason = 'cap'"), 2);
     create_trigger(
@@ -181,6 +228,7 @@ fn a_0_1_0_database_updates_to_the_catalog_of_a_fresh_install_and_keeps_its_data
         requests.iter().map(|r| r.json()["customer_id"].as_str().unwrap_or("").to_string()).collect();
     sent.sort();
     assert_eq!(sent, ["a", "a", "b", "c"], "a's order, b's order, c's first step, a's birthday");
+    // (m's outbox row, sent in January, is past engage.keep_closed_messages: purged.)
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'sent'"), 4);
     assert_eq!(count(&mut c, "SELECT count(*) FROM engage.outbox WHERE status = 'pending'"), 1);
 }
