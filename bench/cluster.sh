@@ -15,7 +15,7 @@ rm -rf "$BENCH_DIR" && mkdir -p "$BENCH_DIR"
 [ "$(id -u)" -ne 0 ] || chown postgres: "$BENCH_DIR"
 as_pg "$PG_BIN/initdb" -D "$BENCH_DIR/data" -A trust -U postgres >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -l "$BENCH_DIR/server.log" -w \
-    -o "-p $BENCH_PORT -k $BENCH_DIR -c shared_buffers=2GB -c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB -c jit=off" start >/dev/null
+    -o "-p $BENCH_PORT -k $BENCH_DIR -c shared_buffers=2GB -c work_mem=256MB -c maintenance_work_mem=1GB -c max_wal_size=8GB -c jit=${BENCH_JIT:-off}" start >/dev/null
 trap 'as_pg "$PG_BIN/pg_ctl" -D "$BENCH_DIR/data" -m fast stop >/dev/null 2>&1 || true' EXIT
 psql=(as_pg "$PG_BIN/psql" -X -q -h "$BENCH_DIR" -p "$BENCH_PORT" -U postgres)
 "${psql[@]}" -c "CREATE DATABASE bench" >/dev/null

@@ -12,7 +12,7 @@
 # Usage, from the repository root:   bash bench/metrics.sh
 # Knobs: BENCH_EVENTS [10000000], BENCH_ROUNDS [3], BENCH_MARKED [1000], BENCH_PORT [55492],
 #        BENCH_DIR [/tmp/pg_engage_bench_metrics], PG_BIN [/usr/lib/postgresql/15/bin],
-#        BENCH_SKIP_INSTALL [0]
+#        BENCH_SKIP_INSTALL [0], BENCH_JIT [off: the server's jit setting]
 set -euo pipefail
 BENCH_EVENTS="${BENCH_EVENTS:-10000000}"
 BENCH_ROUNDS="${BENCH_ROUNDS:-3}"

@@ -9,12 +9,13 @@
 --     message_replied, message_bounced, message_complained, and unsubscribe.
 --     engage.ingest_provider_event turns provider webhooks into such events.
 --
--- Speed: the volume and fire-rate views count decisions directly, a bounded time range read
--- through BRIN indexes on the time columns (a few pages per million rows, almost free to maintain
--- on the insert path). Responses, attribution, exposures (uplift, experiments), latency and ROI
--- read per-customer rollups kept incrementally (see "Rollups" below).
+-- Speed: the volume and fire-rate views read hourly counts, with what was decided or sent since
+-- they were last advanced read through BRIN indexes on the time it was written (see "Volume
+-- counts" below). Responses, attribution, exposures (uplift, experiments), latency and ROI read
+-- per-customer rollups kept incrementally, and running totals over them (see "Rollups" and
+-- "Running totals" below).
 
-CREATE INDEX decisions_occurred_brin ON engage.decisions USING brin (occurred_at);
+CREATE INDEX decisions_decided_brin ON engage.decisions USING brin (decided_at);
 CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
 CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
     WHERE properties ? 'message_id';
@@ -45,6 +46,115 @@ COMMENT ON VIEW engage.trigger_goals IS
 
 -- 1. Volume over time -------------------------------------------------------------------------
 
+-- Volume counts. Per trigger and hour: decisions by event time (evaluated, each outcome, the
+-- suppression reasons shown) and messages by send time. They hold exactly the decisions decided
+-- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before; the views
+-- add what was written since, read through BRIN indexes on decided_at and sent_at.
+--
+-- Both columns are the writing transaction's start time (now()), so a row written with a time
+-- before a horizon comes from a transaction that started before it. engage.count_volume takes as
+-- its horizon the start of the oldest transaction still open in this database, less a minute (a
+-- backend stamps its statement a moment before its transaction shows in pg_stat_activity): every
+-- row before it is committed, or never will be, when the counting statement takes its snapshot.
+-- It does not advance in a transaction that is not READ COMMITTED (its snapshot would be older
+-- than the horizon), nor while a prepared transaction waits (its start is unknown). Writes that
+-- set these columns themselves (a restore, a bulk load) need engage.rebuild_metrics(); decisions
+-- that retention later deletes stay counted.
+CREATE TABLE engage.volume_counts (
+    hour timestamptz NOT NULL, trigger_id integer NOT NULL,
+    evaluated bigint NOT NULL, fired bigint NOT NULL, held_out bigint NOT NULL, suppressed bigint NOT NULL,
+    cap bigint NOT NULL, conflict bigint NOT NULL, frequency bigint NOT NULL, consent bigint NOT NULL,
+    suppression bigint NOT NULL, sent bigint NOT NULL,
+    PRIMARY KEY (hour, trigger_id)
+);
+COMMENT ON TABLE engage.volume_counts IS
+    'Per hour and trigger: decisions by event time (evaluated, fired, held out, suppressed, and suppressed for cap, conflict, frequency, consent, suppression) and messages by send time, for everything decided or sent before engage.volume_counted.before.';
+
+CREATE TABLE engage.volume_counted (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    before timestamptz NOT NULL
+);
+INSERT INTO engage.volume_counted (before) VALUES ('-infinity');
+COMMENT ON TABLE engage.volume_counted IS
+    'One row: engage.volume_counts holds the decisions with decided_at and the messages with sent_at before this time, and nothing else.';
+
+-- What a set of decisions and a set of messages add to the hourly counts.
+CREATE FUNCTION engage.volume_of(decided_since timestamptz, decided_before timestamptz, since timestamptz)
+RETURNS TABLE (
+    hour timestamptz, trigger_id integer,
+    evaluated bigint, fired bigint, held_out bigint, suppressed bigint,
+    cap bigint, conflict bigint, frequency bigint, consent bigint, suppression bigint, sent bigint
+)
+LANGUAGE sql STABLE AS $$
+    SELECT x.hour, x.trigger_id, sum(x.evaluated)::bigint, sum(x.fired)::bigint, sum(x.held_out)::bigint,
+           sum(x.suppressed)::bigint, sum(x.cap)::bigint, sum(x.conflict)::bigint, sum(x.frequency)::bigint,
+           sum(x.consent)::bigint, sum(x.suppression)::bigint, sum(x.sent)::bigint
+      FROM (SELECT date_bin('1 hour', d.occurred_at, timestamptz '2000-01-01 00:00+00') AS hour, d.trigger_id,
+                   count(*) AS evaluated,
+                   count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
+                   count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
+                   count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
+                   count(*) FILTER (WHERE d.reason = 'cap') AS cap,
+                   count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
+                   count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
+                   count(*) FILTER (WHERE d.reason = 'consent') AS consent,
+                   count(*) FILTER (WHERE d.reason = 'suppression') AS suppression,
+                   0 AS sent
+              FROM engage.decisions d
+             WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+             GROUP BY 1, 2
+            UNION ALL
+            SELECT date_bin('1 hour', m.sent_at, timestamptz '2000-01-01 00:00+00'), m.trigger_id,
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+              FROM engage.messages m
+             WHERE m.sent_at >= greatest(decided_since, since) AND m.sent_at < decided_before
+             GROUP BY 1, 2) x
+     GROUP BY x.hour, x.trigger_id
+$$;
+COMMENT ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) IS
+    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, and the messages sent in [greatest(decided_since, since), decided_before).';
+
+CREATE FUNCTION engage.count_volume() RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    horizon timestamptz;
+    counted timestamptz;
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute' INTO horizon
+      FROM pg_catalog.pg_stat_activity a
+     WHERE a.datname = pg_catalog.current_database();
+    SELECT c.before INTO counted FROM engage.volume_counted c FOR UPDATE;
+    IF horizon <= counted THEN
+        RETURN counted;
+    END IF;
+    -- A new snapshot, taken after the horizon was read.
+    INSERT INTO engage.volume_counts AS t SELECT * FROM engage.volume_of(counted, horizon, '-infinity')
+    ON CONFLICT (hour, trigger_id) DO UPDATE
+       SET evaluated = t.evaluated + excluded.evaluated, fired = t.fired + excluded.fired,
+           held_out = t.held_out + excluded.held_out, suppressed = t.suppressed + excluded.suppressed,
+           cap = t.cap + excluded.cap, conflict = t.conflict + excluded.conflict,
+           frequency = t.frequency + excluded.frequency, consent = t.consent + excluded.consent,
+           suppression = t.suppression + excluded.suppression, sent = t.sent + excluded.sent;
+    UPDATE engage.volume_counted SET before = horizon;
+    RETURN horizon;
+END
+$$;
+COMMENT ON FUNCTION engage.count_volume() IS
+    'Adds to engage.volume_counts what was decided and sent since engage.volume_counted.before, up to the start of the oldest open transaction less a minute, and returns the new horizon (NULL when it cannot advance: not READ COMMITTED, or a prepared transaction waits). engage.refresh_metrics calls it.';
+
+-- The hourly counts since a time, exact: the counts, and what was decided or sent after them.
+CREATE VIEW engage.current_volume_counts AS
+SELECT c.* FROM engage.volume_counts c
+UNION ALL
+SELECT v.* FROM engage.volume_of((SELECT u.before FROM engage.volume_counted u), 'infinity', '-infinity') v;
+COMMENT ON VIEW engage.current_volume_counts IS
+    'Per hour and trigger, decisions by event time and messages by send time, exact: engage.volume_counts (several rows per hour and trigger may appear; sum them).';
+
 CREATE FUNCTION engage.trigger_volume_in(bucket interval, since timestamptz)
 RETURNS TABLE (
     trigger text, trigger_id integer, bucket_start timestamptz,
@@ -54,30 +164,31 @@ RETURNS TABLE (
     sent bigint, failed bigint,
     baseline_median double precision, robust_z double precision, anomaly boolean
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE
+-- A few thousand rows: compiling them (JIT, about a second) would cost more than reading them.
+SET jit = off AS $$
+BEGIN
+    IF bucket IS NULL OR bucket < interval '1 hour' OR pg_catalog.date_part('epoch', bucket)::numeric % 3600 <> 0 THEN
+        RAISE EXCEPTION 'bucket must be a whole number of hours, got %', bucket
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'volume is counted per hour: use 1 hour, 6 hours, 1 day';
+    END IF;
+    RETURN QUERY
     WITH origin AS (
         -- Seven earlier periods (days) of baseline are read before `since`.
         SELECT date_bin(bucket, since - interval '7 days', timestamptz '2000-01-01') AS first_bucket,
                date_bin(bucket, now(), timestamptz '2000-01-01') AS last_bucket,
                (extract(epoch FROM interval '1 day') / extract(epoch FROM bucket))::integer AS per_day
+    ), counted AS (
+        SELECT c.* FROM engage.volume_counts c, origin WHERE c.hour >= origin.first_bucket
+        UNION ALL
+        SELECT v.* FROM origin, engage.volume_of((SELECT u.before FROM engage.volume_counted u), 'infinity', origin.first_bucket) v
     ), decided AS (
-        SELECT d.trigger_id, date_bin(bucket, d.occurred_at, timestamptz '2000-01-01') AS b,
-               count(*) AS evaluated,
-               count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
-               count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
-               count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
-               count(*) FILTER (WHERE d.reason = 'cap') AS cap,
-               count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
-               count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
-               count(*) FILTER (WHERE d.reason = 'consent') AS consent,
-               count(*) FILTER (WHERE d.reason = 'suppression') AS suppression
-          FROM engage.decisions d, origin
-         WHERE d.occurred_at >= origin.first_bucket
-         GROUP BY 1, 2
-    ), sent AS (
-        SELECT m.trigger_id, date_bin(bucket, m.sent_at, timestamptz '2000-01-01') AS b, count(*) AS sent
-          FROM engage.messages m, origin
-         WHERE m.sent_at >= origin.first_bucket
+        SELECT c.trigger_id, date_bin(bucket, c.hour, timestamptz '2000-01-01') AS b,
+               sum(c.evaluated) AS evaluated, sum(c.fired) AS fired, sum(c.held_out) AS held_out,
+               sum(c.suppressed) AS suppressed, sum(c.cap) AS cap, sum(c.conflict) AS conflict,
+               sum(c.frequency) AS frequency, sum(c.consent) AS consent, sum(c.suppression) AS suppression,
+               sum(c.sent) AS sent
+          FROM counted c
          GROUP BY 1, 2
     ), failed AS (
         SELECT o.trigger_id, date_bin(bucket, o.due_at, timestamptz '2000-01-01') AS b, count(*) AS failed
@@ -89,21 +200,20 @@ LANGUAGE sql STABLE AS $$
         -- history), zeros included: a tracker that stops is a drop to zero.
         SELECT t.id AS trigger_id, t.name, g.b
           FROM engage.triggers t, origin,
-               LATERAL (SELECT min(d.b) AS b FROM decided d WHERE d.trigger_id = t.id) first_decided,
+               LATERAL (SELECT min(d.b) AS b FROM decided d WHERE d.trigger_id = t.id AND d.evaluated > 0) first_decided,
                generate_series(greatest(origin.first_bucket,
                                         least(date_bin(bucket, t.created_at, timestamptz '2000-01-01'), first_decided.b)),
                                origin.last_bucket, bucket) AS g(b)
     ), filled AS (
         SELECT g.name, g.trigger_id, g.b,
-               coalesce(d.evaluated, 0) AS evaluated, coalesce(d.fired, 0) AS fired,
-               coalesce(d.held_out, 0) AS held_out, coalesce(d.suppressed, 0) AS suppressed,
-               coalesce(d.cap, 0) AS cap, coalesce(d.conflict, 0) AS conflict,
-               coalesce(d.frequency, 0) AS frequency, coalesce(d.consent, 0) AS consent,
-               coalesce(d.suppression, 0) AS suppression,
-               coalesce(s.sent, 0) AS sent, coalesce(f.failed, 0) AS failed
+               coalesce(d.evaluated, 0)::bigint AS evaluated, coalesce(d.fired, 0)::bigint AS fired,
+               coalesce(d.held_out, 0)::bigint AS held_out, coalesce(d.suppressed, 0)::bigint AS suppressed,
+               coalesce(d.cap, 0)::bigint AS cap, coalesce(d.conflict, 0)::bigint AS conflict,
+               coalesce(d.frequency, 0)::bigint AS frequency, coalesce(d.consent, 0)::bigint AS consent,
+               coalesce(d.suppression, 0)::bigint AS suppression,
+               coalesce(d.sent, 0)::bigint AS sent, coalesce(f.failed, 0) AS failed
           FROM grid g
           LEFT JOIN decided d ON d.trigger_id = g.trigger_id AND d.b = g.b
-          LEFT JOIN sent s ON s.trigger_id = g.trigger_id AND s.b = g.b
           LEFT JOIN failed f ON f.trigger_id = g.trigger_id AND f.b = g.b
     ), with_baseline AS (
         -- The same bucket on each of the seven previous days (the grid is dense, so a lag).
@@ -133,10 +243,11 @@ LANGUAGE sql STABLE AS $$
                                           FROM unnest(b.baseline) AS v), 1.0) AS z
             FROM (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS median FROM unnest(b.baseline) AS v) m
       ) stats ON cardinality(b.baseline) > 0
-     WHERE b.b >= date_bin(bucket, since, timestamptz '2000-01-01')
+     WHERE b.b >= date_bin(bucket, since, timestamptz '2000-01-01');
+END
 $$;
 COMMENT ON FUNCTION engage.trigger_volume_in(interval, timestamptz) IS
-    'Per trigger and time bucket since a time: events evaluated (by event time), fired, held out, suppressed by reason, sent (by send time), failed; and an anomaly flag: a robust z-score of evaluated against the same bucket on the seven previous days (complete buckets only).';
+    'Per trigger and time bucket (a whole number of hours) since a time: events evaluated (by event time), fired, held out, suppressed by reason, sent (by send time), failed; and an anomaly flag: a robust z-score of evaluated against the same bucket on the seven previous days (complete buckets only). Reads the hourly volume counts.';
 
 CREATE VIEW engage.trigger_volume AS
 SELECT * FROM engage.trigger_volume_in(interval '1 hour', now() - interval '14 days');
@@ -151,25 +262,33 @@ COMMENT ON VIEW engage.trigger_volume_daily IS
 -- 2. Fire rate --------------------------------------------------------------------------------
 
 CREATE VIEW engage.trigger_fire_rate AS
+WITH counts AS (
+    SELECT c.trigger_id, sum(c.evaluated)::bigint AS matched, sum(c.fired)::bigint AS fired,
+           sum(c.held_out)::bigint AS held_out, sum(c.suppressed)::bigint AS suppressed,
+           sum(c.cap) AS cap, sum(c.conflict) AS conflict, sum(c.frequency) AS frequency,
+           sum(c.consent) AS consent, sum(c.suppression) AS suppression
+      FROM engage.current_volume_counts c
+     GROUP BY c.trigger_id
+)
 SELECT t.name AS trigger,
-       d.trigger_id,
-       count(*) AS matched,
-       count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
-       count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
-       count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
-       round(count(*) FILTER (WHERE d.outcome = 'fired') / count(*)::numeric, 4) AS fire_rate,
+       c.trigger_id,
+       c.matched,
+       c.fired,
+       c.held_out,
+       c.suppressed,
+       round(c.fired / c.matched::numeric, 4) AS fire_rate,
        jsonb_strip_nulls(jsonb_build_object(
-           'cap', round(count(*) FILTER (WHERE d.reason = 'cap') / count(*)::numeric, 4),
-           'conflict', round(count(*) FILTER (WHERE d.reason = 'conflict') / count(*)::numeric, 4),
-           'frequency', round(count(*) FILTER (WHERE d.reason = 'frequency') / count(*)::numeric, 4),
-           'consent', round(count(*) FILTER (WHERE d.reason = 'consent') / count(*)::numeric, 4),
-           'suppression', round(count(*) FILTER (WHERE d.reason = 'suppression') / count(*)::numeric, 4)
+           'cap', round(c.cap / c.matched::numeric, 4),
+           'conflict', round(c.conflict / c.matched::numeric, 4),
+           'frequency', round(c.frequency / c.matched::numeric, 4),
+           'consent', round(c.consent / c.matched::numeric, 4),
+           'suppression', round(c.suppression / c.matched::numeric, 4)
        )) AS suppression_mix
-  FROM engage.decisions d
-  JOIN engage.triggers t ON t.id = d.trigger_id
- GROUP BY t.name, d.trigger_id;
+  FROM counts c
+  JOIN engage.triggers t ON t.id = c.trigger_id
+ WHERE c.matched > 0;
 COMMENT ON VIEW engage.trigger_fire_rate IS
-    'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason.';
+    'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason. Reads the hourly volume counts.';
 
 -- Rollups ---------------------------------------------------------------------------------------
 --
@@ -546,6 +665,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
+    PERFORM engage.count_volume();
     -- Marks committed after this statement's snapshot are not removed: their customers stay
     -- marked, and the next refresh takes them (the statements below see at least this much).
     WITH chosen AS (
@@ -595,7 +715,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
-    'Recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
+    'Advances the volume counts (engage.count_volume), recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
 
 CREATE FUNCTION engage.rebuild_metrics() RETURNS bigint
 LANGUAGE plpgsql AS $$
@@ -608,7 +728,9 @@ BEGIN
     INSERT INTO engage.metrics_dirty (customer_id)
     SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
     TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
-             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms;
+             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms,
+             engage.volume_counts;
+    UPDATE engage.volume_counted SET before = '-infinity';
     ANALYZE engage.metrics_dirty;
     LOOP
         step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
@@ -619,7 +741,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION engage.rebuild_metrics() IS
-    'Recomputes every metrics rollup, running total and latency histogram from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
+    'Recomputes every metrics rollup, running total, latency histogram and volume count from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
 
 -- A trigger's goal changes who converted for it: mark everyone it decided for.
 CREATE FUNCTION engage.mark_goal_change() RETURNS trigger
@@ -894,7 +1016,9 @@ RETURNS TABLE (
     occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
     due_to_sent_s double precision[], occurred_to_sent_s double precision[]
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+-- A few thousand histogram rows: compiling them (JIT) would cost more than reading them.
+SET jit = off AS $$
     WITH whole_days AS (
         -- The histograms hold whole UTC days; the part of a day before the first whole one is
         -- counted from the rollup rows.

@@ -1175,7 +1175,9 @@ RETURNS TABLE (
     occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
     due_to_sent_s double precision[], occurred_to_sent_s double precision[]
 )
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE
+-- A few thousand histogram rows: compiling them (JIT) would cost more than reading them.
+SET jit = off AS $$
     WITH whole_days AS (
         -- The histograms hold whole UTC days; the part of a day before the first whole one is
         -- counted from the rollup rows.
@@ -1285,3 +1287,348 @@ GRANT EXECUTE ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], 
                           engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
                           engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[])
     TO engage_analyst;
+
+-- Volume counts (issue 19; sql/metrics.sql, "Volume counts"): the volume and fire-rate views read
+-- hourly counts and what was written since, through a BRIN index on decided_at instead of one on
+-- occurred_at. The counts start empty and at '-infinity': the first refresh counts the history.
+DROP INDEX engage.decisions_occurred_brin;
+CREATE INDEX decisions_decided_brin ON engage.decisions USING brin (decided_at);
+-- Volume counts. Per trigger and hour: decisions by event time (evaluated, each outcome, the
+-- suppression reasons shown) and messages by send time. They hold exactly the decisions decided
+-- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before; the views
+-- add what was written since, read through BRIN indexes on decided_at and sent_at.
+--
+-- Both columns are the writing transaction's start time (now()), so a row written with a time
+-- before a horizon comes from a transaction that started before it. engage.count_volume takes as
+-- its horizon the start of the oldest transaction still open in this database, less a minute (a
+-- backend stamps its statement a moment before its transaction shows in pg_stat_activity): every
+-- row before it is committed, or never will be, when the counting statement takes its snapshot.
+-- It does not advance in a transaction that is not READ COMMITTED (its snapshot would be older
+-- than the horizon), nor while a prepared transaction waits (its start is unknown). Writes that
+-- set these columns themselves (a restore, a bulk load) need engage.rebuild_metrics(); decisions
+-- that retention later deletes stay counted.
+CREATE TABLE engage.volume_counts (
+    hour timestamptz NOT NULL, trigger_id integer NOT NULL,
+    evaluated bigint NOT NULL, fired bigint NOT NULL, held_out bigint NOT NULL, suppressed bigint NOT NULL,
+    cap bigint NOT NULL, conflict bigint NOT NULL, frequency bigint NOT NULL, consent bigint NOT NULL,
+    suppression bigint NOT NULL, sent bigint NOT NULL,
+    PRIMARY KEY (hour, trigger_id)
+);
+COMMENT ON TABLE engage.volume_counts IS
+    'Per hour and trigger: decisions by event time (evaluated, fired, held out, suppressed, and suppressed for cap, conflict, frequency, consent, suppression) and messages by send time, for everything decided or sent before engage.volume_counted.before.';
+
+CREATE TABLE engage.volume_counted (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    before timestamptz NOT NULL
+);
+INSERT INTO engage.volume_counted (before) VALUES ('-infinity');
+COMMENT ON TABLE engage.volume_counted IS
+    'One row: engage.volume_counts holds the decisions with decided_at and the messages with sent_at before this time, and nothing else.';
+
+-- What a set of decisions and a set of messages add to the hourly counts.
+CREATE FUNCTION engage.volume_of(decided_since timestamptz, decided_before timestamptz, since timestamptz)
+RETURNS TABLE (
+    hour timestamptz, trigger_id integer,
+    evaluated bigint, fired bigint, held_out bigint, suppressed bigint,
+    cap bigint, conflict bigint, frequency bigint, consent bigint, suppression bigint, sent bigint
+)
+LANGUAGE sql STABLE AS $$
+    SELECT x.hour, x.trigger_id, sum(x.evaluated)::bigint, sum(x.fired)::bigint, sum(x.held_out)::bigint,
+           sum(x.suppressed)::bigint, sum(x.cap)::bigint, sum(x.conflict)::bigint, sum(x.frequency)::bigint,
+           sum(x.consent)::bigint, sum(x.suppression)::bigint, sum(x.sent)::bigint
+      FROM (SELECT date_bin('1 hour', d.occurred_at, timestamptz '2000-01-01 00:00+00') AS hour, d.trigger_id,
+                   count(*) AS evaluated,
+                   count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
+                   count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
+                   count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
+                   count(*) FILTER (WHERE d.reason = 'cap') AS cap,
+                   count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
+                   count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
+                   count(*) FILTER (WHERE d.reason = 'consent') AS consent,
+                   count(*) FILTER (WHERE d.reason = 'suppression') AS suppression,
+                   0 AS sent
+              FROM engage.decisions d
+             WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+             GROUP BY 1, 2
+            UNION ALL
+            SELECT date_bin('1 hour', m.sent_at, timestamptz '2000-01-01 00:00+00'), m.trigger_id,
+                   0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+              FROM engage.messages m
+             WHERE m.sent_at >= greatest(decided_since, since) AND m.sent_at < decided_before
+             GROUP BY 1, 2) x
+     GROUP BY x.hour, x.trigger_id
+$$;
+COMMENT ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) IS
+    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, and the messages sent in [greatest(decided_since, since), decided_before).';
+
+CREATE FUNCTION engage.count_volume() RETURNS timestamptz
+LANGUAGE plpgsql AS $$
+DECLARE
+    horizon timestamptz;
+    counted timestamptz;
+BEGIN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed'
+       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+        RETURN NULL;
+    END IF;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute' INTO horizon
+      FROM pg_catalog.pg_stat_activity a
+     WHERE a.datname = pg_catalog.current_database();
+    SELECT c.before INTO counted FROM engage.volume_counted c FOR UPDATE;
+    IF horizon <= counted THEN
+        RETURN counted;
+    END IF;
+    -- A new snapshot, taken after the horizon was read.
+    INSERT INTO engage.volume_counts AS t SELECT * FROM engage.volume_of(counted, horizon, '-infinity')
+    ON CONFLICT (hour, trigger_id) DO UPDATE
+       SET evaluated = t.evaluated + excluded.evaluated, fired = t.fired + excluded.fired,
+           held_out = t.held_out + excluded.held_out, suppressed = t.suppressed + excluded.suppressed,
+           cap = t.cap + excluded.cap, conflict = t.conflict + excluded.conflict,
+           frequency = t.frequency + excluded.frequency, consent = t.consent + excluded.consent,
+           suppression = t.suppression + excluded.suppression, sent = t.sent + excluded.sent;
+    UPDATE engage.volume_counted SET before = horizon;
+    RETURN horizon;
+END
+$$;
+COMMENT ON FUNCTION engage.count_volume() IS
+    'Adds to engage.volume_counts what was decided and sent since engage.volume_counted.before, up to the start of the oldest open transaction less a minute, and returns the new horizon (NULL when it cannot advance: not READ COMMITTED, or a prepared transaction waits). engage.refresh_metrics calls it.';
+
+-- The hourly counts since a time, exact: the counts, and what was decided or sent after them.
+CREATE VIEW engage.current_volume_counts AS
+SELECT c.* FROM engage.volume_counts c
+UNION ALL
+SELECT v.* FROM engage.volume_of((SELECT u.before FROM engage.volume_counted u), 'infinity', '-infinity') v;
+COMMENT ON VIEW engage.current_volume_counts IS
+    'Per hour and trigger, decisions by event time and messages by send time, exact: engage.volume_counts (several rows per hour and trigger may appear; sum them).';
+
+CREATE OR REPLACE FUNCTION engage.trigger_volume_in(bucket interval, since timestamptz)
+RETURNS TABLE (
+    trigger text, trigger_id integer, bucket_start timestamptz,
+    evaluated bigint, fired bigint, held_out bigint, suppressed bigint,
+    suppressed_cap bigint, suppressed_conflict bigint, suppressed_frequency bigint,
+    suppressed_consent bigint, suppressed_suppression bigint,
+    sent bigint, failed bigint,
+    baseline_median double precision, robust_z double precision, anomaly boolean
+)
+LANGUAGE plpgsql STABLE
+-- A few thousand rows: compiling them (JIT, about a second) would cost more than reading them.
+SET jit = off AS $$
+BEGIN
+    IF bucket IS NULL OR bucket < interval '1 hour' OR pg_catalog.date_part('epoch', bucket)::numeric % 3600 <> 0 THEN
+        RAISE EXCEPTION 'bucket must be a whole number of hours, got %', bucket
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'volume is counted per hour: use 1 hour, 6 hours, 1 day';
+    END IF;
+    RETURN QUERY
+    WITH origin AS (
+        -- Seven earlier periods (days) of baseline are read before `since`.
+        SELECT date_bin(bucket, since - interval '7 days', timestamptz '2000-01-01') AS first_bucket,
+               date_bin(bucket, now(), timestamptz '2000-01-01') AS last_bucket,
+               (extract(epoch FROM interval '1 day') / extract(epoch FROM bucket))::integer AS per_day
+    ), counted AS (
+        SELECT c.* FROM engage.volume_counts c, origin WHERE c.hour >= origin.first_bucket
+        UNION ALL
+        SELECT v.* FROM origin, engage.volume_of((SELECT u.before FROM engage.volume_counted u), 'infinity', origin.first_bucket) v
+    ), decided AS (
+        SELECT c.trigger_id, date_bin(bucket, c.hour, timestamptz '2000-01-01') AS b,
+               sum(c.evaluated) AS evaluated, sum(c.fired) AS fired, sum(c.held_out) AS held_out,
+               sum(c.suppressed) AS suppressed, sum(c.cap) AS cap, sum(c.conflict) AS conflict,
+               sum(c.frequency) AS frequency, sum(c.consent) AS consent, sum(c.suppression) AS suppression,
+               sum(c.sent) AS sent
+          FROM counted c
+         GROUP BY 1, 2
+    ), failed AS (
+        SELECT o.trigger_id, date_bin(bucket, o.due_at, timestamptz '2000-01-01') AS b, count(*) AS failed
+          FROM engage.outbox o, origin
+         WHERE o.status = 'dead' AND o.due_at >= origin.first_bucket
+         GROUP BY 1, 2
+    ), grid AS (
+        -- Every bucket of every trigger since it was created (or first decided, for a replayed
+        -- history), zeros included: a tracker that stops is a drop to zero.
+        SELECT t.id AS trigger_id, t.name, g.b
+          FROM engage.triggers t, origin,
+               LATERAL (SELECT min(d.b) AS b FROM decided d WHERE d.trigger_id = t.id AND d.evaluated > 0) first_decided,
+               generate_series(greatest(origin.first_bucket,
+                                        least(date_bin(bucket, t.created_at, timestamptz '2000-01-01'), first_decided.b)),
+                               origin.last_bucket, bucket) AS g(b)
+    ), filled AS (
+        SELECT g.name, g.trigger_id, g.b,
+               coalesce(d.evaluated, 0)::bigint AS evaluated, coalesce(d.fired, 0)::bigint AS fired,
+               coalesce(d.held_out, 0)::bigint AS held_out, coalesce(d.suppressed, 0)::bigint AS suppressed,
+               coalesce(d.cap, 0)::bigint AS cap, coalesce(d.conflict, 0)::bigint AS conflict,
+               coalesce(d.frequency, 0)::bigint AS frequency, coalesce(d.consent, 0)::bigint AS consent,
+               coalesce(d.suppression, 0)::bigint AS suppression,
+               coalesce(d.sent, 0)::bigint AS sent, coalesce(f.failed, 0) AS failed
+          FROM grid g
+          LEFT JOIN decided d ON d.trigger_id = g.trigger_id AND d.b = g.b
+          LEFT JOIN failed f ON f.trigger_id = g.trigger_id AND f.b = g.b
+    ), with_baseline AS (
+        -- The same bucket on each of the seven previous days (the grid is dense, so a lag).
+        SELECT x.*,
+               array_remove(ARRAY[
+                   lag(x.evaluated, 1 * o.per_day) OVER w, lag(x.evaluated, 2 * o.per_day) OVER w,
+                   lag(x.evaluated, 3 * o.per_day) OVER w, lag(x.evaluated, 4 * o.per_day) OVER w,
+                   lag(x.evaluated, 5 * o.per_day) OVER w, lag(x.evaluated, 6 * o.per_day) OVER w,
+                   lag(x.evaluated, 7 * o.per_day) OVER w], NULL) AS baseline
+          FROM filled x, origin o
+        WINDOW w AS (PARTITION BY x.trigger_id ORDER BY x.b)
+    )
+    SELECT b.name, b.trigger_id, b.b,
+           b.evaluated, b.fired, b.held_out, b.suppressed,
+           b.cap, b.conflict, b.frequency, b.consent, b.suppression,
+           b.sent, b.failed,
+           stats.median,
+           stats.z,
+           -- A complete bucket, at least three days of baseline, and more than 3.5 robust
+           -- standard deviations away (the bucket in progress is shown but never flagged).
+           coalesce(b.b + bucket <= now() AND cardinality(b.baseline) >= 3 AND abs(stats.z) > 3.5, false)
+      FROM with_baseline b
+      LEFT JOIN LATERAL (
+          SELECT m.median,
+                 (b.evaluated - m.median)
+                   / greatest(1.4826 * (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY abs(v - m.median))
+                                          FROM unnest(b.baseline) AS v), 1.0) AS z
+            FROM (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v) AS median FROM unnest(b.baseline) AS v) m
+      ) stats ON cardinality(b.baseline) > 0
+     WHERE b.b >= date_bin(bucket, since, timestamptz '2000-01-01');
+END
+$$;
+COMMENT ON FUNCTION engage.trigger_volume_in(interval, timestamptz) IS
+    'Per trigger and time bucket (a whole number of hours) since a time: events evaluated (by event time), fired, held out, suppressed by reason, sent (by send time), failed; and an anomaly flag: a robust z-score of evaluated against the same bucket on the seven previous days (complete buckets only). Reads the hourly volume counts.';
+
+CREATE OR REPLACE VIEW engage.trigger_fire_rate AS
+WITH counts AS (
+    SELECT c.trigger_id, sum(c.evaluated)::bigint AS matched, sum(c.fired)::bigint AS fired,
+           sum(c.held_out)::bigint AS held_out, sum(c.suppressed)::bigint AS suppressed,
+           sum(c.cap) AS cap, sum(c.conflict) AS conflict, sum(c.frequency) AS frequency,
+           sum(c.consent) AS consent, sum(c.suppression) AS suppression
+      FROM engage.current_volume_counts c
+     GROUP BY c.trigger_id
+)
+SELECT t.name AS trigger,
+       c.trigger_id,
+       c.matched,
+       c.fired,
+       c.held_out,
+       c.suppressed,
+       round(c.fired / c.matched::numeric, 4) AS fire_rate,
+       jsonb_strip_nulls(jsonb_build_object(
+           'cap', round(c.cap / c.matched::numeric, 4),
+           'conflict', round(c.conflict / c.matched::numeric, 4),
+           'frequency', round(c.frequency / c.matched::numeric, 4),
+           'consent', round(c.consent / c.matched::numeric, 4),
+           'suppression', round(c.suppression / c.matched::numeric, 4)
+       )) AS suppression_mix
+  FROM counts c
+  JOIN engage.triggers t ON t.id = c.trigger_id
+ WHERE c.matched > 0;
+COMMENT ON VIEW engage.trigger_fire_rate IS
+    'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason. Reads the hourly volume counts.';
+
+CREATE OR REPLACE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    picked text[];
+    stale_messages engage.rollup_messages[];
+    messages engage.rollup_messages[];
+    stale_touches engage.rollup_touches[];
+    touches engage.rollup_touches[];
+    stale_exposures engage.rollup_exposures[];
+    exposures engage.rollup_exposures[];
+BEGIN
+    -- One refresh at a time; a second caller finds the work taken and returns at once.
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    PERFORM engage.count_volume();
+    -- Marks committed after this statement's snapshot are not removed: their customers stay
+    -- marked, and the next refresh takes them (the statements below see at least this much).
+    WITH chosen AS (
+        SELECT DISTINCT customer_id FROM engage.metrics_dirty ORDER BY customer_id LIMIT batch
+    ), removed AS (
+        DELETE FROM engage.metrics_dirty d USING chosen c WHERE d.customer_id = c.customer_id
+        RETURNING d.customer_id
+    )
+    SELECT array_agg(DISTINCT customer_id) INTO picked FROM removed;
+    IF picked IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- The customers' rollup rows, replaced; the totals and histograms, moved by the difference.
+    WITH gone AS (DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_messages), '{}') INTO stale_messages FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO messages FROM came;
+    WITH gone AS (DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO touches FROM came;
+    WITH gone AS (DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
+    WITH came AS (INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked) RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO exposures FROM came;
+
+    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, messages)
+    ON CONFLICT (trigger_id, channel) DO UPDATE
+       SET messages = t.messages + excluded.messages, recipients = t.recipients + excluded.recipients,
+           cost = t.cost + excluded.cost,
+           delivered = t.delivered + excluded.delivered, opened = t.opened + excluded.opened,
+           clicked = t.clicked + excluded.clicked, replied = t.replied + excluded.replied,
+           unsubscribed = t.unsubscribed + excluded.unsubscribed;
+    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, touches)
+    ON CONFLICT (trigger_id) DO UPDATE
+       SET last_touches = t.last_touches + excluded.last_touches, last_revenue = t.last_revenue + excluded.last_revenue,
+           first_touches = t.first_touches + excluded.first_touches, first_revenue = t.first_revenue + excluded.first_revenue,
+           trigger_touches = t.trigger_touches + excluded.trigger_touches,
+           linear_credit = t.linear_credit + excluded.linear_credit, linear_revenue = t.linear_revenue + excluded.linear_revenue;
+    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, exposures)
+    ON CONFLICT (trigger_id, control, variant) DO UPDATE
+       SET customers = t.customers + excluded.customers, converted = t.converted + excluded.converted,
+           revenue = t.revenue + excluded.revenue, revenue_squared = t.revenue_squared + excluded.revenue_squared;
+    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, messages)
+    ON CONFLICT (sent_day, trigger_id, channel, measure, bucket) DO UPDATE SET messages = t.messages + excluded.messages;
+    RETURN cardinality(picked);
+END
+$$;
+COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
+    'Advances the volume counts (engage.count_volume), recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
+
+CREATE OR REPLACE FUNCTION engage.rebuild_metrics() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    done bigint := 0;
+    step integer;
+BEGIN
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
+    -- Mark every customer with a message or a decision, then refresh them in batches.
+    INSERT INTO engage.metrics_dirty (customer_id)
+    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
+    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
+             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms,
+             engage.volume_counts;
+    UPDATE engage.volume_counted SET before = '-infinity';
+    ANALYZE engage.metrics_dirty;
+    LOOP
+        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
+        EXIT WHEN step = 0;
+        done := done + step;
+    END LOOP;
+    RETURN done;
+END
+$$;
+COMMENT ON FUNCTION engage.rebuild_metrics() IS
+    'Recomputes every metrics rollup, running total, latency histogram and volume count from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
+
+
+ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.count_volume() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.refresh_metrics(integer) SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
+ALTER FUNCTION engage.rebuild_metrics() SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz), engage.count_volume() FROM PUBLIC;
+GRANT SELECT ON engage.current_volume_counts TO engage_analyst;
+GRANT EXECUTE ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) TO engage_analyst;

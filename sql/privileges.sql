@@ -72,6 +72,7 @@ ALTER FUNCTION engage.suppress(bigint, bigint, text, text) SECURITY DEFINER;
 ALTER FUNCTION engage.message_facts_of(text[]) SECURITY DEFINER;
 ALTER FUNCTION engage.touches_of(text[]) SECURITY DEFINER;
 ALTER FUNCTION engage.exposures_of(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.purchase_summaries(text, date, interval) SECURITY DEFINER;
@@ -100,7 +101,7 @@ GRANT EXECUTE ON FUNCTION engage.track(text, text, jsonb, timestamptz, text), en
 GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volume_daily,
                 engage.trigger_fire_rate, engage.current_messages, engage.current_touches,
                 engage.current_exposures, engage.marked_rollups, engage.current_message_totals,
-                engage.current_touch_totals, engage.current_exposure_totals,
+                engage.current_touch_totals, engage.current_exposure_totals, engage.current_volume_counts,
                 engage.message_responses, engage.trigger_response_rates,
                 engage.attributed_conversions, engage.trigger_revenue, engage.trigger_exposures,
                 engage.holdout_uplift, engage.variant_results, engage.trigger_latency, engage.trigger_roi,
@@ -109,6 +110,7 @@ GRANT SELECT ON engage.trigger_goals, engage.trigger_volume, engage.trigger_volu
     TO engage_analyst;
 GRANT EXECUTE ON FUNCTION engage.json_number(jsonb, text[]),
                           engage.message_facts_of(text[]), engage.touches_of(text[]), engage.exposures_of(text[]),
+                          engage.volume_of(timestamptz, timestamptz, timestamptz),
                           engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
                           engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
                           engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]),

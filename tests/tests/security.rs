@@ -129,7 +129,7 @@ fn overloads_in_public_never_run_inside_the_extension() {
 }
 
 /// The views an analyst reads.
-const VIEWS: [&str; 21] = [
+const VIEWS: [&str; 22] = [
     "trigger_goals",
     "trigger_volume",
     "trigger_volume_daily",
@@ -141,6 +141,7 @@ const VIEWS: [&str; 21] = [
     "current_message_totals",
     "current_touch_totals",
     "current_exposure_totals",
+    "current_volume_counts",
     "message_responses",
     "trigger_response_rates",
     "attributed_conversions",

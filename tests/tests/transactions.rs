@@ -381,3 +381,38 @@ fn concurrent_inserts_of_one_key_under_repeatable_read_store_at_most_one() {
         "every key is stored once (one transaction per round must commit)"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// metrics counts and open transactions
+// ---------------------------------------------------------------------------------------------
+
+/// The hourly volume counts (sql/metrics.sql, "Volume counts") advance only to a minute before
+/// the oldest open transaction's start: a decision written by a transaction that is still open
+/// when they advance is not counted early (its decided_at is that start), and the volume views
+/// count it exactly once when it commits.
+#[test]
+fn volume_counts_stop_before_a_transaction_open_while_they_advance() {
+    let mut a = shared().create_db("tx_volume");
+    welcome(&mut a);
+    let mut b = shared().connect("tx_volume");
+    b.batch_execute("BEGIN; INSERT INTO engage.events (customer_id, name) VALUES ('open', 'signed_up')").unwrap();
+    let opened: f64 = b.query_one("SELECT extract(epoch FROM now())::float8", &[]).unwrap().get(0);
+    insert_event(&mut a, "committed", "signed_up", json!({}));
+
+    a.batch_execute("SELECT engage.refresh_metrics()").unwrap();
+    let horizon: f64 = a.query_one("SELECT extract(epoch FROM before)::float8 FROM engage.volume_counted", &[]).unwrap().get(0);
+    assert!(horizon <= opened - 60.0, "the counts advanced to {horizon}, past the open transaction's start {opened} less a minute");
+    let matched = |c: &mut Client| {
+        (
+            count(c, "SELECT matched FROM engage.trigger_fire_rate"),
+            count(c, "SELECT sum(evaluated)::int8 FROM engage.trigger_volume"),
+            count(c, "SELECT count(*) FROM engage.decisions"),
+        )
+    };
+    assert_eq!(matched(&mut a), (1, 1, 1), "the committed decision, once");
+
+    b.batch_execute("COMMIT").unwrap();
+    assert_eq!(matched(&mut a), (2, 2, 2), "both, once");
+    a.batch_execute("SELECT engage.refresh_metrics()").unwrap();
+    assert_eq!(matched(&mut a), (2, 2, 2), "both, once, after the counts advanced again");
+}
