@@ -356,6 +356,9 @@ RETURNS TABLE (
     from_last bigint, from_first bigint, touches bigint, trigger_touch bigint
 )
 LANGUAGE sql STABLE AS $$
+    -- (The goals are read once, materialized: a value path that is a plain column lets the
+    -- planner inline json_number, instead of calling it for every row.)
+    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals)
     SELECT g.id, g.customer_id, g.occurred_at,
            coalesce(engage.json_number(g.properties, tg.value_path), 0),
            m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
@@ -363,7 +366,7 @@ LANGUAGE sql STABLE AS $$
            row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
            count(*) OVER (PARTITION BY g.id),
            row_number() OVER (PARTITION BY g.id, m.trigger_id ORDER BY m.sent_at, m.outbox_id)
-      FROM engage.trigger_goals tg
+      FROM goals tg
       JOIN engage.messages m ON m.trigger_id = tg.trigger_id
       JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
                           AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
@@ -379,6 +382,7 @@ RETURNS TABLE (
     conversions bigint, revenue numeric
 )
 LANGUAGE sql STABLE AS $$
+    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals) -- (see touches_of)
     SELECT x.trigger_id, x.customer_id, x.exposed_at, x.control, x.variant, c.conversions, c.revenue
       FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
                    d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control,
@@ -386,7 +390,7 @@ LANGUAGE sql STABLE AS $$
               FROM engage.decisions d
              WHERE d.customer_id = ANY (customers) AND d.outcome IN ('fired', 'held_out')
              ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
-      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+      JOIN goals tg ON tg.trigger_id = x.trigger_id
       CROSS JOIN LATERAL (
           SELECT count(*) AS conversions,
                  coalesce(sum(engage.json_number(g.properties, tg.value_path)), 0) AS revenue
@@ -654,11 +658,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     picked text[];
     stale_messages engage.rollup_messages[];
-    messages engage.rollup_messages[];
+    fresh_messages engage.rollup_messages[];
     stale_touches engage.rollup_touches[];
-    touches engage.rollup_touches[];
+    fresh_touches engage.rollup_touches[];
     stale_exposures engage.rollup_exposures[];
-    exposures engage.rollup_exposures[];
+    fresh_exposures engage.rollup_exposures[];
 BEGIN
     -- One refresh at a time; a second caller finds the work taken and returns at once.
     PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
@@ -678,38 +682,78 @@ BEGIN
     IF picked IS NULL THEN
         RETURN 0;
     END IF;
-    -- The customers' rollup rows, replaced; the totals and histograms, moved by the difference.
-    WITH gone AS (DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked) RETURNING *)
+    -- The customers' rollup rows, recomputed; the rows that changed are replaced (most do not:
+    -- a response changes one message's row), and the totals and histograms move by the
+    -- difference between the rows taken out and the rows put in. (*= compares whole rows, NULLs
+    -- included.)
+    fresh_messages := ARRAY(SELECT ROW(f.*)::engage.rollup_messages FROM engage.message_facts_of(picked) f);
+    WITH gone AS (
+        DELETE FROM engage.rollup_messages r
+         WHERE r.customer_id = ANY (picked)
+           AND NOT EXISTS (SELECT FROM unnest(fresh_messages) n
+                            WHERE n.message_id = r.message_id AND n.customer_id = r.customer_id AND n *= r)
+        RETURNING r.*)
     SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_messages), '{}') INTO stale_messages FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO messages FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO touches FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO exposures FROM came;
+    WITH came AS (
+        INSERT INTO engage.rollup_messages
+        SELECT n.* FROM unnest(fresh_messages) n
+         WHERE NOT EXISTS (SELECT FROM engage.rollup_messages r
+                            WHERE r.message_id = n.message_id AND r.customer_id = n.customer_id)
+        RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO fresh_messages FROM came;
 
-    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, messages)
+    fresh_touches := ARRAY(SELECT ROW(f.*)::engage.rollup_touches FROM engage.touches_of(picked) f);
+    WITH gone AS (
+        DELETE FROM engage.rollup_touches r
+         WHERE r.customer_id = ANY (picked)
+           AND NOT EXISTS (SELECT FROM unnest(fresh_touches) n
+                            WHERE n.conversion_event_id = r.conversion_event_id AND n.message_id = r.message_id
+                              AND n.customer_id = r.customer_id AND n *= r)
+        RETURNING r.*)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
+    WITH came AS (
+        INSERT INTO engage.rollup_touches
+        SELECT n.* FROM unnest(fresh_touches) n
+         WHERE NOT EXISTS (SELECT FROM engage.rollup_touches r
+                            WHERE r.conversion_event_id = n.conversion_event_id AND r.message_id = n.message_id
+                              AND r.customer_id = n.customer_id)
+        RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO fresh_touches FROM came;
+
+    fresh_exposures := ARRAY(SELECT ROW(f.*)::engage.rollup_exposures FROM engage.exposures_of(picked) f);
+    WITH gone AS (
+        DELETE FROM engage.rollup_exposures r
+         WHERE r.customer_id = ANY (picked)
+           AND NOT EXISTS (SELECT FROM unnest(fresh_exposures) n
+                            WHERE n.trigger_id = r.trigger_id AND n.customer_id = r.customer_id AND n *= r)
+        RETURNING r.*)
+    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
+    WITH came AS (
+        INSERT INTO engage.rollup_exposures
+        SELECT n.* FROM unnest(fresh_exposures) n
+         WHERE NOT EXISTS (SELECT FROM engage.rollup_exposures r
+                            WHERE r.trigger_id = n.trigger_id AND r.customer_id = n.customer_id)
+        RETURNING *)
+    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO fresh_exposures FROM came;
+
+    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, fresh_messages)
     ON CONFLICT (trigger_id, channel) DO UPDATE
        SET messages = t.messages + excluded.messages, recipients = t.recipients + excluded.recipients,
            cost = t.cost + excluded.cost,
            delivered = t.delivered + excluded.delivered, opened = t.opened + excluded.opened,
            clicked = t.clicked + excluded.clicked, replied = t.replied + excluded.replied,
            unsubscribed = t.unsubscribed + excluded.unsubscribed;
-    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, touches)
+    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, fresh_touches)
     ON CONFLICT (trigger_id) DO UPDATE
        SET last_touches = t.last_touches + excluded.last_touches, last_revenue = t.last_revenue + excluded.last_revenue,
            first_touches = t.first_touches + excluded.first_touches, first_revenue = t.first_revenue + excluded.first_revenue,
            trigger_touches = t.trigger_touches + excluded.trigger_touches,
            linear_credit = t.linear_credit + excluded.linear_credit, linear_revenue = t.linear_revenue + excluded.linear_revenue;
-    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, exposures)
+    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, fresh_exposures)
     ON CONFLICT (trigger_id, control, variant) DO UPDATE
        SET customers = t.customers + excluded.customers, converted = t.converted + excluded.converted,
            revenue = t.revenue + excluded.revenue, revenue_squared = t.revenue_squared + excluded.revenue_squared;
-    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, messages)
+    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, fresh_messages)
     ON CONFLICT (sent_day, trigger_id, channel, measure, bucket) DO UPDATE SET messages = t.messages + excluded.messages;
     RETURN cardinality(picked);
 END
