@@ -13,13 +13,16 @@ SELECT create_reference_table('engage.frequency_caps');
 SELECT create_reference_table('engage.purchase_models');
 SELECT create_reference_table('engage.locks');
 -- Metrics running totals, latency histograms and volume counts: per trigger, not per customer,
--- written only by engage.refresh_metrics on the coordinator (sql/metrics.sql).
+-- written by engage.refresh_metrics on the coordinator (sql/metrics.sql). Not built or tested on
+-- Citus (README, "Scaling out"): the counts' horizon reads the coordinator's pg_stat_activity, and
+-- the insert path logs decision changes to engage.volume_changes.
 SELECT create_reference_table('engage.totals_messages');
 SELECT create_reference_table('engage.totals_touches');
 SELECT create_reference_table('engage.totals_exposures');
 SELECT create_reference_table('engage.latency_histograms');
 SELECT create_reference_table('engage.volume_counts');
 SELECT create_reference_table('engage.volume_counted');
+SELECT create_reference_table('engage.volume_changes');
 
 -- A customer's rows, co-located by customer: the insert path, the deliverer's per-customer
 -- checks and the rollups of one customer stay on one node.

@@ -15,6 +15,7 @@
 -- per-customer rollups kept incrementally, and running totals over them (see "Rollups" and
 -- "Running totals" below).
 
+CREATE INDEX decisions_occurred_brin ON engage.decisions USING brin (occurred_at);
 CREATE INDEX decisions_decided_brin ON engage.decisions USING brin (decided_at);
 CREATE INDEX messages_sent_brin ON engage.messages USING brin (sent_at);
 CREATE INDEX events_message_id ON engage.events ((properties ->> 'message_id'))
@@ -48,8 +49,10 @@ COMMENT ON VIEW engage.trigger_goals IS
 
 -- Volume counts. Per trigger and hour: decisions by event time (evaluated, each outcome, the
 -- suppression reasons shown) and messages by send time. They hold exactly the decisions decided
--- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before; the views
--- add what was written since, read through BRIN indexes on decided_at and sent_at.
+-- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before, as they stood
+-- then; the views add what was written since, read through BRIN indexes on decided_at and
+-- sent_at, and the changes since to decisions counted before (engage.volume_changes: the insert
+-- path turns a fired decision into a conflict when a better rival arrives later).
 --
 -- Both columns are the writing transaction's start time (now()), so a row written with a time
 -- before a horizon comes from a transaction that started before it. engage.count_volume takes as
@@ -57,9 +60,12 @@ COMMENT ON VIEW engage.trigger_goals IS
 -- backend stamps its statement a moment before its transaction shows in pg_stat_activity): every
 -- row before it is committed, or never will be, when the counting statement takes its snapshot.
 -- It does not advance in a transaction that is not READ COMMITTED (its snapshot would be older
--- than the horizon), nor while a prepared transaction waits (its start is unknown). Writes that
--- set these columns themselves (a restore, a bulk load) need engage.rebuild_metrics(); decisions
--- that retention later deletes stay counted.
+-- than the horizon), while a prepared transaction waits (its start is unknown), or while a
+-- backend of this database does not report its transactions (track_activities off). A long
+-- transaction holds the counts back: the views stay exact and read more. So would a system clock
+-- stepped back by more than a minute; rows written meanwhile would be missed until
+-- engage.rebuild_metrics(). Writes that set these columns themselves (a restore, a bulk load)
+-- need engage.rebuild_metrics() too; decisions that retention later deletes stay counted.
 CREATE TABLE engage.volume_counts (
     hour timestamptz NOT NULL, trigger_id integer NOT NULL,
     evaluated bigint NOT NULL, fired bigint NOT NULL, held_out bigint NOT NULL, suppressed bigint NOT NULL,
@@ -78,7 +84,33 @@ INSERT INTO engage.volume_counted (before) VALUES ('-infinity');
 COMMENT ON TABLE engage.volume_counted IS
     'One row: engage.volume_counts holds the decisions with decided_at and the messages with sent_at before this time, and nothing else.';
 
--- What a set of decisions and a set of messages add to the hourly counts.
+CREATE TABLE engage.volume_changes (
+    changed_at timestamptz NOT NULL DEFAULT now(), sign smallint NOT NULL CHECK (sign IN (-1, 1)),
+    decided_at timestamptz NOT NULL, occurred_at timestamptz NOT NULL, trigger_id integer NOT NULL,
+    outcome engage.decision_outcome NOT NULL, reason engage.suppression_reason
+);
+COMMENT ON TABLE engage.volume_changes IS
+    'Updated decisions, each as its old row (sign -1) and its new row (sign 1), stamped with the updating transaction''s start; folded into engage.volume_counts by engage.count_volume, and removed then.';
+
+CREATE FUNCTION engage.log_decision_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO engage.volume_changes (sign, decided_at, occurred_at, trigger_id, outcome, reason)
+    SELECT -1, o.decided_at, o.occurred_at, o.trigger_id, o.outcome, o.reason FROM old_decisions o
+    UNION ALL
+    SELECT 1, n.decided_at, n.occurred_at, n.trigger_id, n.outcome, n.reason FROM new_decisions n;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION engage.log_decision_changes() IS
+    'Statement trigger on engage.decisions: logs each updated decision''s old and new row in engage.volume_changes, so the volume counts follow a decision turned into a conflict after they counted it.';
+CREATE TRIGGER log_decision_changes AFTER UPDATE ON engage.decisions
+    REFERENCING OLD TABLE AS old_decisions NEW TABLE AS new_decisions
+    FOR EACH STATEMENT EXECUTE FUNCTION engage.log_decision_changes();
+
+-- What a set of decisions and a set of messages add to the hourly counts: decisions decided in
+-- [decided_since, decided_before) as they are, and changes logged in that range to decisions
+-- decided before it (those counted as they were), with event times from `since`.
 CREATE FUNCTION engage.volume_of(decided_since timestamptz, decided_before timestamptz, since timestamptz)
 RETURNS TABLE (
     hour timestamptz, trigger_id integer,
@@ -90,18 +122,24 @@ LANGUAGE sql STABLE AS $$
            sum(x.suppressed)::bigint, sum(x.cap)::bigint, sum(x.conflict)::bigint, sum(x.frequency)::bigint,
            sum(x.consent)::bigint, sum(x.suppression)::bigint, sum(x.sent)::bigint
       FROM (SELECT date_bin('1 hour', d.occurred_at, timestamptz '2000-01-01 00:00+00') AS hour, d.trigger_id,
-                   count(*) AS evaluated,
-                   count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
-                   count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
-                   count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
-                   count(*) FILTER (WHERE d.reason = 'cap') AS cap,
-                   count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
-                   count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
-                   count(*) FILTER (WHERE d.reason = 'consent') AS consent,
-                   count(*) FILTER (WHERE d.reason = 'suppression') AS suppression,
+                   sum(d.sign) AS evaluated,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'fired'), 0) AS fired,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'held_out'), 0) AS held_out,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'suppressed'), 0) AS suppressed,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'cap'), 0) AS cap,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'conflict'), 0) AS conflict,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'frequency'), 0) AS frequency,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'consent'), 0) AS consent,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'suppression'), 0) AS suppression,
                    0 AS sent
-              FROM engage.decisions d
-             WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+              FROM (SELECT 1 AS sign, d.occurred_at, d.trigger_id, d.outcome, d.reason
+                      FROM engage.decisions d
+                     WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+                    UNION ALL
+                    SELECT c.sign, c.occurred_at, c.trigger_id, c.outcome, c.reason
+                      FROM engage.volume_changes c
+                     WHERE c.changed_at >= decided_since AND c.changed_at < decided_before
+                       AND c.decided_at < decided_since AND c.occurred_at >= since) d
              GROUP BY 1, 2
             UNION ALL
             SELECT date_bin('1 hour', m.sent_at, timestamptz '2000-01-01 00:00+00'), m.trigger_id,
@@ -112,25 +150,33 @@ LANGUAGE sql STABLE AS $$
      GROUP BY x.hour, x.trigger_id
 $$;
 COMMENT ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) IS
-    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, and the messages sent in [greatest(decided_since, since), decided_before).';
+    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, the changes logged in that range to decisions decided before it, and the messages sent in [greatest(decided_since, since), decided_before).';
 
 CREATE FUNCTION engage.count_volume() RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
     horizon timestamptz;
+    untracked boolean;
     counted timestamptz;
 BEGIN
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed'
-       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.pg_stat_clear_snapshot();
-    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute' INTO horizon
+    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute',
+           coalesce(pg_catalog.bool_or(a.state = 'disabled'), false)
+      INTO horizon, untracked
       FROM pg_catalog.pg_stat_activity a
-     WHERE a.datname = pg_catalog.current_database();
+     WHERE a.datname = pg_catalog.current_database()
+       AND a.backend_type IN ('client backend', 'background worker');
+    -- After the read: a transaction that prepared before it is listed here, not there.
+    IF untracked OR pg_catalog.current_setting('track_activities')::boolean IS NOT TRUE
+       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+        RETURN NULL;
+    END IF;
     SELECT c.before INTO counted FROM engage.volume_counted c FOR UPDATE;
     IF horizon <= counted THEN
-        RETURN counted;
+        RETURN NULL;
     END IF;
     -- A new snapshot, taken after the horizon was read.
     INSERT INTO engage.volume_counts AS t SELECT * FROM engage.volume_of(counted, horizon, '-infinity')
@@ -140,12 +186,13 @@ BEGIN
            cap = t.cap + excluded.cap, conflict = t.conflict + excluded.conflict,
            frequency = t.frequency + excluded.frequency, consent = t.consent + excluded.consent,
            suppression = t.suppression + excluded.suppression, sent = t.sent + excluded.sent;
+    DELETE FROM engage.volume_changes c WHERE c.changed_at < horizon;
     UPDATE engage.volume_counted SET before = horizon;
     RETURN horizon;
 END
 $$;
 COMMENT ON FUNCTION engage.count_volume() IS
-    'Adds to engage.volume_counts what was decided and sent since engage.volume_counted.before, up to the start of the oldest open transaction less a minute, and returns the new horizon (NULL when it cannot advance: not READ COMMITTED, or a prepared transaction waits). engage.refresh_metrics calls it.';
+    'Adds to engage.volume_counts what was decided, changed and sent since engage.volume_counted.before, up to a minute before the start of the oldest open transaction of this database, and returns that new horizon; NULL when it does not advance (nothing new, not READ COMMITTED, a prepared transaction waits, a backend does not report its transactions). engage.refresh_metrics calls it.';
 
 -- The hourly counts since a time, exact: the counts, and what was decided or sent after them.
 CREATE VIEW engage.current_volume_counts AS
@@ -171,6 +218,12 @@ BEGIN
     IF bucket IS NULL OR bucket < interval '1 hour' OR pg_catalog.date_part('epoch', bucket)::numeric % 3600 <> 0 THEN
         RAISE EXCEPTION 'bucket must be a whole number of hours, got %', bucket
             USING ERRCODE = 'invalid_parameter_value', HINT = 'volume is counted per hour: use 1 hour, 6 hours, 1 day';
+    END IF;
+    -- Buckets start at midnight, 2000-01-01, in the session's time zone; the counts are per UTC hour.
+    IF pg_catalog.date_part('epoch', timestamptz '2000-01-01')::numeric % 3600 <> 0 THEN
+        RAISE EXCEPTION 'volume buckets start at local midnight, and the time zone % is not a whole number of hours from UTC',
+                        pg_catalog.current_setting('TimeZone')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'SET TimeZone to UTC or to a zone with a whole-hour offset';
     END IF;
     RETURN QUERY
     WITH origin AS (
@@ -449,10 +502,10 @@ COMMENT ON TABLE engage.rollup_exposures IS 'Rollup of engage.exposures_of for c
 -- logarithmic bucket of growth 2^(1/8), the buckets of Prometheus's native histograms (schema 3):
 -- bucket k > 0 holds durations in (2^((k-2)/8), 2^((k-1)/8)] microseconds, -k the same negated,
 -- 0 holds zero (timestamps are whole microseconds). A bucket reads as the value whose relative
--- error to every duration in it is at most (2^(1/8) - 1) / (2^(1/8) + 1) = 4.3%. Counts per
+-- error to every duration in it is at most (2^(1/8) - 1) / (2^(1/8) + 1) = 4.33%. Counts per
 -- trigger, channel, UTC day of sending and measure are added and subtracted like the totals; a
 -- percentile is the bucket holding the element of rank floor(q (n - 1)) (0-based), so it lies
--- within 4.3% of that order statistic: the lower neighbour of the interpolated percentile_cont.
+-- within 4.33% of that order statistic: the lower neighbour of the interpolated percentile_cont.
 
 CREATE FUNCTION engage.latency_bucket(seconds double precision) RETURNS integer
 LANGUAGE sql IMMUTABLE AS $$
@@ -474,7 +527,26 @@ LANGUAGE sql IMMUTABLE AS $$
            OPERATOR(pg_catalog./) 1000000
 $$;
 COMMENT ON FUNCTION engage.latency_bucket_value(integer) IS
-    'The seconds a latency histogram bucket reads as: within 4.3% of every duration in it (0 for bucket 0).';
+    'The seconds a latency histogram bucket reads as: within 4.33% of every duration in it (0 for bucket 0).';
+
+-- The durations a sent message is measured by: 0 counts the message, 1 is event to decision,
+-- 2 decision to queue, 3 due time to sent, 4 event to sent (absent when a time is unknown).
+-- Inlined into the queries that read it: every name in it is qualified.
+CREATE FUNCTION engage.latency_measures(occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz,
+                                        scheduled_at timestamptz, sent_at timestamptz)
+RETURNS TABLE (measure smallint, seconds double precision)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT m.measure, m.seconds
+      FROM (VALUES (0::smallint, 0::double precision),
+                   (1, extract(epoch FROM decided_at OPERATOR(pg_catalog.-) occurred_at)::double precision),
+                   (2, extract(epoch FROM queued_at OPERATOR(pg_catalog.-) decided_at)::double precision),
+                   (3, extract(epoch FROM sent_at OPERATOR(pg_catalog.-) scheduled_at)::double precision),
+                   (4, extract(epoch FROM sent_at OPERATOR(pg_catalog.-) occurred_at)::double precision))
+           AS m(measure, seconds)
+     WHERE m.seconds IS NOT NULL
+$$;
+COMMENT ON FUNCTION engage.latency_measures(timestamptz, timestamptz, timestamptz, timestamptz, timestamptz) IS
+    'The latency measures of a sent message, in seconds: 0 (the message itself), 1 event to decision, 2 decision to queue, 3 due time to sent, 4 event to sent; a measure with an unknown time is absent.';
 
 CREATE TABLE engage.totals_messages (
     trigger_id integer NOT NULL, channel text NOT NULL,
@@ -569,12 +641,7 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT r.trigger_id, r.channel, date_bin('1 day', r.sent_at, timestamptz '2000-01-01 00:00+00'),
            m.measure, engage.latency_bucket(m.seconds), sum(r.sign)
       FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r,
-           LATERAL (VALUES (0::smallint, 0::double precision),
-                           (1, extract(epoch FROM r.decided_at - r.occurred_at)::double precision),
-                           (2, extract(epoch FROM r.queued_at - r.decided_at)::double precision),
-                           (3, extract(epoch FROM r.sent_at - r.scheduled_at)::double precision),
-                           (4, extract(epoch FROM r.sent_at - r.occurred_at)::double precision)) AS m(measure, seconds)
-     WHERE m.seconds IS NOT NULL
+           LATERAL engage.latency_measures(r.occurred_at, r.decided_at, r.queued_at, r.scheduled_at, r.sent_at) m
      GROUP BY 1, 2, 3, 4, 5
     HAVING sum(r.sign) <> 0
 $$;
@@ -773,7 +840,7 @@ BEGIN
     SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
     TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
              engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms,
-             engage.volume_counts;
+             engage.volume_counts, engage.volume_changes;
     UPDATE engage.volume_counted SET before = '-infinity';
     ANALYZE engage.metrics_dirty;
     LOOP
@@ -1067,21 +1134,24 @@ SET jit = off AS $$
         -- The histograms hold whole UTC days; the part of a day before the first whole one is
         -- counted from the rollup rows.
         SELECT CASE WHEN isfinite(since)
-                    THEN date_bin('1 day', since + interval '1 day' - interval '1 microsecond', timestamptz '2000-01-01 00:00+00')
+                    THEN date_bin('1 day', since + interval '24 hours' - interval '1 microsecond', timestamptz '2000-01-01 00:00+00')
                     ELSE since END AS first_day
     ), counts AS (
         SELECT h.trigger_id, h.channel, h.measure, h.bucket, h.messages
           FROM engage.latency_histograms h, whole_days w
          WHERE h.sent_day >= w.first_day
         UNION ALL
-        -- The rows of that part of a day, and marked customers' rows as they are now instead of
-        -- as rolled up.
+        -- The part of a day before the first whole one, from the rollup rows.
+        SELECT r.trigger_id, r.channel, m.measure, engage.latency_bucket(m.seconds), 1
+          FROM whole_days w, engage.rollup_messages r,
+               LATERAL engage.latency_measures(r.occurred_at, r.decided_at, r.queued_at, r.scheduled_at, r.sent_at) m
+         WHERE r.sent_at >= since AND r.sent_at < w.first_day
+        UNION ALL
+        -- Marked customers' rows as they are now instead of as rolled up.
         SELECT d.trigger_id, d.channel, d.measure, d.bucket, d.messages
-          FROM whole_days w, engage.marked_rollups m,
-               engage.latency_histogram_delta(
-                   ARRAY(SELECT r FROM unnest(m.stale_messages) r WHERE r.sent_at >= since),
-                   ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.sent_at >= since AND r.sent_at < w.first_day)
-                   || ARRAY(SELECT r FROM unnest(m.messages) r WHERE r.sent_at >= since)) d
+          FROM engage.marked_rollups m,
+               engage.latency_histogram_delta(ARRAY(SELECT r FROM unnest(m.stale_messages) r WHERE r.sent_at >= since),
+                                              ARRAY(SELECT r FROM unnest(m.messages) r WHERE r.sent_at >= since)) d
     ), merged AS (
         SELECT c.trigger_id, c.channel, c.measure, c.bucket, sum(c.messages) AS n
           FROM counts c
@@ -1110,11 +1180,11 @@ SET jit = off AS $$
     HAVING max(p.total) FILTER (WHERE p.measure = 0) > 0
 $$;
 COMMENT ON FUNCTION engage.trigger_latency_in(timestamptz) IS
-    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent; each within 4.3% of the order statistic of rank floor(q (n - 1)), read from the latency histograms (sql/metrics.sql, "Running totals").';
+    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent; each within 4.33% of the order statistic of rank floor(q (n - 1)) (not interpolated), read from the latency histograms (sql/metrics.sql, "Running totals").';
 
 CREATE VIEW engage.trigger_latency AS SELECT * FROM engage.trigger_latency_in(now() - interval '30 days');
 COMMENT ON VIEW engage.trigger_latency IS
-    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three, each within 4.3%).';
+    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three, each within 4.33% of an order statistic).';
 
 -- 8. ROI --------------------------------------------------------------------------------------
 

@@ -806,497 +806,20 @@ ALTER FUNCTION engage.profile_crossings() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.profile_crossings() SECURITY DEFINER;
 ALTER FUNCTION engage.sum_crossings(bigint[]) SET search_path = pg_catalog, pg_temp;
 
--- Running totals and latency histograms (issue 19; sql/metrics.sql, "Running totals"): the
--- per-trigger metrics views read totals kept by deltas instead of every rollup row.
+-- Metrics in milliseconds (issue 19; sql/metrics.sql, "Volume counts" and "Running totals"): the
+-- volume and fire-rate views read hourly counts; responses, spend, revenue, uplift and variants
+-- read running totals; latency percentiles read histograms. The update builds them with
+-- engage.rebuild_metrics() at its end: minutes on a history of millions of messages.
 DROP INDEX engage.rollup_messages_trigger_sent;
 CREATE INDEX rollup_messages_sent ON engage.rollup_messages (sent_at);
-CREATE FUNCTION engage.latency_bucket(seconds double precision) RETURNS integer
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT CASE WHEN pg_catalog.abs(seconds) OPERATOR(pg_catalog.<) 0.000001 THEN 0
-                ELSE (pg_catalog.sign(seconds)
-                      OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.+) pg_catalog.ceil(
-                          8 OPERATOR(pg_catalog.*) pg_catalog.ln(pg_catalog.abs(seconds) OPERATOR(pg_catalog.*) 1000000)
-                            OPERATOR(pg_catalog./) pg_catalog.ln(2::double precision))))::integer END
-$$;
-COMMENT ON FUNCTION engage.latency_bucket(double precision) IS
-    'The latency histogram bucket of a duration in seconds: 0 for zero, else sign x (1 + ceil(8 log2(|microseconds|))), buckets of growth 2^(1/8) (sql/metrics.sql, "Running totals").';
-
-CREATE FUNCTION engage.latency_bucket_value(bucket integer) RETURNS double precision
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT pg_catalog.sign(bucket)
-           OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.*) pg_catalog.power(2::double precision,
-               (pg_catalog.abs(bucket) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 8.0::double precision)
-           OPERATOR(pg_catalog./) (pg_catalog.power(2::double precision, 0.125::double precision) OPERATOR(pg_catalog.+) 1)
-           OPERATOR(pg_catalog./) 1000000
-$$;
-COMMENT ON FUNCTION engage.latency_bucket_value(integer) IS
-    'The seconds a latency histogram bucket reads as: within 4.3% of every duration in it (0 for bucket 0).';
-
-CREATE TABLE engage.totals_messages (
-    trigger_id integer NOT NULL, channel text NOT NULL,
-    messages bigint NOT NULL, recipients bigint NOT NULL, cost numeric NOT NULL,
-    delivered bigint NOT NULL, opened bigint NOT NULL, clicked bigint NOT NULL, replied bigint NOT NULL,
-    unsubscribed bigint NOT NULL,
-    PRIMARY KEY (trigger_id, channel)
-);
-COMMENT ON TABLE engage.totals_messages IS
-    'Running totals of engage.rollup_messages per trigger and channel: messages, first messages to a customer (recipients), their cost, and messages with each response.';
-
-CREATE TABLE engage.totals_touches (
-    trigger_id integer PRIMARY KEY,
-    last_touches bigint NOT NULL, last_revenue numeric NOT NULL,
-    first_touches bigint NOT NULL, first_revenue numeric NOT NULL,
-    trigger_touches bigint NOT NULL, linear_credit numeric NOT NULL, linear_revenue numeric NOT NULL
-);
-COMMENT ON TABLE engage.totals_touches IS
-    'Running totals of engage.rollup_touches per trigger: conversions credited by the last and the first touch and their revenue, conversions the trigger touched, and its linear credit and revenue.';
-
-CREATE TABLE engage.totals_exposures (
-    trigger_id integer NOT NULL, control boolean NOT NULL, variant text,
-    customers bigint NOT NULL, converted bigint NOT NULL, revenue numeric NOT NULL, revenue_squared numeric NOT NULL,
-    UNIQUE NULLS NOT DISTINCT (trigger_id, control, variant)
-);
-COMMENT ON TABLE engage.totals_exposures IS
-    'Running totals of engage.rollup_exposures per trigger, group (control) and variant: customers exposed, converted, their revenue and its sum of squares.';
-
-CREATE TABLE engage.latency_histograms (
-    trigger_id integer NOT NULL, channel text NOT NULL, sent_day timestamptz NOT NULL,
-    measure smallint NOT NULL, bucket integer NOT NULL, messages bigint NOT NULL,
-    PRIMARY KEY (sent_day, trigger_id, channel, measure, bucket)
-);
-COMMENT ON TABLE engage.latency_histograms IS
-    'Histograms of engage.rollup_messages per trigger, channel and UTC day of sending: measure 0 counts messages (bucket 0), 1 event to decision, 2 decision to queue, 3 due time to sent, 4 event to sent, in the buckets of engage.latency_bucket.';
-
--- What one set of rollup rows adds to the totals, minus what another set adds.
-CREATE FUNCTION engage.message_totals_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
-RETURNS TABLE (
-    trigger_id integer, channel text, messages bigint, recipients bigint, cost numeric,
-    delivered bigint, opened bigint, clicked bigint, replied bigint, unsubscribed bigint
-)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT r.trigger_id, r.channel, sum(r.sign),
-           coalesce(sum(r.sign) FILTER (WHERE r.first_to_customer), 0),
-           coalesce(sum(r.sign * r.cost), 0),
-           coalesce(sum(r.sign) FILTER (WHERE r.delivered_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.opened_at IS NOT NULL), 0),
-           coalesce(sum(r.sign) FILTER (WHERE r.clicked_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.replied_at IS NOT NULL), 0),
-           coalesce(sum(r.sign) FILTER (WHERE r.unsubscribed_at IS NOT NULL), 0)
-      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
-     GROUP BY r.trigger_id, r.channel
-$$;
-COMMENT ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
-    'Per trigger and channel, what the added rollup rows contribute to engage.totals_messages minus what the removed ones contribute.';
-
-CREATE FUNCTION engage.touch_totals_delta(removed engage.rollup_touches[], added engage.rollup_touches[])
-RETURNS TABLE (
-    trigger_id integer, last_touches bigint, last_revenue numeric, first_touches bigint, first_revenue numeric,
-    trigger_touches bigint, linear_credit numeric, linear_revenue numeric
-)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT r.trigger_id,
-           coalesce(sum(r.sign) FILTER (WHERE r.from_last = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_last = 1), 0),
-           coalesce(sum(r.sign) FILTER (WHERE r.from_first = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_first = 1), 0),
-           coalesce(sum(r.sign) FILTER (WHERE r.trigger_touch = 1), 0),
-           sum(r.sign * round(1.0 / r.touches, 6)), sum(r.sign * round(r.value * round(1.0 / r.touches, 6), 6))
-      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
-     GROUP BY r.trigger_id
-$$;
-COMMENT ON FUNCTION engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]) IS
-    'Per trigger, what the added rollup rows contribute to engage.totals_touches minus what the removed ones contribute.';
-
-CREATE FUNCTION engage.exposure_totals_delta(removed engage.rollup_exposures[], added engage.rollup_exposures[])
-RETURNS TABLE (
-    trigger_id integer, control boolean, variant text,
-    customers bigint, converted bigint, revenue numeric, revenue_squared numeric
-)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT r.trigger_id, r.control, r.variant, sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.conversions > 0), 0),
-           sum(r.sign * r.revenue), sum(r.sign * r.revenue * r.revenue)
-      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
-     GROUP BY r.trigger_id, r.control, r.variant
-$$;
-COMMENT ON FUNCTION engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]) IS
-    'Per trigger, group and variant, what the added rollup rows contribute to engage.totals_exposures minus what the removed ones contribute.';
-
-CREATE FUNCTION engage.latency_histogram_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
-RETURNS TABLE (
-    trigger_id integer, channel text, sent_day timestamptz, measure smallint, bucket integer, messages bigint
-)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT r.trigger_id, r.channel, date_bin('1 day', r.sent_at, timestamptz '2000-01-01 00:00+00'),
-           m.measure, engage.latency_bucket(m.seconds), sum(r.sign)
-      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r,
-           LATERAL (VALUES (0::smallint, 0::double precision),
-                           (1, extract(epoch FROM r.decided_at - r.occurred_at)::double precision),
-                           (2, extract(epoch FROM r.queued_at - r.decided_at)::double precision),
-                           (3, extract(epoch FROM r.sent_at - r.scheduled_at)::double precision),
-                           (4, extract(epoch FROM r.sent_at - r.occurred_at)::double precision)) AS m(measure, seconds)
-     WHERE m.seconds IS NOT NULL
-     GROUP BY 1, 2, 3, 4, 5
-    HAVING sum(r.sign) <> 0
-$$;
-COMMENT ON FUNCTION engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
-    'Per trigger, channel, UTC day of sending, measure and bucket, what the added rollup rows count in engage.latency_histograms minus what the removed ones count.';
-
--- The rollup rows of marked customers as they stand, and as they are now: what the views swap.
-CREATE VIEW engage.marked_rollups AS
-WITH marked AS (SELECT ARRAY(SELECT DISTINCT d.customer_id FROM engage.metrics_dirty d) AS customers)
-SELECT ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.customer_id = ANY (marked.customers)) AS stale_messages,
-       ARRAY(SELECT ROW(f.*)::engage.rollup_messages FROM engage.message_facts_of(marked.customers) f) AS messages,
-       ARRAY(SELECT r FROM engage.rollup_touches r WHERE r.customer_id = ANY (marked.customers)) AS stale_touches,
-       ARRAY(SELECT ROW(f.*)::engage.rollup_touches FROM engage.touches_of(marked.customers) f) AS touches,
-       ARRAY(SELECT r FROM engage.rollup_exposures r WHERE r.customer_id = ANY (marked.customers)) AS stale_exposures,
-       ARRAY(SELECT ROW(f.*)::engage.rollup_exposures FROM engage.exposures_of(marked.customers) f) AS exposures
-  FROM marked;
-COMMENT ON VIEW engage.marked_rollups IS
-    'For the customers marked in engage.metrics_dirty: their rollup rows as stored (stale_*) and as computed now, one row of arrays.';
-
-CREATE VIEW engage.current_message_totals AS
-SELECT x.trigger_id, x.channel, sum(x.messages)::bigint AS messages, sum(x.recipients)::bigint AS recipients,
-       sum(x.cost) AS cost,
-       sum(x.delivered)::bigint AS delivered, sum(x.opened)::bigint AS opened, sum(x.clicked)::bigint AS clicked,
-       sum(x.replied)::bigint AS replied, sum(x.unsubscribed)::bigint AS unsubscribed
-  FROM (SELECT t.* FROM engage.totals_messages t
-        UNION ALL
-        SELECT d.* FROM engage.marked_rollups m, engage.message_totals_delta(m.stale_messages, m.messages) d) x
- GROUP BY x.trigger_id, x.channel
-HAVING sum(x.messages) > 0;
-COMMENT ON VIEW engage.current_message_totals IS
-    'engage.totals_messages, exact: with marked customers'' rows computed now.';
-
-CREATE VIEW engage.current_touch_totals AS
-SELECT x.trigger_id, sum(x.last_touches)::bigint AS last_touches, sum(x.last_revenue) AS last_revenue,
-       sum(x.first_touches)::bigint AS first_touches, sum(x.first_revenue) AS first_revenue,
-       sum(x.trigger_touches)::bigint AS trigger_touches, sum(x.linear_credit) AS linear_credit,
-       sum(x.linear_revenue) AS linear_revenue
-  FROM (SELECT t.* FROM engage.totals_touches t
-        UNION ALL
-        SELECT d.* FROM engage.marked_rollups m, engage.touch_totals_delta(m.stale_touches, m.touches) d) x
- GROUP BY x.trigger_id
-HAVING sum(x.trigger_touches) > 0;
-COMMENT ON VIEW engage.current_touch_totals IS
-    'engage.totals_touches, exact: with marked customers'' rows computed now.';
-
-CREATE VIEW engage.current_exposure_totals AS
-SELECT x.trigger_id, x.control, x.variant, sum(x.customers)::bigint AS customers,
-       sum(x.converted)::bigint AS converted, sum(x.revenue) AS revenue, sum(x.revenue_squared) AS revenue_squared
-  FROM (SELECT t.* FROM engage.totals_exposures t
-        UNION ALL
-        SELECT d.* FROM engage.marked_rollups m, engage.exposure_totals_delta(m.stale_exposures, m.exposures) d) x
- GROUP BY x.trigger_id, x.control, x.variant
-HAVING sum(x.customers) > 0;
-COMMENT ON VIEW engage.current_exposure_totals IS
-    'engage.totals_exposures, exact: with marked customers'' rows computed now.';
-
-CREATE OR REPLACE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    picked text[];
-    stale_messages engage.rollup_messages[];
-    messages engage.rollup_messages[];
-    stale_touches engage.rollup_touches[];
-    touches engage.rollup_touches[];
-    stale_exposures engage.rollup_exposures[];
-    exposures engage.rollup_exposures[];
-BEGIN
-    -- One refresh at a time; a second caller finds the work taken and returns at once.
-    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN 0;
-    END IF;
-    -- Marks committed after this statement's snapshot are not removed: their customers stay
-    -- marked, and the next refresh takes them (the statements below see at least this much).
-    WITH chosen AS (
-        SELECT DISTINCT customer_id FROM engage.metrics_dirty ORDER BY customer_id LIMIT batch
-    ), removed AS (
-        DELETE FROM engage.metrics_dirty d USING chosen c WHERE d.customer_id = c.customer_id
-        RETURNING d.customer_id
-    )
-    SELECT array_agg(DISTINCT customer_id) INTO picked FROM removed;
-    IF picked IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- The customers' rollup rows, replaced; the totals and histograms, moved by the difference.
-    WITH gone AS (DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_messages), '{}') INTO stale_messages FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO messages FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO touches FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO exposures FROM came;
-
-    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, messages)
-    ON CONFLICT (trigger_id, channel) DO UPDATE
-       SET messages = t.messages + excluded.messages, recipients = t.recipients + excluded.recipients,
-           cost = t.cost + excluded.cost,
-           delivered = t.delivered + excluded.delivered, opened = t.opened + excluded.opened,
-           clicked = t.clicked + excluded.clicked, replied = t.replied + excluded.replied,
-           unsubscribed = t.unsubscribed + excluded.unsubscribed;
-    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, touches)
-    ON CONFLICT (trigger_id) DO UPDATE
-       SET last_touches = t.last_touches + excluded.last_touches, last_revenue = t.last_revenue + excluded.last_revenue,
-           first_touches = t.first_touches + excluded.first_touches, first_revenue = t.first_revenue + excluded.first_revenue,
-           trigger_touches = t.trigger_touches + excluded.trigger_touches,
-           linear_credit = t.linear_credit + excluded.linear_credit, linear_revenue = t.linear_revenue + excluded.linear_revenue;
-    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, exposures)
-    ON CONFLICT (trigger_id, control, variant) DO UPDATE
-       SET customers = t.customers + excluded.customers, converted = t.converted + excluded.converted,
-           revenue = t.revenue + excluded.revenue, revenue_squared = t.revenue_squared + excluded.revenue_squared;
-    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, messages)
-    ON CONFLICT (sent_day, trigger_id, channel, measure, bucket) DO UPDATE SET messages = t.messages + excluded.messages;
-    RETURN cardinality(picked);
-END
-$$;
-COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
-    'Recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
-
-CREATE OR REPLACE FUNCTION engage.rebuild_metrics() RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    done bigint := 0;
-    step integer;
-BEGIN
-    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
-    -- Mark every customer with a message or a decision, then refresh them in batches.
-    INSERT INTO engage.metrics_dirty (customer_id)
-    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
-    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
-             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms;
-    ANALYZE engage.metrics_dirty;
-    LOOP
-        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
-        EXIT WHEN step = 0;
-        done := done + step;
-    END LOOP;
-    RETURN done;
-END
-$$;
-COMMENT ON FUNCTION engage.rebuild_metrics() IS
-    'Recomputes every metrics rollup, running total and latency histogram from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
-
-CREATE OR REPLACE VIEW engage.trigger_response_rates AS
-SELECT t.name AS trigger,
-       r.trigger_id,
-       r.channel,
-       r.messages AS sent,
-       r.delivered,
-       r.opened,
-       r.clicked,
-       r.replied,
-       r.unsubscribed,
-       round(r.delivered / r.messages::numeric, 4) AS delivery_rate,
-       round(r.opened / r.messages::numeric, 4) AS open_rate,
-       round(r.clicked / r.messages::numeric, 4) AS click_rate,
-       round(r.replied / r.messages::numeric, 4) AS reply_rate,
-       round(r.unsubscribed / r.messages::numeric, 4) AS unsubscribe_rate
-  FROM engage.current_message_totals r
-  JOIN engage.triggers t ON t.id = r.trigger_id;
-COMMENT ON VIEW engage.trigger_response_rates IS
-    'Per trigger and channel: messages sent and the share delivered, opened, clicked, replied to and unsubscribed from (from the running totals).';
-
-CREATE OR REPLACE VIEW engage.trigger_revenue AS
--- The running totals of the touches (the same figures as grouping engage.attributed_conversions).
-WITH per_trigger AS (
-    SELECT c.trigger_id, c.last_touches AS last_n, c.last_revenue, c.first_touches AS first_n, c.first_revenue,
-           c.trigger_touches AS linear_n, c.linear_credit, c.linear_revenue
-      FROM engage.current_touch_totals c
-)
-SELECT m.model, tg.trigger, p.trigger_id, m.conversions, m.credited AS credited_conversions, m.revenue
-  FROM per_trigger p
-  JOIN engage.trigger_goals tg ON tg.trigger_id = p.trigger_id,
-       LATERAL (VALUES ('last_touch', p.last_n, p.last_n::numeric, round(p.last_revenue, 6)),
-                       ('first_touch', p.first_n, p.first_n::numeric, round(p.first_revenue, 6)),
-                       ('linear', p.linear_n, p.linear_credit, p.linear_revenue))
-           AS m(model, conversions, credited, revenue)
- WHERE m.conversions > 0;
-COMMENT ON VIEW engage.trigger_revenue IS
-    'Attributed conversions and revenue per trigger, for each attribution model (filter model = ''last_touch'' for the default).';
-
-CREATE OR REPLACE VIEW engage.holdout_uplift AS
-WITH groups AS (
-    SELECT x.trigger_id, tg.trigger,
-           coalesce(sum(x.customers) FILTER (WHERE NOT x.control), 0)::bigint AS n_t,
-           coalesce(sum(x.converted) FILTER (WHERE NOT x.control), 0)::bigint AS conv_t,
-           coalesce(sum(x.revenue) FILTER (WHERE NOT x.control), 0) AS rev_t,
-           coalesce(sum(x.revenue_squared) FILTER (WHERE NOT x.control), 0) AS rev_sq_t,
-           coalesce(sum(x.customers) FILTER (WHERE x.control), 0)::bigint AS n_c,
-           coalesce(sum(x.converted) FILTER (WHERE x.control), 0)::bigint AS conv_c,
-           coalesce(sum(x.revenue) FILTER (WHERE x.control), 0) AS rev_c,
-           coalesce(sum(x.revenue_squared) FILTER (WHERE x.control), 0) AS rev_sq_c
-      FROM engage.current_exposure_totals x
-      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
-     GROUP BY x.trigger_id, tg.trigger
-)
-SELECT g.trigger, g.trigger_id,
-       g.n_t AS treated, g.conv_t AS treated_conversions, c.rate_a AS treated_rate,
-       g.n_c AS control, g.conv_c AS control_conversions, c.rate_b AS control_rate,
-       c.uplift, c.relative_uplift, c.ci_low, c.ci_high, c.z,
-       c.ci_low > 0 OR c.ci_high < 0 AS significant,
-       c.revenue_per_customer_a AS treated_revenue_per_customer,
-       c.revenue_per_customer_b AS control_revenue_per_customer,
-       c.revenue_uplift AS revenue_uplift_per_customer, c.revenue_ci_low, c.revenue_ci_high
-  FROM groups g,
-       LATERAL engage.compare_groups(g.n_t, g.conv_t, g.rev_t, g.rev_sq_t, g.n_c, g.conv_c, g.rev_c, g.rev_sq_c) c;
-COMMENT ON VIEW engage.holdout_uplift IS
-    'Per trigger with a goal (control columns are empty without a holdout): conversion rate and revenue per customer, treated vs control (anchored on the triggering event), the absolute and relative uplift with a 95% confidence interval and z, and whether it is significant.';
-
-CREATE OR REPLACE VIEW engage.variant_results AS
-WITH arms AS (
-    SELECT t.id AS trigger_id, v.name AS variant, v.position
-      FROM engage.triggers t, jsonb_array_elements_text(t.compiled -> 'variants') WITH ORDINALITY AS v(name, position)
-), groups AS (
-    SELECT x.trigger_id, tg.trigger, x.variant,
-           sum(x.customers)::bigint AS n, sum(x.converted)::bigint AS conv,
-           sum(x.revenue) AS rev, sum(x.revenue_squared) AS rev_sq
-      FROM engage.current_exposure_totals x
-      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
-     WHERE NOT x.control AND x.variant IS NOT NULL
-     GROUP BY x.trigger_id, tg.trigger, x.variant
-)
-SELECT g.trigger, g.trigger_id, g.variant, a.position, g.n AS customers, g.conv AS conversions,
-       c.rate_a AS conversion_rate, c.revenue_per_customer_a AS revenue_per_customer,
-       ref.variant AS compared_with, c.uplift, c.ci_low, c.ci_high, c.z,
-       c.ci_low > 0 OR c.ci_high < 0 AS significant
-  FROM groups g
-  JOIN arms a ON a.trigger_id = g.trigger_id AND a.variant = g.variant
-  JOIN arms r1 ON r1.trigger_id = g.trigger_id AND r1.position = 1
-  LEFT JOIN groups ref ON ref.trigger_id = g.trigger_id AND ref.variant = r1.variant,
-       LATERAL engage.compare_groups(g.n, g.conv, g.rev, g.rev_sq, ref.n, ref.conv, ref.rev, ref.rev_sq) c;
-COMMENT ON VIEW engage.variant_results IS
-    'Per trigger experiment arm (treated customers): conversion rate and revenue per customer, and the difference from the first arm with a 95% confidence interval.';
-
-CREATE OR REPLACE FUNCTION engage.trigger_latency_in(since timestamptz)
-RETURNS TABLE (
-    trigger text, trigger_id integer, channel text, messages bigint,
-    occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
-    due_to_sent_s double precision[], occurred_to_sent_s double precision[]
-)
-LANGUAGE sql STABLE
--- A few thousand histogram rows: compiling them (JIT) would cost more than reading them.
-SET jit = off AS $$
-    WITH whole_days AS (
-        -- The histograms hold whole UTC days; the part of a day before the first whole one is
-        -- counted from the rollup rows.
-        SELECT CASE WHEN isfinite(since)
-                    THEN date_bin('1 day', since + interval '1 day' - interval '1 microsecond', timestamptz '2000-01-01 00:00+00')
-                    ELSE since END AS first_day
-    ), counts AS (
-        SELECT h.trigger_id, h.channel, h.measure, h.bucket, h.messages
-          FROM engage.latency_histograms h, whole_days w
-         WHERE h.sent_day >= w.first_day
-        UNION ALL
-        -- The rows of that part of a day, and marked customers' rows as they are now instead of
-        -- as rolled up.
-        SELECT d.trigger_id, d.channel, d.measure, d.bucket, d.messages
-          FROM whole_days w, engage.marked_rollups m,
-               engage.latency_histogram_delta(
-                   ARRAY(SELECT r FROM unnest(m.stale_messages) r WHERE r.sent_at >= since),
-                   ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.sent_at >= since AND r.sent_at < w.first_day)
-                   || ARRAY(SELECT r FROM unnest(m.messages) r WHERE r.sent_at >= since)) d
-    ), merged AS (
-        SELECT c.trigger_id, c.channel, c.measure, c.bucket, sum(c.messages) AS n
-          FROM counts c
-         GROUP BY c.trigger_id, c.channel, c.measure, c.bucket
-        HAVING sum(c.messages) <> 0
-    ), ranked AS (
-        SELECT x.*, sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure ORDER BY x.bucket) AS upto,
-               sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure) AS total
-          FROM merged x
-    ), percentiles AS (
-        -- The bucket holding the element of rank floor(q (n - 1)), counting from 0.
-        SELECT r.trigger_id, r.channel, r.measure, max(r.total)::bigint AS total,
-               ARRAY[engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.50 * (r.total - 1)))),
-                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.95 * (r.total - 1)))),
-                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.99 * (r.total - 1))))] AS p
-          FROM ranked r
-         GROUP BY r.trigger_id, r.channel, r.measure
-    )
-    SELECT t.name, p.trigger_id, p.channel,
-           max(p.total) FILTER (WHERE p.measure = 0),
-           max(p.p) FILTER (WHERE p.measure = 1), max(p.p) FILTER (WHERE p.measure = 2),
-           max(p.p) FILTER (WHERE p.measure = 3), max(p.p) FILTER (WHERE p.measure = 4)
-      FROM percentiles p
-      JOIN engage.triggers t ON t.id = p.trigger_id
-     GROUP BY t.name, p.trigger_id, p.channel
-    HAVING max(p.total) FILTER (WHERE p.measure = 0) > 0
-$$;
-COMMENT ON FUNCTION engage.trigger_latency_in(timestamptz) IS
-    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent; each within 4.3% of the order statistic of rank floor(q (n - 1)), read from the latency histograms (sql/metrics.sql, "Running totals").';
-
-COMMENT ON VIEW engage.trigger_latency IS
-    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three, each within 4.3%).';
-
-CREATE OR REPLACE VIEW engage.trigger_roi AS
-WITH spend AS (
-    SELECT m.trigger_id, sum(m.messages)::bigint AS messages, sum(m.recipients)::bigint AS recipients,
-           sum(m.cost) AS cost
-      FROM engage.current_message_totals m
-     GROUP BY m.trigger_id
-), earned AS (
-    SELECT trigger_id, sum(revenue) AS revenue FROM engage.trigger_revenue WHERE model = 'last_touch' GROUP BY trigger_id
-)
-SELECT t.name AS trigger, t.id AS trigger_id,
-       s.messages, s.recipients, s.cost,
-       coalesce(e.revenue, 0) AS attributed_revenue,
-       coalesce(e.revenue, 0) - s.cost AS net,
-       round((coalesce(e.revenue, 0) - s.cost) / nullif(s.cost, 0), 4) AS roi,
-       round(coalesce(e.revenue, 0) / nullif(s.recipients, 0), 4) AS revenue_per_recipient,
-       u.revenue_uplift_per_customer * u.treated AS incremental_revenue,
-       u.revenue_uplift_per_customer * u.treated - s.cost AS incremental_net
-  FROM spend s
-  JOIN engage.triggers t ON t.id = s.trigger_id
-  LEFT JOIN earned e ON e.trigger_id = s.trigger_id
-  LEFT JOIN engage.holdout_uplift u ON u.trigger_id = s.trigger_id;
-COMMENT ON VIEW engage.trigger_roi IS
-    'Per trigger: messages, recipients, channel cost, last-touch attributed revenue, net and ROI, revenue per recipient; and, with a holdout, the incremental revenue (revenue uplift per customer x treated customers) and incremental net: the figure that survives "would they have bought anyway?".';
-
--- The totals start as the aggregate of the rollups already stored (their invariant).
-INSERT INTO engage.totals_messages
-SELECT * FROM engage.message_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_messages r));
-INSERT INTO engage.totals_touches
-SELECT * FROM engage.touch_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_touches r));
-INSERT INTO engage.totals_exposures
-SELECT * FROM engage.exposure_totals_delta('{}', ARRAY(SELECT r FROM engage.rollup_exposures r));
-INSERT INTO engage.latency_histograms
-SELECT * FROM engage.latency_histogram_delta('{}', ARRAY(SELECT r FROM engage.rollup_messages r));
-
-ALTER FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[]) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.refresh_metrics(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
-ALTER FUNCTION engage.rebuild_metrics() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
-ALTER FUNCTION engage.trigger_latency_in(timestamptz) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
-REVOKE EXECUTE ON FUNCTION engage.latency_bucket(double precision), engage.latency_bucket_value(integer),
-                           engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
-                           engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
-                           engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]),
-                           engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[])
-    FROM PUBLIC;
-GRANT SELECT ON engage.marked_rollups, engage.current_message_totals, engage.current_touch_totals,
-                engage.current_exposure_totals
-    TO engage_analyst;
-GRANT EXECUTE ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
-                          engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
-                          engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[])
-    TO engage_analyst;
-
--- Volume counts (issue 19; sql/metrics.sql, "Volume counts"): the volume and fire-rate views read
--- hourly counts and what was written since, through a BRIN index on decided_at instead of one on
--- occurred_at. The counts start empty and at '-infinity': the first refresh counts the history.
-DROP INDEX engage.decisions_occurred_brin;
 CREATE INDEX decisions_decided_brin ON engage.decisions USING brin (decided_at);
+
 -- Volume counts. Per trigger and hour: decisions by event time (evaluated, each outcome, the
 -- suppression reasons shown) and messages by send time. They hold exactly the decisions decided
--- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before; the views
--- add what was written since, read through BRIN indexes on decided_at and sent_at.
+-- (decided_at) and the messages sent (sent_at) before engage.volume_counted.before, as they stood
+-- then; the views add what was written since, read through BRIN indexes on decided_at and
+-- sent_at, and the changes since to decisions counted before (engage.volume_changes: the insert
+-- path turns a fired decision into a conflict when a better rival arrives later).
 --
 -- Both columns are the writing transaction's start time (now()), so a row written with a time
 -- before a horizon comes from a transaction that started before it. engage.count_volume takes as
@@ -1304,9 +827,12 @@ CREATE INDEX decisions_decided_brin ON engage.decisions USING brin (decided_at);
 -- backend stamps its statement a moment before its transaction shows in pg_stat_activity): every
 -- row before it is committed, or never will be, when the counting statement takes its snapshot.
 -- It does not advance in a transaction that is not READ COMMITTED (its snapshot would be older
--- than the horizon), nor while a prepared transaction waits (its start is unknown). Writes that
--- set these columns themselves (a restore, a bulk load) need engage.rebuild_metrics(); decisions
--- that retention later deletes stay counted.
+-- than the horizon), while a prepared transaction waits (its start is unknown), or while a
+-- backend of this database does not report its transactions (track_activities off). A long
+-- transaction holds the counts back: the views stay exact and read more. So would a system clock
+-- stepped back by more than a minute; rows written meanwhile would be missed until
+-- engage.rebuild_metrics(). Writes that set these columns themselves (a restore, a bulk load)
+-- need engage.rebuild_metrics() too; decisions that retention later deletes stay counted.
 CREATE TABLE engage.volume_counts (
     hour timestamptz NOT NULL, trigger_id integer NOT NULL,
     evaluated bigint NOT NULL, fired bigint NOT NULL, held_out bigint NOT NULL, suppressed bigint NOT NULL,
@@ -1325,7 +851,33 @@ INSERT INTO engage.volume_counted (before) VALUES ('-infinity');
 COMMENT ON TABLE engage.volume_counted IS
     'One row: engage.volume_counts holds the decisions with decided_at and the messages with sent_at before this time, and nothing else.';
 
--- What a set of decisions and a set of messages add to the hourly counts.
+CREATE TABLE engage.volume_changes (
+    changed_at timestamptz NOT NULL DEFAULT now(), sign smallint NOT NULL CHECK (sign IN (-1, 1)),
+    decided_at timestamptz NOT NULL, occurred_at timestamptz NOT NULL, trigger_id integer NOT NULL,
+    outcome engage.decision_outcome NOT NULL, reason engage.suppression_reason
+);
+COMMENT ON TABLE engage.volume_changes IS
+    'Updated decisions, each as its old row (sign -1) and its new row (sign 1), stamped with the updating transaction''s start; folded into engage.volume_counts by engage.count_volume, and removed then.';
+
+CREATE FUNCTION engage.log_decision_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO engage.volume_changes (sign, decided_at, occurred_at, trigger_id, outcome, reason)
+    SELECT -1, o.decided_at, o.occurred_at, o.trigger_id, o.outcome, o.reason FROM old_decisions o
+    UNION ALL
+    SELECT 1, n.decided_at, n.occurred_at, n.trigger_id, n.outcome, n.reason FROM new_decisions n;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION engage.log_decision_changes() IS
+    'Statement trigger on engage.decisions: logs each updated decision''s old and new row in engage.volume_changes, so the volume counts follow a decision turned into a conflict after they counted it.';
+CREATE TRIGGER log_decision_changes AFTER UPDATE ON engage.decisions
+    REFERENCING OLD TABLE AS old_decisions NEW TABLE AS new_decisions
+    FOR EACH STATEMENT EXECUTE FUNCTION engage.log_decision_changes();
+
+-- What a set of decisions and a set of messages add to the hourly counts: decisions decided in
+-- [decided_since, decided_before) as they are, and changes logged in that range to decisions
+-- decided before it (those counted as they were), with event times from `since`.
 CREATE FUNCTION engage.volume_of(decided_since timestamptz, decided_before timestamptz, since timestamptz)
 RETURNS TABLE (
     hour timestamptz, trigger_id integer,
@@ -1337,18 +889,24 @@ LANGUAGE sql STABLE AS $$
            sum(x.suppressed)::bigint, sum(x.cap)::bigint, sum(x.conflict)::bigint, sum(x.frequency)::bigint,
            sum(x.consent)::bigint, sum(x.suppression)::bigint, sum(x.sent)::bigint
       FROM (SELECT date_bin('1 hour', d.occurred_at, timestamptz '2000-01-01 00:00+00') AS hour, d.trigger_id,
-                   count(*) AS evaluated,
-                   count(*) FILTER (WHERE d.outcome = 'fired') AS fired,
-                   count(*) FILTER (WHERE d.outcome = 'held_out') AS held_out,
-                   count(*) FILTER (WHERE d.outcome = 'suppressed') AS suppressed,
-                   count(*) FILTER (WHERE d.reason = 'cap') AS cap,
-                   count(*) FILTER (WHERE d.reason = 'conflict') AS conflict,
-                   count(*) FILTER (WHERE d.reason = 'frequency') AS frequency,
-                   count(*) FILTER (WHERE d.reason = 'consent') AS consent,
-                   count(*) FILTER (WHERE d.reason = 'suppression') AS suppression,
+                   sum(d.sign) AS evaluated,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'fired'), 0) AS fired,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'held_out'), 0) AS held_out,
+                   coalesce(sum(d.sign) FILTER (WHERE d.outcome = 'suppressed'), 0) AS suppressed,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'cap'), 0) AS cap,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'conflict'), 0) AS conflict,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'frequency'), 0) AS frequency,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'consent'), 0) AS consent,
+                   coalesce(sum(d.sign) FILTER (WHERE d.reason = 'suppression'), 0) AS suppression,
                    0 AS sent
-              FROM engage.decisions d
-             WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+              FROM (SELECT 1 AS sign, d.occurred_at, d.trigger_id, d.outcome, d.reason
+                      FROM engage.decisions d
+                     WHERE d.decided_at >= decided_since AND d.decided_at < decided_before AND d.occurred_at >= since
+                    UNION ALL
+                    SELECT c.sign, c.occurred_at, c.trigger_id, c.outcome, c.reason
+                      FROM engage.volume_changes c
+                     WHERE c.changed_at >= decided_since AND c.changed_at < decided_before
+                       AND c.decided_at < decided_since AND c.occurred_at >= since) d
              GROUP BY 1, 2
             UNION ALL
             SELECT date_bin('1 hour', m.sent_at, timestamptz '2000-01-01 00:00+00'), m.trigger_id,
@@ -1359,25 +917,33 @@ LANGUAGE sql STABLE AS $$
      GROUP BY x.hour, x.trigger_id
 $$;
 COMMENT ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) IS
-    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, and the messages sent in [greatest(decided_since, since), decided_before).';
+    'Per hour and trigger, the counts of engage.volume_counts over the decisions with decided_at in [decided_since, decided_before) and event time from since, the changes logged in that range to decisions decided before it, and the messages sent in [greatest(decided_since, since), decided_before).';
 
 CREATE FUNCTION engage.count_volume() RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
     horizon timestamptz;
+    untracked boolean;
     counted timestamptz;
 BEGIN
-    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed'
-       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+    IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.pg_stat_clear_snapshot();
-    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute' INTO horizon
+    SELECT least(pg_catalog.now(), pg_catalog.min(a.xact_start)) - interval '1 minute',
+           coalesce(pg_catalog.bool_or(a.state = 'disabled'), false)
+      INTO horizon, untracked
       FROM pg_catalog.pg_stat_activity a
-     WHERE a.datname = pg_catalog.current_database();
+     WHERE a.datname = pg_catalog.current_database()
+       AND a.backend_type IN ('client backend', 'background worker');
+    -- After the read: a transaction that prepared before it is listed here, not there.
+    IF untracked OR pg_catalog.current_setting('track_activities')::boolean IS NOT TRUE
+       OR EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts p WHERE p.database = pg_catalog.current_database()) THEN
+        RETURN NULL;
+    END IF;
     SELECT c.before INTO counted FROM engage.volume_counted c FOR UPDATE;
     IF horizon <= counted THEN
-        RETURN counted;
+        RETURN NULL;
     END IF;
     -- A new snapshot, taken after the horizon was read.
     INSERT INTO engage.volume_counts AS t SELECT * FROM engage.volume_of(counted, horizon, '-infinity')
@@ -1387,12 +953,13 @@ BEGIN
            cap = t.cap + excluded.cap, conflict = t.conflict + excluded.conflict,
            frequency = t.frequency + excluded.frequency, consent = t.consent + excluded.consent,
            suppression = t.suppression + excluded.suppression, sent = t.sent + excluded.sent;
+    DELETE FROM engage.volume_changes c WHERE c.changed_at < horizon;
     UPDATE engage.volume_counted SET before = horizon;
     RETURN horizon;
 END
 $$;
 COMMENT ON FUNCTION engage.count_volume() IS
-    'Adds to engage.volume_counts what was decided and sent since engage.volume_counted.before, up to the start of the oldest open transaction less a minute, and returns the new horizon (NULL when it cannot advance: not READ COMMITTED, or a prepared transaction waits). engage.refresh_metrics calls it.';
+    'Adds to engage.volume_counts what was decided, changed and sent since engage.volume_counted.before, up to a minute before the start of the oldest open transaction of this database, and returns that new horizon; NULL when it does not advance (nothing new, not READ COMMITTED, a prepared transaction waits, a backend does not report its transactions). engage.refresh_metrics calls it.';
 
 -- The hourly counts since a time, exact: the counts, and what was decided or sent after them.
 CREATE VIEW engage.current_volume_counts AS
@@ -1418,6 +985,12 @@ BEGIN
     IF bucket IS NULL OR bucket < interval '1 hour' OR pg_catalog.date_part('epoch', bucket)::numeric % 3600 <> 0 THEN
         RAISE EXCEPTION 'bucket must be a whole number of hours, got %', bucket
             USING ERRCODE = 'invalid_parameter_value', HINT = 'volume is counted per hour: use 1 hour, 6 hours, 1 day';
+    END IF;
+    -- Buckets start at midnight, 2000-01-01, in the session's time zone; the counts are per UTC hour.
+    IF pg_catalog.date_part('epoch', timestamptz '2000-01-01')::numeric % 3600 <> 0 THEN
+        RAISE EXCEPTION 'volume buckets start at local midnight, and the time zone % is not a whole number of hours from UTC',
+                        pg_catalog.current_setting('TimeZone')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'SET TimeZone to UTC or to a zone with a whole-hour offset';
     END IF;
     RETURN QUERY
     WITH origin AS (
@@ -1525,116 +1098,269 @@ SELECT t.name AS trigger,
 COMMENT ON VIEW engage.trigger_fire_rate IS
     'Per trigger: matching events (decisions), fired, held out, suppressed; fire_rate = fired / matched; suppression_mix = share of matches suppressed for each reason. Reads the hourly volume counts.';
 
-CREATE OR REPLACE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    picked text[];
-    stale_messages engage.rollup_messages[];
-    messages engage.rollup_messages[];
-    stale_touches engage.rollup_touches[];
-    touches engage.rollup_touches[];
-    stale_exposures engage.rollup_exposures[];
-    exposures engage.rollup_exposures[];
-BEGIN
-    -- One refresh at a time; a second caller finds the work taken and returns at once.
-    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN 0;
-    END IF;
-    PERFORM engage.count_volume();
-    -- Marks committed after this statement's snapshot are not removed: their customers stay
-    -- marked, and the next refresh takes them (the statements below see at least this much).
-    WITH chosen AS (
-        SELECT DISTINCT customer_id FROM engage.metrics_dirty ORDER BY customer_id LIMIT batch
-    ), removed AS (
-        DELETE FROM engage.metrics_dirty d USING chosen c WHERE d.customer_id = c.customer_id
-        RETURNING d.customer_id
-    )
-    SELECT array_agg(DISTINCT customer_id) INTO picked FROM removed;
-    IF picked IS NULL THEN
-        RETURN 0;
-    END IF;
-    -- The customers' rollup rows, replaced; the totals and histograms, moved by the difference.
-    WITH gone AS (DELETE FROM engage.rollup_messages WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_messages), '{}') INTO stale_messages FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_messages SELECT * FROM engage.message_facts_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_messages), '{}') INTO messages FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_touches WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_touches), '{}') INTO stale_touches FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_touches SELECT * FROM engage.touches_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_touches), '{}') INTO touches FROM came;
-    WITH gone AS (DELETE FROM engage.rollup_exposures WHERE customer_id = ANY (picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(gone.*)::engage.rollup_exposures), '{}') INTO stale_exposures FROM gone;
-    WITH came AS (INSERT INTO engage.rollup_exposures SELECT * FROM engage.exposures_of(picked) RETURNING *)
-    SELECT coalesce(array_agg(ROW(came.*)::engage.rollup_exposures), '{}') INTO exposures FROM came;
-
-    INSERT INTO engage.totals_messages AS t SELECT * FROM engage.message_totals_delta(stale_messages, messages)
-    ON CONFLICT (trigger_id, channel) DO UPDATE
-       SET messages = t.messages + excluded.messages, recipients = t.recipients + excluded.recipients,
-           cost = t.cost + excluded.cost,
-           delivered = t.delivered + excluded.delivered, opened = t.opened + excluded.opened,
-           clicked = t.clicked + excluded.clicked, replied = t.replied + excluded.replied,
-           unsubscribed = t.unsubscribed + excluded.unsubscribed;
-    INSERT INTO engage.totals_touches AS t SELECT * FROM engage.touch_totals_delta(stale_touches, touches)
-    ON CONFLICT (trigger_id) DO UPDATE
-       SET last_touches = t.last_touches + excluded.last_touches, last_revenue = t.last_revenue + excluded.last_revenue,
-           first_touches = t.first_touches + excluded.first_touches, first_revenue = t.first_revenue + excluded.first_revenue,
-           trigger_touches = t.trigger_touches + excluded.trigger_touches,
-           linear_credit = t.linear_credit + excluded.linear_credit, linear_revenue = t.linear_revenue + excluded.linear_revenue;
-    INSERT INTO engage.totals_exposures AS t SELECT * FROM engage.exposure_totals_delta(stale_exposures, exposures)
-    ON CONFLICT (trigger_id, control, variant) DO UPDATE
-       SET customers = t.customers + excluded.customers, converted = t.converted + excluded.converted,
-           revenue = t.revenue + excluded.revenue, revenue_squared = t.revenue_squared + excluded.revenue_squared;
-    INSERT INTO engage.latency_histograms AS t SELECT * FROM engage.latency_histogram_delta(stale_messages, messages)
-    ON CONFLICT (sent_day, trigger_id, channel, measure, bucket) DO UPDATE SET messages = t.messages + excluded.messages;
-    RETURN cardinality(picked);
-END
+CREATE OR REPLACE FUNCTION engage.touches_of(customers text[])
+RETURNS TABLE (
+    conversion_event_id bigint, customer_id text, converted_at timestamptz, value numeric,
+    message_id bigint, trigger_id integer, channel text, variant text, sent_at timestamptz,
+    from_last bigint, from_first bigint, touches bigint, trigger_touch bigint
+)
+LANGUAGE sql STABLE AS $$
+    -- (The goals are read once, materialized: a value path that is a plain column lets the
+    -- planner inline json_number, instead of calling it for every row.)
+    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals)
+    SELECT g.id, g.customer_id, g.occurred_at,
+           coalesce(engage.json_number(g.properties, tg.value_path), 0),
+           m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC),
+           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
+           count(*) OVER (PARTITION BY g.id),
+           row_number() OVER (PARTITION BY g.id, m.trigger_id ORDER BY m.sent_at, m.outbox_id)
+      FROM goals tg
+      JOIN engage.messages m ON m.trigger_id = tg.trigger_id
+      JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
+                          AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
+     WHERE m.customer_id = ANY (customers) AND m.category <> 'escalation'
 $$;
-COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
-    'Advances the volume counts (engage.count_volume), recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
+COMMENT ON FUNCTION engage.touches_of(text[]) IS
+    'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch, the number of touches, and its rank among the touches of its own trigger. Backs engage.attributed_conversions.';
 
-CREATE OR REPLACE FUNCTION engage.rebuild_metrics() RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE
-    done bigint := 0;
-    step integer;
-BEGIN
-    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
-    -- Mark every customer with a message or a decision, then refresh them in batches.
-    INSERT INTO engage.metrics_dirty (customer_id)
-    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
-    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
-             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms,
-             engage.volume_counts;
-    UPDATE engage.volume_counted SET before = '-infinity';
-    ANALYZE engage.metrics_dirty;
-    LOOP
-        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
-        EXIT WHEN step = 0;
-        done := done + step;
-    END LOOP;
-    RETURN done;
-END
+-- Per trigger with a goal and customer: the first exposure (fired or held out) and what followed.
+CREATE OR REPLACE FUNCTION engage.exposures_of(customers text[])
+RETURNS TABLE (
+    trigger_id integer, customer_id text, exposed_at timestamptz, control boolean, variant text,
+    conversions bigint, revenue numeric
+)
+LANGUAGE sql STABLE AS $$
+    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals) -- (see touches_of)
+    SELECT x.trigger_id, x.customer_id, x.exposed_at, x.control, x.variant, c.conversions, c.revenue
+      FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
+                   d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control,
+                   d.variant
+              FROM engage.decisions d
+             WHERE d.customer_id = ANY (customers) AND d.outcome IN ('fired', 'held_out')
+             ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
+      JOIN goals tg ON tg.trigger_id = x.trigger_id
+      CROSS JOIN LATERAL (
+          SELECT count(*) AS conversions,
+                 coalesce(sum(engage.json_number(g.properties, tg.value_path)), 0) AS revenue
+            FROM engage.events g
+           WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
+             AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within
+      ) c
 $$;
-COMMENT ON FUNCTION engage.rebuild_metrics() IS
-    'Recomputes every metrics rollup, running total, latency histogram and volume count from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
+COMMENT ON FUNCTION engage.exposures_of(text[]) IS
+    'Computes, for the given customers, each trigger-with-a-goal''s first fired or held-out decision, its group, variant, and the goal events within the window after it (count and value). Backs engage.trigger_exposures.';
 
+-- Running totals ------------------------------------------------------------------------------
+--
+-- The per-trigger figures (responses, spend, attributed revenue, uplift, variants) are sums over
+-- the rollup rows, kept as running totals: a refresh subtracts what the customers' old rows added
+-- and adds what their new rows add. Invariant: each totals table is the aggregate of its rollup
+-- table, since only engage.refresh_metrics and engage.rebuild_metrics write either, in one
+-- transaction. A view reads the totals, minus what marked customers' rollup rows add, plus what
+-- their rows computed now add (the same delta functions the refresh applies), so it is exact at
+-- every moment, as the rollups are.
+--
+-- Latency percentiles are not sums: they come from histograms, which are. A duration falls in a
+-- logarithmic bucket of growth 2^(1/8), the buckets of Prometheus's native histograms (schema 3):
+-- bucket k > 0 holds durations in (2^((k-2)/8), 2^((k-1)/8)] microseconds, -k the same negated,
+-- 0 holds zero (timestamps are whole microseconds). A bucket reads as the value whose relative
+-- error to every duration in it is at most (2^(1/8) - 1) / (2^(1/8) + 1) = 4.33%. Counts per
+-- trigger, channel, UTC day of sending and measure are added and subtracted like the totals; a
+-- percentile is the bucket holding the element of rank floor(q (n - 1)) (0-based), so it lies
+-- within 4.33% of that order statistic: the lower neighbour of the interpolated percentile_cont.
 
-ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SECURITY DEFINER;
-ALTER FUNCTION engage.count_volume() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
-ALTER FUNCTION engage.refresh_metrics(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
-ALTER FUNCTION engage.rebuild_metrics() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
-REVOKE EXECUTE ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz), engage.count_volume() FROM PUBLIC;
-GRANT SELECT ON engage.current_volume_counts TO engage_analyst;
-GRANT EXECUTE ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) TO engage_analyst;
+CREATE FUNCTION engage.latency_bucket(seconds double precision) RETURNS integer
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN pg_catalog.abs(seconds) OPERATOR(pg_catalog.<) 0.000001 THEN 0
+                ELSE (pg_catalog.sign(seconds)
+                      OPERATOR(pg_catalog.*) (1 OPERATOR(pg_catalog.+) pg_catalog.ceil(
+                          8 OPERATOR(pg_catalog.*) pg_catalog.ln(pg_catalog.abs(seconds) OPERATOR(pg_catalog.*) 1000000)
+                            OPERATOR(pg_catalog./) pg_catalog.ln(2::double precision))))::integer END
+$$;
+COMMENT ON FUNCTION engage.latency_bucket(double precision) IS
+    'The latency histogram bucket of a duration in seconds: 0 for zero, else sign x (1 + ceil(8 log2(|microseconds|))), buckets of growth 2^(1/8) (sql/metrics.sql, "Running totals").';
 
--- The refresh replaces only the rollup rows that changed; touches_of and exposures_of read the
--- goals materialized, so json_number is inlined (issue 19).
+CREATE FUNCTION engage.latency_bucket_value(bucket integer) RETURNS double precision
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT pg_catalog.sign(bucket)
+           OPERATOR(pg_catalog.*) 2 OPERATOR(pg_catalog.*) pg_catalog.power(2::double precision,
+               (pg_catalog.abs(bucket) OPERATOR(pg_catalog.-) 1) OPERATOR(pg_catalog./) 8.0::double precision)
+           OPERATOR(pg_catalog./) (pg_catalog.power(2::double precision, 0.125::double precision) OPERATOR(pg_catalog.+) 1)
+           OPERATOR(pg_catalog./) 1000000
+$$;
+COMMENT ON FUNCTION engage.latency_bucket_value(integer) IS
+    'The seconds a latency histogram bucket reads as: within 4.33% of every duration in it (0 for bucket 0).';
+
+-- The durations a sent message is measured by: 0 counts the message, 1 is event to decision,
+-- 2 decision to queue, 3 due time to sent, 4 event to sent (absent when a time is unknown).
+-- Inlined into the queries that read it: every name in it is qualified.
+CREATE FUNCTION engage.latency_measures(occurred_at timestamptz, decided_at timestamptz, queued_at timestamptz,
+                                        scheduled_at timestamptz, sent_at timestamptz)
+RETURNS TABLE (measure smallint, seconds double precision)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT m.measure, m.seconds
+      FROM (VALUES (0::smallint, 0::double precision),
+                   (1, extract(epoch FROM decided_at OPERATOR(pg_catalog.-) occurred_at)::double precision),
+                   (2, extract(epoch FROM queued_at OPERATOR(pg_catalog.-) decided_at)::double precision),
+                   (3, extract(epoch FROM sent_at OPERATOR(pg_catalog.-) scheduled_at)::double precision),
+                   (4, extract(epoch FROM sent_at OPERATOR(pg_catalog.-) occurred_at)::double precision))
+           AS m(measure, seconds)
+     WHERE m.seconds IS NOT NULL
+$$;
+COMMENT ON FUNCTION engage.latency_measures(timestamptz, timestamptz, timestamptz, timestamptz, timestamptz) IS
+    'The latency measures of a sent message, in seconds: 0 (the message itself), 1 event to decision, 2 decision to queue, 3 due time to sent, 4 event to sent; a measure with an unknown time is absent.';
+
+CREATE TABLE engage.totals_messages (
+    trigger_id integer NOT NULL, channel text NOT NULL,
+    messages bigint NOT NULL, recipients bigint NOT NULL, cost numeric NOT NULL,
+    delivered bigint NOT NULL, opened bigint NOT NULL, clicked bigint NOT NULL, replied bigint NOT NULL,
+    unsubscribed bigint NOT NULL,
+    PRIMARY KEY (trigger_id, channel)
+);
+COMMENT ON TABLE engage.totals_messages IS
+    'Running totals of engage.rollup_messages per trigger and channel: messages, first messages to a customer (recipients), their cost, and messages with each response.';
+
+CREATE TABLE engage.totals_touches (
+    trigger_id integer PRIMARY KEY,
+    last_touches bigint NOT NULL, last_revenue numeric NOT NULL,
+    first_touches bigint NOT NULL, first_revenue numeric NOT NULL,
+    trigger_touches bigint NOT NULL, linear_credit numeric NOT NULL, linear_revenue numeric NOT NULL
+);
+COMMENT ON TABLE engage.totals_touches IS
+    'Running totals of engage.rollup_touches per trigger: conversions credited by the last and the first touch and their revenue, conversions the trigger touched, and its linear credit and revenue.';
+
+CREATE TABLE engage.totals_exposures (
+    trigger_id integer NOT NULL, control boolean NOT NULL, variant text,
+    customers bigint NOT NULL, converted bigint NOT NULL, revenue numeric NOT NULL, revenue_squared numeric NOT NULL,
+    UNIQUE NULLS NOT DISTINCT (trigger_id, control, variant)
+);
+COMMENT ON TABLE engage.totals_exposures IS
+    'Running totals of engage.rollup_exposures per trigger, group (control) and variant: customers exposed, converted, their revenue and its sum of squares.';
+
+CREATE TABLE engage.latency_histograms (
+    trigger_id integer NOT NULL, channel text NOT NULL, sent_day timestamptz NOT NULL,
+    measure smallint NOT NULL, bucket integer NOT NULL, messages bigint NOT NULL,
+    PRIMARY KEY (sent_day, trigger_id, channel, measure, bucket)
+);
+COMMENT ON TABLE engage.latency_histograms IS
+    'Histograms of engage.rollup_messages per trigger, channel and UTC day of sending: measure 0 counts messages (bucket 0), 1 event to decision, 2 decision to queue, 3 due time to sent, 4 event to sent, in the buckets of engage.latency_bucket.';
+
+-- What one set of rollup rows adds to the totals, minus what another set adds.
+CREATE FUNCTION engage.message_totals_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
+RETURNS TABLE (
+    trigger_id integer, channel text, messages bigint, recipients bigint, cost numeric,
+    delivered bigint, opened bigint, clicked bigint, replied bigint, unsubscribed bigint
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.channel, sum(r.sign),
+           coalesce(sum(r.sign) FILTER (WHERE r.first_to_customer), 0),
+           coalesce(sum(r.sign * r.cost), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.delivered_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.opened_at IS NOT NULL), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.clicked_at IS NOT NULL), 0), coalesce(sum(r.sign) FILTER (WHERE r.replied_at IS NOT NULL), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.unsubscribed_at IS NOT NULL), 0)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id, r.channel
+$$;
+COMMENT ON FUNCTION engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
+    'Per trigger and channel, what the added rollup rows contribute to engage.totals_messages minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.touch_totals_delta(removed engage.rollup_touches[], added engage.rollup_touches[])
+RETURNS TABLE (
+    trigger_id integer, last_touches bigint, last_revenue numeric, first_touches bigint, first_revenue numeric,
+    trigger_touches bigint, linear_credit numeric, linear_revenue numeric
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id,
+           coalesce(sum(r.sign) FILTER (WHERE r.from_last = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_last = 1), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.from_first = 1), 0), coalesce(sum(r.sign * r.value) FILTER (WHERE r.from_first = 1), 0),
+           coalesce(sum(r.sign) FILTER (WHERE r.trigger_touch = 1), 0),
+           sum(r.sign * round(1.0 / r.touches, 6)), sum(r.sign * round(r.value * round(1.0 / r.touches, 6), 6))
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id
+$$;
+COMMENT ON FUNCTION engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]) IS
+    'Per trigger, what the added rollup rows contribute to engage.totals_touches minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.exposure_totals_delta(removed engage.rollup_exposures[], added engage.rollup_exposures[])
+RETURNS TABLE (
+    trigger_id integer, control boolean, variant text,
+    customers bigint, converted bigint, revenue numeric, revenue_squared numeric
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.control, r.variant, sum(r.sign), coalesce(sum(r.sign) FILTER (WHERE r.conversions > 0), 0),
+           sum(r.sign * r.revenue), sum(r.sign * r.revenue * r.revenue)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r
+     GROUP BY r.trigger_id, r.control, r.variant
+$$;
+COMMENT ON FUNCTION engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]) IS
+    'Per trigger, group and variant, what the added rollup rows contribute to engage.totals_exposures minus what the removed ones contribute.';
+
+CREATE FUNCTION engage.latency_histogram_delta(removed engage.rollup_messages[], added engage.rollup_messages[])
+RETURNS TABLE (
+    trigger_id integer, channel text, sent_day timestamptz, measure smallint, bucket integer, messages bigint
+)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT r.trigger_id, r.channel, date_bin('1 day', r.sent_at, timestamptz '2000-01-01 00:00+00'),
+           m.measure, engage.latency_bucket(m.seconds), sum(r.sign)
+      FROM (SELECT -1 AS sign, * FROM unnest(removed) UNION ALL SELECT 1, * FROM unnest(added)) r,
+           LATERAL engage.latency_measures(r.occurred_at, r.decided_at, r.queued_at, r.scheduled_at, r.sent_at) m
+     GROUP BY 1, 2, 3, 4, 5
+    HAVING sum(r.sign) <> 0
+$$;
+COMMENT ON FUNCTION engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[]) IS
+    'Per trigger, channel, UTC day of sending, measure and bucket, what the added rollup rows count in engage.latency_histograms minus what the removed ones count.';
+
+-- The rollup rows of marked customers as they stand, and as they are now: what the views swap.
+CREATE VIEW engage.marked_rollups AS
+WITH marked AS (SELECT ARRAY(SELECT DISTINCT d.customer_id FROM engage.metrics_dirty d) AS customers)
+SELECT ARRAY(SELECT r FROM engage.rollup_messages r WHERE r.customer_id = ANY (marked.customers)) AS stale_messages,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_messages FROM engage.message_facts_of(marked.customers) f) AS messages,
+       ARRAY(SELECT r FROM engage.rollup_touches r WHERE r.customer_id = ANY (marked.customers)) AS stale_touches,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_touches FROM engage.touches_of(marked.customers) f) AS touches,
+       ARRAY(SELECT r FROM engage.rollup_exposures r WHERE r.customer_id = ANY (marked.customers)) AS stale_exposures,
+       ARRAY(SELECT ROW(f.*)::engage.rollup_exposures FROM engage.exposures_of(marked.customers) f) AS exposures
+  FROM marked;
+COMMENT ON VIEW engage.marked_rollups IS
+    'For the customers marked in engage.metrics_dirty: their rollup rows as stored (stale_*) and as computed now, one row of arrays.';
+
+CREATE VIEW engage.current_message_totals AS
+SELECT x.trigger_id, x.channel, sum(x.messages)::bigint AS messages, sum(x.recipients)::bigint AS recipients,
+       sum(x.cost) AS cost,
+       sum(x.delivered)::bigint AS delivered, sum(x.opened)::bigint AS opened, sum(x.clicked)::bigint AS clicked,
+       sum(x.replied)::bigint AS replied, sum(x.unsubscribed)::bigint AS unsubscribed
+  FROM (SELECT t.* FROM engage.totals_messages t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.message_totals_delta(m.stale_messages, m.messages) d) x
+ GROUP BY x.trigger_id, x.channel
+HAVING sum(x.messages) > 0;
+COMMENT ON VIEW engage.current_message_totals IS
+    'engage.totals_messages, exact: with marked customers'' rows computed now.';
+
+CREATE VIEW engage.current_touch_totals AS
+SELECT x.trigger_id, sum(x.last_touches)::bigint AS last_touches, sum(x.last_revenue) AS last_revenue,
+       sum(x.first_touches)::bigint AS first_touches, sum(x.first_revenue) AS first_revenue,
+       sum(x.trigger_touches)::bigint AS trigger_touches, sum(x.linear_credit) AS linear_credit,
+       sum(x.linear_revenue) AS linear_revenue
+  FROM (SELECT t.* FROM engage.totals_touches t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.touch_totals_delta(m.stale_touches, m.touches) d) x
+ GROUP BY x.trigger_id
+HAVING sum(x.trigger_touches) > 0;
+COMMENT ON VIEW engage.current_touch_totals IS
+    'engage.totals_touches, exact: with marked customers'' rows computed now.';
+
+CREATE VIEW engage.current_exposure_totals AS
+SELECT x.trigger_id, x.control, x.variant, sum(x.customers)::bigint AS customers,
+       sum(x.converted)::bigint AS converted, sum(x.revenue) AS revenue, sum(x.revenue_squared) AS revenue_squared
+  FROM (SELECT t.* FROM engage.totals_exposures t
+        UNION ALL
+        SELECT d.* FROM engage.marked_rollups m, engage.exposure_totals_delta(m.stale_exposures, m.exposures) d) x
+ GROUP BY x.trigger_id, x.control, x.variant
+HAVING sum(x.customers) > 0;
+COMMENT ON VIEW engage.current_exposure_totals IS
+    'engage.totals_exposures, exact: with marked customers'' rows computed now.';
+
 CREATE OR REPLACE FUNCTION engage.refresh_metrics(batch integer DEFAULT 10000) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -1743,62 +1469,251 @@ $$;
 COMMENT ON FUNCTION engage.refresh_metrics(integer) IS
     'Advances the volume counts (engage.count_volume), recomputes the metrics rollups of up to `batch` marked customers, moves the running totals and latency histograms by the difference, and clears their marks; returns how many customers. The scheduler worker calls it every tick; the views are exact without it, only slower.';
 
-CREATE OR REPLACE FUNCTION engage.touches_of(customers text[])
-RETURNS TABLE (
-    conversion_event_id bigint, customer_id text, converted_at timestamptz, value numeric,
-    message_id bigint, trigger_id integer, channel text, variant text, sent_at timestamptz,
-    from_last bigint, from_first bigint, touches bigint, trigger_touch bigint
-)
-LANGUAGE sql STABLE AS $$
-    -- (The goals are read once, materialized: a value path that is a plain column lets the
-    -- planner inline json_number, instead of calling it for every row.)
-    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals)
-    SELECT g.id, g.customer_id, g.occurred_at,
-           coalesce(engage.json_number(g.properties, tg.value_path), 0),
-           m.outbox_id, m.trigger_id, m.channel, m.variant, m.sent_at,
-           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at DESC, m.outbox_id DESC),
-           row_number() OVER (PARTITION BY g.id ORDER BY m.sent_at, m.outbox_id),
-           count(*) OVER (PARTITION BY g.id),
-           row_number() OVER (PARTITION BY g.id, m.trigger_id ORDER BY m.sent_at, m.outbox_id)
-      FROM goals tg
-      JOIN engage.messages m ON m.trigger_id = tg.trigger_id
-      JOIN engage.events g ON g.customer_id = m.customer_id AND g.name = tg.goal_event
-                          AND g.occurred_at > m.sent_at AND g.occurred_at <= m.sent_at + tg.within
-     WHERE m.customer_id = ANY (customers) AND m.category <> 'escalation'
+CREATE OR REPLACE FUNCTION engage.rebuild_metrics() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    done bigint := 0;
+    step integer;
+BEGIN
+    PERFORM FROM engage.locks WHERE name = 'refresh_metrics' FOR UPDATE;
+    -- Mark every customer with a message or a decision, then refresh them in batches.
+    INSERT INTO engage.metrics_dirty (customer_id)
+    SELECT customer_id FROM engage.messages UNION SELECT customer_id FROM engage.decisions;
+    TRUNCATE engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures,
+             engage.totals_messages, engage.totals_touches, engage.totals_exposures, engage.latency_histograms,
+             engage.volume_counts, engage.volume_changes;
+    UPDATE engage.volume_counted SET before = '-infinity';
+    ANALYZE engage.metrics_dirty;
+    LOOP
+        step := engage.refresh_metrics(50000); -- the lock is ours already: it is re-entrant
+        EXIT WHEN step = 0;
+        done := done + step;
+    END LOOP;
+    RETURN done;
+END
 $$;
-COMMENT ON FUNCTION engage.touches_of(text[]) IS
-    'Computes, for the given customers, every (goal event, message) touch: a goal event within the window of its trigger''s goal after a message (sent_at < converted_at <= sent_at + within), with the message''s rank from the last and the first touch, the number of touches, and its rank among the touches of its own trigger. Backs engage.attributed_conversions.';
+COMMENT ON FUNCTION engage.rebuild_metrics() IS
+    'Recomputes every metrics rollup, running total, latency histogram and volume count from the base tables; returns how many customers. Run it after writes that bypassed the insert path (a bulk load with session_replication_role = replica, a restore, deletes).';
 
--- Per trigger with a goal and customer: the first exposure (fired or held out) and what followed.
-CREATE OR REPLACE FUNCTION engage.exposures_of(customers text[])
-RETURNS TABLE (
-    trigger_id integer, customer_id text, exposed_at timestamptz, control boolean, variant text,
-    conversions bigint, revenue numeric
+CREATE OR REPLACE VIEW engage.trigger_response_rates AS
+SELECT t.name AS trigger,
+       r.trigger_id,
+       r.channel,
+       r.messages AS sent,
+       r.delivered,
+       r.opened,
+       r.clicked,
+       r.replied,
+       r.unsubscribed,
+       round(r.delivered / r.messages::numeric, 4) AS delivery_rate,
+       round(r.opened / r.messages::numeric, 4) AS open_rate,
+       round(r.clicked / r.messages::numeric, 4) AS click_rate,
+       round(r.replied / r.messages::numeric, 4) AS reply_rate,
+       round(r.unsubscribed / r.messages::numeric, 4) AS unsubscribe_rate
+  FROM engage.current_message_totals r
+  JOIN engage.triggers t ON t.id = r.trigger_id;
+COMMENT ON VIEW engage.trigger_response_rates IS
+    'Per trigger and channel: messages sent and the share delivered, opened, clicked, replied to and unsubscribed from (from the running totals).';
+
+CREATE OR REPLACE VIEW engage.trigger_revenue AS
+-- The running totals of the touches (the same figures as grouping engage.attributed_conversions).
+WITH per_trigger AS (
+    SELECT c.trigger_id, c.last_touches AS last_n, c.last_revenue, c.first_touches AS first_n, c.first_revenue,
+           c.trigger_touches AS linear_n, c.linear_credit, c.linear_revenue
+      FROM engage.current_touch_totals c
 )
-LANGUAGE sql STABLE AS $$
-    WITH goals AS MATERIALIZED (SELECT * FROM engage.trigger_goals) -- (see touches_of)
-    SELECT x.trigger_id, x.customer_id, x.exposed_at, x.control, x.variant, c.conversions, c.revenue
-      FROM (SELECT DISTINCT ON (d.trigger_id, d.customer_id)
-                   d.trigger_id, d.customer_id, d.occurred_at AS exposed_at, d.outcome = 'held_out' AS control,
-                   d.variant
-              FROM engage.decisions d
-             WHERE d.customer_id = ANY (customers) AND d.outcome IN ('fired', 'held_out')
-             ORDER BY d.trigger_id, d.customer_id, d.occurred_at, d.event_id) x
-      JOIN goals tg ON tg.trigger_id = x.trigger_id
-      CROSS JOIN LATERAL (
-          SELECT count(*) AS conversions,
-                 coalesce(sum(engage.json_number(g.properties, tg.value_path)), 0) AS revenue
-            FROM engage.events g
-           WHERE g.customer_id = x.customer_id AND g.name = tg.goal_event
-             AND g.occurred_at > x.exposed_at AND g.occurred_at <= x.exposed_at + tg.within
-      ) c
-$$;
-COMMENT ON FUNCTION engage.exposures_of(text[]) IS
-    'Computes, for the given customers, each trigger-with-a-goal''s first fired or held-out decision, its group, variant, and the goal events within the window after it (count and value). Backs engage.trigger_exposures.';
+SELECT m.model, tg.trigger, p.trigger_id, m.conversions, m.credited AS credited_conversions, m.revenue
+  FROM per_trigger p
+  JOIN engage.trigger_goals tg ON tg.trigger_id = p.trigger_id,
+       LATERAL (VALUES ('last_touch', p.last_n, p.last_n::numeric, round(p.last_revenue, 6)),
+                       ('first_touch', p.first_n, p.first_n::numeric, round(p.first_revenue, 6)),
+                       ('linear', p.linear_n, p.linear_credit, p.linear_revenue))
+           AS m(model, conversions, credited, revenue)
+ WHERE m.conversions > 0;
+COMMENT ON VIEW engage.trigger_revenue IS
+    'Attributed conversions and revenue per trigger, for each attribution model (filter model = ''last_touch'' for the default).';
 
-ALTER FUNCTION engage.refresh_metrics(integer) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
-ALTER FUNCTION engage.touches_of(text[]) SET search_path = pg_catalog, pg_temp;
+CREATE OR REPLACE VIEW engage.holdout_uplift AS
+WITH groups AS (
+    SELECT x.trigger_id, tg.trigger,
+           coalesce(sum(x.customers) FILTER (WHERE NOT x.control), 0)::bigint AS n_t,
+           coalesce(sum(x.converted) FILTER (WHERE NOT x.control), 0)::bigint AS conv_t,
+           coalesce(sum(x.revenue) FILTER (WHERE NOT x.control), 0) AS rev_t,
+           coalesce(sum(x.revenue_squared) FILTER (WHERE NOT x.control), 0) AS rev_sq_t,
+           coalesce(sum(x.customers) FILTER (WHERE x.control), 0)::bigint AS n_c,
+           coalesce(sum(x.converted) FILTER (WHERE x.control), 0)::bigint AS conv_c,
+           coalesce(sum(x.revenue) FILTER (WHERE x.control), 0) AS rev_c,
+           coalesce(sum(x.revenue_squared) FILTER (WHERE x.control), 0) AS rev_sq_c
+      FROM engage.current_exposure_totals x
+      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+     GROUP BY x.trigger_id, tg.trigger
+)
+SELECT g.trigger, g.trigger_id,
+       g.n_t AS treated, g.conv_t AS treated_conversions, c.rate_a AS treated_rate,
+       g.n_c AS control, g.conv_c AS control_conversions, c.rate_b AS control_rate,
+       c.uplift, c.relative_uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant,
+       c.revenue_per_customer_a AS treated_revenue_per_customer,
+       c.revenue_per_customer_b AS control_revenue_per_customer,
+       c.revenue_uplift AS revenue_uplift_per_customer, c.revenue_ci_low, c.revenue_ci_high
+  FROM groups g,
+       LATERAL engage.compare_groups(g.n_t, g.conv_t, g.rev_t, g.rev_sq_t, g.n_c, g.conv_c, g.rev_c, g.rev_sq_c) c;
+COMMENT ON VIEW engage.holdout_uplift IS
+    'Per trigger with a goal (control columns are empty without a holdout): conversion rate and revenue per customer, treated vs control (anchored on the triggering event), the absolute and relative uplift with a 95% confidence interval and z, and whether it is significant.';
+
+CREATE OR REPLACE VIEW engage.variant_results AS
+WITH arms AS (
+    SELECT t.id AS trigger_id, v.name AS variant, v.position
+      FROM engage.triggers t, jsonb_array_elements_text(t.compiled -> 'variants') WITH ORDINALITY AS v(name, position)
+), groups AS (
+    SELECT x.trigger_id, tg.trigger, x.variant,
+           sum(x.customers)::bigint AS n, sum(x.converted)::bigint AS conv,
+           sum(x.revenue) AS rev, sum(x.revenue_squared) AS rev_sq
+      FROM engage.current_exposure_totals x
+      JOIN engage.trigger_goals tg ON tg.trigger_id = x.trigger_id
+     WHERE NOT x.control AND x.variant IS NOT NULL
+     GROUP BY x.trigger_id, tg.trigger, x.variant
+)
+SELECT g.trigger, g.trigger_id, g.variant, a.position, g.n AS customers, g.conv AS conversions,
+       c.rate_a AS conversion_rate, c.revenue_per_customer_a AS revenue_per_customer,
+       ref.variant AS compared_with, c.uplift, c.ci_low, c.ci_high, c.z,
+       c.ci_low > 0 OR c.ci_high < 0 AS significant
+  FROM groups g
+  JOIN arms a ON a.trigger_id = g.trigger_id AND a.variant = g.variant
+  JOIN arms r1 ON r1.trigger_id = g.trigger_id AND r1.position = 1
+  LEFT JOIN groups ref ON ref.trigger_id = g.trigger_id AND ref.variant = r1.variant,
+       LATERAL engage.compare_groups(g.n, g.conv, g.rev, g.rev_sq, ref.n, ref.conv, ref.rev, ref.rev_sq) c;
+COMMENT ON VIEW engage.variant_results IS
+    'Per trigger experiment arm (treated customers): conversion rate and revenue per customer, and the difference from the first arm with a 95% confidence interval.';
+
+CREATE OR REPLACE FUNCTION engage.trigger_latency_in(since timestamptz)
+RETURNS TABLE (
+    trigger text, trigger_id integer, channel text, messages bigint,
+    occurred_to_decided_s double precision[], decided_to_queued_s double precision[],
+    due_to_sent_s double precision[], occurred_to_sent_s double precision[]
+)
+LANGUAGE sql STABLE
+-- A few thousand histogram rows: compiling them (JIT) would cost more than reading them.
+SET jit = off AS $$
+    WITH whole_days AS (
+        -- The histograms hold whole UTC days; the part of a day before the first whole one is
+        -- counted from the rollup rows.
+        SELECT CASE WHEN isfinite(since)
+                    THEN date_bin('1 day', since + interval '24 hours' - interval '1 microsecond', timestamptz '2000-01-01 00:00+00')
+                    ELSE since END AS first_day
+    ), counts AS (
+        SELECT h.trigger_id, h.channel, h.measure, h.bucket, h.messages
+          FROM engage.latency_histograms h, whole_days w
+         WHERE h.sent_day >= w.first_day
+        UNION ALL
+        -- The part of a day before the first whole one, from the rollup rows.
+        SELECT r.trigger_id, r.channel, m.measure, engage.latency_bucket(m.seconds), 1
+          FROM whole_days w, engage.rollup_messages r,
+               LATERAL engage.latency_measures(r.occurred_at, r.decided_at, r.queued_at, r.scheduled_at, r.sent_at) m
+         WHERE r.sent_at >= since AND r.sent_at < w.first_day
+        UNION ALL
+        -- Marked customers' rows as they are now instead of as rolled up.
+        SELECT d.trigger_id, d.channel, d.measure, d.bucket, d.messages
+          FROM engage.marked_rollups m,
+               engage.latency_histogram_delta(ARRAY(SELECT r FROM unnest(m.stale_messages) r WHERE r.sent_at >= since),
+                                              ARRAY(SELECT r FROM unnest(m.messages) r WHERE r.sent_at >= since)) d
+    ), merged AS (
+        SELECT c.trigger_id, c.channel, c.measure, c.bucket, sum(c.messages) AS n
+          FROM counts c
+         GROUP BY c.trigger_id, c.channel, c.measure, c.bucket
+        HAVING sum(c.messages) <> 0
+    ), ranked AS (
+        SELECT x.*, sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure ORDER BY x.bucket) AS upto,
+               sum(x.n) OVER (PARTITION BY x.trigger_id, x.channel, x.measure) AS total
+          FROM merged x
+    ), percentiles AS (
+        -- The bucket holding the element of rank floor(q (n - 1)), counting from 0.
+        SELECT r.trigger_id, r.channel, r.measure, max(r.total)::bigint AS total,
+               ARRAY[engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.50 * (r.total - 1)))),
+                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.95 * (r.total - 1)))),
+                     engage.latency_bucket_value(min(r.bucket) FILTER (WHERE r.upto > floor(0.99 * (r.total - 1))))] AS p
+          FROM ranked r
+         GROUP BY r.trigger_id, r.channel, r.measure
+    )
+    SELECT t.name, p.trigger_id, p.channel,
+           max(p.total) FILTER (WHERE p.measure = 0),
+           max(p.p) FILTER (WHERE p.measure = 1), max(p.p) FILTER (WHERE p.measure = 2),
+           max(p.p) FILTER (WHERE p.measure = 3), max(p.p) FILTER (WHERE p.measure = 4)
+      FROM percentiles p
+      JOIN engage.triggers t ON t.id = p.trigger_id
+     GROUP BY t.name, p.trigger_id, p.channel
+    HAVING max(p.total) FILTER (WHERE p.measure = 0) > 0
+$$;
+COMMENT ON FUNCTION engage.trigger_latency_in(timestamptz) IS
+    'Per trigger and channel, messages sent since a time: p50/p95/p99 seconds from event to decision, decision to queue, due time to sent (delivery lag, excluding any wait), and event to sent; each within 4.33% of the order statistic of rank floor(q (n - 1)) (not interpolated), read from the latency histograms (sql/metrics.sql, "Running totals").';
+
+COMMENT ON VIEW engage.trigger_latency IS
+    'engage.trigger_latency_in over the messages sent in the last 30 days: p50/p95/p99 latencies per trigger and channel, in seconds (arrays of three, each within 4.33% of an order statistic).';
+
+CREATE OR REPLACE VIEW engage.trigger_roi AS
+WITH spend AS (
+    SELECT m.trigger_id, sum(m.messages)::bigint AS messages, sum(m.recipients)::bigint AS recipients,
+           sum(m.cost) AS cost
+      FROM engage.current_message_totals m
+     GROUP BY m.trigger_id
+), earned AS (
+    SELECT trigger_id, sum(revenue) AS revenue FROM engage.trigger_revenue WHERE model = 'last_touch' GROUP BY trigger_id
+)
+SELECT t.name AS trigger, t.id AS trigger_id,
+       s.messages, s.recipients, s.cost,
+       coalesce(e.revenue, 0) AS attributed_revenue,
+       coalesce(e.revenue, 0) - s.cost AS net,
+       round((coalesce(e.revenue, 0) - s.cost) / nullif(s.cost, 0), 4) AS roi,
+       round(coalesce(e.revenue, 0) / nullif(s.recipients, 0), 4) AS revenue_per_recipient,
+       u.revenue_uplift_per_customer * u.treated AS incremental_revenue,
+       u.revenue_uplift_per_customer * u.treated - s.cost AS incremental_net
+  FROM spend s
+  JOIN engage.triggers t ON t.id = s.trigger_id
+  LEFT JOIN earned e ON e.trigger_id = s.trigger_id
+  LEFT JOIN engage.holdout_uplift u ON u.trigger_id = s.trigger_id;
+COMMENT ON VIEW engage.trigger_roi IS
+    'Per trigger: messages, recipients, channel cost, last-touch attributed revenue, net and ROI, revenue per recipient; and, with a holdout, the incremental revenue (revenue uplift per customer x treated customers) and incremental net: the figure that survives "would they have bought anyway?".';
+
+DO $pin$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_proc p
+         WHERE p.pronamespace = 'engage'::regnamespace
+           AND p.proname IN ('log_decision_changes', 'volume_of', 'count_volume', 'trigger_volume_in', 'touches_of',
+                             'exposures_of', 'message_totals_delta', 'touch_totals_delta', 'exposure_totals_delta',
+                             'latency_histogram_delta', 'refresh_metrics', 'rebuild_metrics', 'trigger_latency_in')
+    LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
+    END LOOP;
+END
+$pin$;
+ALTER FUNCTION engage.log_decision_changes() SECURITY DEFINER;
+ALTER FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz) SECURITY DEFINER;
 ALTER FUNCTION engage.touches_of(text[]) SECURITY DEFINER;
-ALTER FUNCTION engage.exposures_of(text[]) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION engage.exposures_of(text[]) SECURITY DEFINER;
+ALTER FUNCTION engage.trigger_volume_in(interval, timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.trigger_latency_in(timestamptz) SECURITY DEFINER;
+ALTER FUNCTION engage.refresh_metrics(integer) SECURITY DEFINER;
+ALTER FUNCTION engage.rebuild_metrics() SECURITY DEFINER;
+REVOKE EXECUTE ON FUNCTION engage.log_decision_changes(), engage.volume_of(timestamptz, timestamptz, timestamptz),
+                           engage.count_volume(), engage.latency_bucket(double precision), engage.latency_bucket_value(integer),
+                           engage.latency_measures(timestamptz, timestamptz, timestamptz, timestamptz, timestamptz),
+                           engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
+                           engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
+                           engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[]),
+                           engage.latency_histogram_delta(engage.rollup_messages[], engage.rollup_messages[])
+    FROM PUBLIC;
+GRANT SELECT ON engage.marked_rollups, engage.current_message_totals, engage.current_touch_totals,
+                engage.current_exposure_totals, engage.current_volume_counts
+    TO engage_analyst;
+GRANT EXECUTE ON FUNCTION engage.volume_of(timestamptz, timestamptz, timestamptz),
+                          engage.message_totals_delta(engage.rollup_messages[], engage.rollup_messages[]),
+                          engage.touch_totals_delta(engage.rollup_touches[], engage.rollup_touches[]),
+                          engage.exposure_totals_delta(engage.rollup_exposures[], engage.rollup_exposures[])
+    TO engage_analyst;
+
+-- The totals, histograms and counts start as the aggregate of the history (their invariant).
+SELECT engage.rebuild_metrics();

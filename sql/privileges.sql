@@ -4,9 +4,9 @@
 -- it and whatever their own search_path: names resolve in pg_catalog (or are schema-qualified,
 -- as every engage object is), so a function or operator a role creates in public (an overload of
 -- unnest or cardinality, say) can never run in the insert path, the workers or the views. The
--- small SQL functions that the planner inlines into queries (json_number, profile_date and the
--- latency buckets) are the exception (a SET clause would stop the inlining); every name in them
--- is qualified instead.
+-- small SQL functions that the planner inlines into queries (json_number, profile_date, the
+-- latency buckets and measures) are the exception (a SET clause would stop the inlining); every
+-- name in them is qualified instead.
 DO $pin$
 DECLARE
     f regprocedure;
@@ -15,7 +15,7 @@ BEGIN
         SELECT p.oid::regprocedure
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace = 'engage'::regnamespace
-           AND p.proname NOT IN ('json_number', 'profile_date', 'latency_bucket', 'latency_bucket_value')
+           AND p.proname NOT IN ('json_number', 'profile_date', 'latency_bucket', 'latency_bucket_value', 'latency_measures')
     LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s SET search_path = pg_catalog, pg_temp', f);
     END LOOP;
@@ -60,6 +60,7 @@ ALTER FUNCTION engage.skip_duplicate_event() SECURITY DEFINER;
 ALTER FUNCTION engage.apply_consent_event() SECURITY DEFINER;
 ALTER FUNCTION engage.profile_crossings() SECURITY DEFINER;
 ALTER FUNCTION engage.mark_goal_change() SECURITY DEFINER;
+ALTER FUNCTION engage.log_decision_changes() SECURITY DEFINER;
 -- The delivery contract.
 ALTER FUNCTION engage.claim(integer, interval, text, timestamptz, bigint) SECURITY DEFINER;
 ALTER FUNCTION engage.extend_lease(bigint, bigint, interval) SECURITY DEFINER;

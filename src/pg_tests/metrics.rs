@@ -233,6 +233,14 @@ mod tests {
         Spi::run("SELECT * FROM engage.trigger_volume_in('15 minutes', now())").ok();
     }
 
+    /// Buckets start at local midnight and the counts are per UTC hour, so a session in a zone
+    /// half an hour off UTC is refused rather than given misplaced counts.
+    #[pg_test(error = "volume buckets start at local midnight, and the time zone Asia/Kolkata is not a whole number of hours from UTC")]
+    fn volume_buckets_need_a_whole_hour_zone() {
+        run("SET LOCAL TimeZone = 'Asia/Kolkata'");
+        Spi::run("SELECT * FROM engage.trigger_volume_in('1 day', now())").ok();
+    }
+
     #[pg_test]
     fn variant_results_compare_each_arm_with_the_first() {
         run(
@@ -675,6 +683,7 @@ mod tests {
             run("TRUNCATE engage.events, engage.decisions, engage.outbox, engage.messages, engage.metrics_dirty,
                           engage.rollup_messages, engage.rollup_touches, engage.rollup_exposures, engage.totals_messages,
                           engage.totals_touches, engage.totals_exposures, engage.latency_histograms, engage.volume_counts");
+            run("TRUNCATE engage.volume_changes");
             run("UPDATE engage.volume_counted SET before = '-infinity'");
             random_history(40, 600, true);
             assert_views_match_recomputation(&format!("seed {seed}: marked, never refreshed"));
@@ -705,6 +714,14 @@ mod tests {
                          RETURNING customer_id)
                      INSERT INTO engage.metrics_dirty (customer_id) SELECT DISTINCT customer_id FROM gone");
                 assert_views_match_recomputation(&format!("{stage}: events forgotten"));
+                // Decisions turned into conflicts after they were counted, as the insert path
+                // does when a better rival arrives later; it marks their customers.
+                run("WITH replaced AS (
+                         UPDATE engage.decisions SET outcome = 'suppressed', reason = 'conflict'
+                          WHERE outcome = 'fired' AND random() < 0.1
+                         RETURNING customer_id)
+                     INSERT INTO engage.metrics_dirty (customer_id) SELECT DISTINCT customer_id FROM replaced");
+                assert_views_match_recomputation(&format!("{stage}: decisions replaced"));
                 // A goal that changes who converted: the trigger marks everyone it decided for.
                 run(&format!(
                     r#"SELECT engage.update_trigger('browse', '{{"event": "browse", "action": {{"channel": "webhook"}},

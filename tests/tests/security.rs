@@ -123,6 +123,7 @@ fn overloads_in_public_never_run_inside_the_extension() {
             "engage.json_number(jsonb,text[])".to_string(),
             "engage.latency_bucket(double precision)".to_string(),
             "engage.latency_bucket_value(integer)".to_string(),
+            "engage.latency_measures(timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone,timestamp with time zone)".to_string(),
             "engage.profile_date(text,integer)".to_string()
         ]
     );
